@@ -1,0 +1,369 @@
+//! The `lossc` command line: list, show, check, parse, ir, run, eval.
+//!
+//! Exit codes: 0 success; 1 reference cases failed (`run --check`); 2 bad input of any kind
+//! (a source error, a malformed case or array, an unknown name), with a message, never a panic.
+
+use crate::cases;
+use crate::diag::{Error, ErrorKind, Result};
+use crate::ir::{self, Reduction};
+use crate::runtime::{Array, Backend, Call, DType, Library, ParamValue};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "lossc", version, about = "A small language for loss functions, and its compiler")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the standard library's losses with their one-line docs
+    List,
+    /// Show a loss: signature, parameters with defaults, doc and source
+    Show {
+        /// a standard-library loss, or FILE.loss[:ENTRY]
+        name: String,
+    },
+    /// Check .loss files and report every error with file, line and column
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a .loss file's parse tree
+    Parse { file: PathBuf },
+    /// Print a loss's typed IR
+    Ir {
+        /// a standard-library loss, or FILE.loss[:ENTRY]
+        name: String,
+    },
+    /// Run reference cases (files or directories of .json)
+    Run {
+        /// compare with each case's expectation; print one line per case and a closing tally
+        #[arg(long)]
+        check: bool,
+        /// evaluator: interp
+        #[arg(long, default_value = "interp")]
+        backend: String,
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
+    /// Evaluate a loss on arrays (.npy files or literals such as [1,0,1])
+    Eval {
+        /// a standard-library loss, or FILE.loss[:ENTRY]
+        name: String,
+        /// NAME=FILE.npy or NAME=[1,2,3]
+        #[arg(long = "input", short = 'i', value_name = "NAME=ARRAY")]
+        inputs: Vec<String>,
+        /// K=V, e.g. gamma=1.5, normalize=false
+        #[arg(long = "param", short = 'p', value_name = "K=V")]
+        params: Vec<String>,
+        /// none, sum, mean, weighted_mean or sum_by_nonzero_weights
+        #[arg(long, default_value = "none")]
+        reduction: String,
+        /// FILE.npy or a literal, broadcast to the output's shape
+        #[arg(long)]
+        weights: Option<String>,
+        #[arg(long, default_value = "f64")]
+        dtype: String,
+        /// evaluator: interp
+        #[arg(long, default_value = "interp")]
+        backend: String,
+        /// write value.npy here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err((e, lib)) => {
+            eprint!("{}", render(&e, lib.as_ref()));
+            2
+        }
+    }
+}
+
+fn render(e: &Error, lib: Option<&Library>) -> String {
+    match lib {
+        Some(l) if !e.pre_rendered => e.render(l.sources()),
+        _ => {
+            if e.pre_rendered {
+                format!("{}\n", e.message())
+            } else {
+                format!("error: {e}\n")
+            }
+        }
+    }
+}
+
+type CliResult = std::result::Result<i32, (Error, Option<Library>)>;
+
+fn plain<T>(r: Result<T>) -> std::result::Result<T, (Error, Option<Library>)> {
+    r.map_err(|e| (e, None))
+}
+
+/// Resolves a loss name: a standard-library loss, or FILE.loss[:ENTRY].
+fn resolve(name: &str) -> Result<(Library, String)> {
+    let (file, entry) = match name.rsplit_once(':') {
+        Some((f, e)) if f.ends_with(".loss") => (Some(f), Some(e.to_string())),
+        _ if name.ends_with(".loss") => (Some(name), None),
+        _ => (None, None),
+    };
+    match file {
+        None => Ok((Library::with_stdlib()?, name.to_string())),
+        Some(f) => {
+            let lib = Library::from_file(Path::new(f))?;
+            let entry = match entry {
+                Some(e) => e,
+                None => match lib.losses() {
+                    [one] => one.name.clone(),
+                    [] => return Err(Error::new(ErrorKind::Unknown, format!("`{f}` defines no loss"))),
+                    many => {
+                        let names: Vec<&str> = many.iter().map(|l| l.name.as_str()).collect();
+                        return Err(Error::new(
+                            ErrorKind::Unknown,
+                            format!("`{f}` defines several losses ({}); write {f}:NAME", names.join(", ")),
+                        ));
+                    }
+                },
+            };
+            Ok((lib, entry))
+        }
+    }
+}
+
+fn backend(s: &str) -> Result<Backend> {
+    Backend::from_name(s).ok_or_else(|| Error::new(ErrorKind::Unknown, format!("unknown backend `{s}`; use interp")))
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::List => {
+            let lib = plain(Library::with_stdlib())?;
+            let width = lib.losses().iter().map(|l| l.name.len()).max().unwrap_or(0);
+            let mut losses: Vec<_> = lib.losses().iter().collect();
+            losses.sort_by(|a, b| a.name.cmp(&b.name));
+            for l in losses {
+                println!("{:width$}  {}", l.name, l.summary());
+            }
+            Ok(0)
+        }
+        Command::Show { name } => {
+            let (lib, entry) = plain(resolve(&name))?;
+            let p = match lib.loss(&entry) {
+                Ok(p) => p,
+                Err(e) => return Err((e, Some(lib))),
+            };
+            println!("{}\n", p.signature());
+            if !p.params.is_empty() {
+                println!("parameters:");
+                for prm in &p.params {
+                    println!("  {}: {} = {}", prm.name, prm.ty, prm.default_src);
+                }
+                println!();
+            }
+            if !p.doc.is_empty() {
+                println!("{}\n", p.doc);
+            }
+            println!("source:\n{}", p.source.trim_end());
+            Ok(0)
+        }
+        Command::Check { files } => {
+            let mut bad = 0;
+            for f in &files {
+                match Library::from_file(f) {
+                    Ok(lib) => {
+                        let names: Vec<&str> = lib.losses().iter().map(|l| l.name.as_str()).collect();
+                        println!("{}: ok ({} loss{}: {})", f.display(), names.len(), if names.len() == 1 { "" } else { "es" }, names.join(", "));
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        eprint!("{}", render(&e, None));
+                    }
+                }
+            }
+            Ok(if bad > 0 { 2 } else { 0 })
+        }
+        Command::Parse { file } => {
+            let text = plain(std::fs::read_to_string(&file).map_err(|e| {
+                Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", file.display()))
+            }))?;
+            let mut sources = crate::diag::Sources::new();
+            let id = sources.add(file.display().to_string(), text.clone());
+            match crate::syntax::parse(id, &text) {
+                Ok(ast) => {
+                    print!("{ast}");
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprint!("{}", e.render(&sources));
+                    Ok(2)
+                }
+            }
+        }
+        Command::Ir { name } => {
+            let (lib, entry) = plain(resolve(&name))?;
+            match lib.loss(&entry) {
+                Ok(p) => {
+                    print!("{}", ir::print_program(p));
+                    Ok(0)
+                }
+                Err(e) => Err((e, Some(lib))),
+            }
+        }
+        Command::Run { check, backend: b, cases: paths } => {
+            let b = plain(backend(&b))?;
+            let lib = plain(Library::with_stdlib())?;
+            let files = plain(cases::collect(&paths))?;
+            let (mut passed, mut failed, mut value_only) = (0, 0, 0);
+            for f in &files {
+                let case = match cases::load(f) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if check {
+                            failed += 1;
+                            println!("FAIL {}: {}", f.display(), e);
+                            continue;
+                        }
+                        return Err((e, None));
+                    }
+                };
+                if !check {
+                    match case.run(&lib, b) {
+                        Ok(out) => {
+                            let mut j = cases::output_json(&out);
+                            j["name"] = serde_json::json!(case.name);
+                            println!("{j}");
+                        }
+                        Err(e) => return Err((e.context(&case.name), Some(lib))),
+                    }
+                    continue;
+                }
+                match case.check(&lib, b) {
+                    cases::Verdict::Pass(note) => {
+                        passed += 1;
+                        if note.is_empty() {
+                            println!("PASS {}", case.name);
+                        } else {
+                            value_only += 1;
+                            println!("PASS {} ({note})", case.name);
+                        }
+                    }
+                    cases::Verdict::Fail(m) => {
+                        failed += 1;
+                        println!("FAIL {}: {m}", case.name);
+                    }
+                }
+            }
+            if check {
+                if value_only > 0 {
+                    println!("note: {value_only} case(s) passed on their values; their gradients were not checked");
+                }
+                println!("{passed} passed, {failed} failed");
+                return Ok(if failed > 0 { 1 } else { 0 });
+            }
+            Ok(0)
+        }
+        Command::Eval { name, inputs, params, reduction, weights, dtype, backend: b, out } => {
+            let (lib, entry) = plain(resolve(&name))?;
+            let r = eval(&lib, &entry, &inputs, &params, &reduction, weights.as_deref(), &dtype, &b, out.as_deref());
+            match r {
+                Ok(()) => Ok(0),
+                Err(e) => Err((e, Some(lib))),
+            }
+        }
+    }
+}
+
+/// Reads NAME=VALUE.
+fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .ok_or_else(|| Error::new(ErrorKind::Data, format!("{what} `{s}` is not NAME=VALUE")))
+}
+
+/// An array from `FILE.npy` or a literal.
+fn read_array(v: &str, what: &str) -> Result<Array> {
+    if v.starts_with('[') || v.parse::<f64>().is_ok() || matches!(v, "inf" | "-inf" | "nan") {
+        return Array::parse_literal(v, what);
+    }
+    let bytes = std::fs::read(v).map_err(|e| Error::new(ErrorKind::Io, format!("{what}: cannot read `{v}`: {e}")))?;
+    Array::from_npy(&bytes, what)
+}
+
+/// A parameter value from text: true/false, an int, a real, inf/-inf/nan.
+pub fn parse_param(k: &str, v: &str) -> Result<ParamValue> {
+    Ok(match v {
+        "true" => ParamValue::Bool(true),
+        "false" => ParamValue::Bool(false),
+        "inf" => ParamValue::Real(f64::INFINITY),
+        "-inf" => ParamValue::Real(f64::NEG_INFINITY),
+        "nan" => ParamValue::Real(f64::NAN),
+        _ => match v.parse::<i64>() {
+            Ok(i) => ParamValue::Int(i),
+            Err(_) => ParamValue::Real(
+                v.parse::<f64>()
+                    .map_err(|_| Error::new(ErrorKind::Type, format!("parameter `{k}`: `{v}` is not a number or a bool")))?,
+            ),
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    lib: &Library,
+    entry: &str,
+    inputs: &[String],
+    params: &[String],
+    reduction: &str,
+    weights: Option<&str>,
+    dtype: &str,
+    b: &str,
+    out: Option<&Path>,
+) -> Result<()> {
+    let mut call = Call::new();
+    call.backend = backend(b)?;
+    call.dtype = DType::from_name(dtype)
+        .ok_or_else(|| Error::new(ErrorKind::Type, format!("dtype `{dtype}` is not f32 or f64")))?;
+    call.reduction = Reduction::from_name(reduction).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Reduction,
+            format!("unknown reduction `{reduction}`; use none, sum, mean, weighted_mean or sum_by_nonzero_weights"),
+        )
+    })?;
+    for i in inputs {
+        let (k, v) = split_kv(i, "--input")?;
+        call.inputs.push((k.to_string(), read_array(v, &format!("input `{k}`"))?));
+    }
+    for p in params {
+        let (k, v) = split_kv(p, "--param")?;
+        call.params.push((k.to_string(), parse_param(k, v)?));
+    }
+    if let Some(w) = weights {
+        call.weights = Some(read_array(w, "weights")?);
+    }
+    let result = lib.call(entry, &call)?;
+    println!("{} {:?} =", entry, result.value.shape);
+    println!("{}", result.value.display());
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot create `{}`: {e}", dir.display())))?;
+        let path = dir.join("value.npy");
+        let bytes = result.value.to_npy(call.dtype)?;
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write `{}`: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! The reference interpreter: evaluates a bound IR program on arrays, in f64 or f32.
+//!
+//! It is the oracle every compiled backend is held to, so it favours clarity over speed:
+//! tensor definitions are evaluated cell by cell in row-major order (which is what makes
+//! recurrences well-defined), expressions by walking the DAG, `if`/`&&`/`||` lazily.
+//! In f32 mode every real operation is computed in f64 and rounded to f32, so elementary
+//! operations are exactly f32's and functions are correctly rounded to within one f32 ulp;
+//! reduction accumulators stay in f64 and are rounded once.
+//! Every data-dependent index is range-checked; an out-of-range read is an error (or the
+//! tensor's pad value, when it declares one), never an out-of-bounds access.
+
+use crate::diag::{Diagnostic, Error, ErrorKind, Result};
+use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Program, Red, Ty, Un};
+use std::collections::HashMap;
+
+/// A scalar value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Real(f64),
+    Int(i64),
+    Bool(bool),
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Real(v) => v,
+            Value::Int(v) => v as f64,
+            Value::Bool(b) => b as i64 as f64,
+        }
+    }
+    fn int(self) -> i64 {
+        match self {
+            Value::Int(v) => v,
+            Value::Real(v) => v as i64,
+            Value::Bool(b) => b as i64,
+        }
+    }
+    fn bool(self) -> bool {
+        match self {
+            Value::Bool(b) => b,
+            Value::Int(v) => v != 0,
+            Value::Real(v) => v != 0.0,
+        }
+    }
+}
+
+/// One input's data, row-major, already folded to the declared rank.
+#[derive(Clone, Copy, Debug)]
+pub enum InputData<'a> {
+    Real(&'a [f64]),
+    Int(&'a [i64]),
+}
+
+/// Everything a program needs to run: extents of every index, input data, parameter values.
+#[derive(Clone, Debug)]
+pub struct Env<'a> {
+    pub f32: bool,
+    pub extents: Vec<i64>,
+    pub inputs: Vec<InputData<'a>>,
+    pub params: Vec<Value>,
+}
+
+/// Largest table (tensor definition or output) the interpreter allocates, in elements.
+pub const MAX_TABLE: u64 = 1 << 30;
+
+/// Evaluates a closed expression (a parameter default or an extent).
+pub fn eval_scalar(p: &Program, env: &Env, e: ExprId) -> Result<Value> {
+    let mut m = Machine::new(p, env);
+    m.eval(e)
+}
+
+/// Runs a program: evaluates its tensor definitions in order, then its output over the
+/// output's indices, row-major. Returns the output's values as f64 (rounded to f32 in f32 mode).
+pub fn run(p: &Program, env: &Env) -> Result<Vec<f64>> {
+    let mut m = Machine::new(p, env);
+    for (k, t) in p.tensors.iter().enumerate() {
+        m.fill(Some(k), &t.indices, t.body)?;
+    }
+    let out = m.fill(None, &p.output.indices, p.output.body)?;
+    Ok(out.into_iter().map(|v| v.as_f64()).collect())
+}
+
+/// Number of cells of an index space, or a limit error.
+pub fn table_size(p: &Program, extents: &[i64], indices: &[IndexId]) -> Result<usize> {
+    let mut n: u64 = 1;
+    for i in indices {
+        let e = extents.get(i.ix()).copied().unwrap_or(0).max(0) as u64;
+        n = n.saturating_mul(e);
+    }
+    if n > MAX_TABLE {
+        let names: Vec<String> = indices.iter().map(|i| p.index_label(*i)).collect();
+        return Err(Error::new(
+            ErrorKind::Limit,
+            format!("a table over [{}] would have {n} elements; the limit is {MAX_TABLE}", names.join(", ")),
+        ));
+    }
+    Ok(n as usize)
+}
+
+struct Machine<'a> {
+    p: &'a Program,
+    env: &'a Env<'a>,
+    tensors: Vec<Option<Vec<Value>>>,
+    /// current value of every index
+    at: Vec<i64>,
+    /// reductions already computed, by node and the values of their free indices
+    memo: HashMap<(ExprId, Vec<i64>), Value>,
+}
+
+fn floor_div(a: i64, b: i64) -> i64 {
+    let q = a.wrapping_div(b);
+    if (a % b != 0) && ((a < 0) != (b < 0)) {
+        q - 1
+    } else {
+        q
+    }
+}
+
+fn floor_mod(a: i64, b: i64) -> i64 {
+    let r = a.wrapping_rem(b);
+    if r != 0 && ((r < 0) != (b < 0)) {
+        r + b
+    } else {
+        r
+    }
+}
+
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+fn nan_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// log(sum(exp(v))) without overflow; -inf for no values.
+pub fn logsumexp(v: &[f64]) -> f64 {
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, nan_max);
+    if m.is_nan() || m.is_infinite() {
+        return m;
+    }
+    let s: f64 = v.iter().map(|x| (x - m).exp()).sum();
+    m + s.ln()
+}
+
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+pub fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+impl<'a> Machine<'a> {
+    fn new(p: &'a Program, env: &'a Env<'a>) -> Machine<'a> {
+        Machine { p, env, tensors: vec![None; p.tensors.len()], at: vec![0; p.indices.len()], memo: HashMap::new() }
+    }
+
+    fn r(&self, v: f64) -> Value {
+        Value::Real(if self.env.f32 { v as f32 as f64 } else { v })
+    }
+
+    /// Fills a table over `indices` in row-major order. With `slot`, the table is the tensor
+    /// definition `slot`, visible to its own body while it fills (recurrences).
+    fn fill(&mut self, slot: Option<usize>, indices: &[IndexId], body: ExprId) -> Result<Vec<Value>> {
+        let n = table_size(self.p, &self.env.extents, indices)?;
+        let ext: Vec<i64> = indices.iter().map(|i| self.env.extents[i.ix()]).collect();
+        let mut out = vec![Value::Real(0.0); n];
+        if let Some(k) = slot {
+            self.tensors[k] = Some(out);
+            out = Vec::new();
+        }
+        let mut cur = vec![0i64; indices.len()];
+        for flat in 0..n {
+            for (k, i) in indices.iter().enumerate() {
+                self.at[i.ix()] = cur[k];
+            }
+            let v = self.eval(body)?;
+            match slot {
+                Some(k) => {
+                    if let Some(t) = self.tensors[k].as_mut() {
+                        t[flat] = v;
+                    }
+                }
+                None => out[flat] = v,
+            }
+            for k in (0..cur.len()).rev() {
+                cur[k] += 1;
+                if cur[k] < ext[k] {
+                    break;
+                }
+                cur[k] = 0;
+            }
+        }
+        Ok(out)
+    }
+
+    fn where_(&self) -> String {
+        // The values of the indices in play, for messages: "at n = 2, c = 0".
+        let mut parts = Vec::new();
+        for (k, ix) in self.p.indices.iter().enumerate() {
+            if !ix.name.starts_with('#') && self.at[k] != 0 {
+                parts.push(format!("{} = {}", ix.name, self.at[k]));
+            }
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" (at {})", parts.join(", "))
+        }
+    }
+
+    fn range_error(&self, e: ExprId, what: &str, dim: usize, dim_index: IndexId, v: i64, ext: i64) -> Error {
+        let dn = self.p.index_label(dim_index);
+        let msg = format!(
+            "index out of range: {what} read at {v} along `{dn}` (dimension {dim}), whose valid range is 0..{ext}{}",
+            self.where_()
+        );
+        let mut d = Diagnostic::new(msg);
+        if let Some(span) = self.p.spans.get(&e) {
+            d = d.primary(*span, "this read");
+        }
+        Error::from_diag(ErrorKind::Range, d)
+    }
+
+    /// The row-major offset of a load, or the out-of-range dimension.
+    fn offset(&mut self, e: ExprId, dims: &[IndexId], args: &[ExprId]) -> Result<std::result::Result<usize, (usize, i64)>> {
+        let mut off: i64 = 0;
+        for (k, (a, d)) in args.iter().zip(dims).enumerate() {
+            let v = self.eval(*a)?.int();
+            let ext = self.env.extents[d.ix()];
+            if v < 0 || v >= ext {
+                let _ = e;
+                return Ok(Err((k, v)));
+            }
+            off = off * ext + v;
+        }
+        Ok(Ok(off as usize))
+    }
+
+    fn eval(&mut self, e: ExprId) -> Result<Value> {
+        let p = self.p;
+        Ok(match p.pool.get(e) {
+            Expr::Real(b) => self.r(f64::from_bits(*b)),
+            Expr::Int(v) => Value::Int(*v),
+            Expr::Bool(v) => Value::Bool(*v),
+            Expr::Index(i) => Value::Int(self.at[i.ix()]),
+            Expr::Extent(i) => Value::Int(self.env.extents[i.ix()]),
+            Expr::Param(q) => self.env.params[q.ix()],
+            Expr::Input(i, args) => {
+                let dims = &p.inputs[i.ix()].dims;
+                match self.offset(e, dims, args)? {
+                    Ok(off) => match self.env.inputs[i.ix()] {
+                        InputData::Real(d) => Value::Real(d[off]),
+                        InputData::Int(d) => Value::Int(d[off]),
+                    },
+                    Err((k, v)) => {
+                        let what = format!("`{}`", p.inputs[i.ix()].name);
+                        return Err(self.range_error(e, &what, k, dims[k], v, self.env.extents[dims[k].ix()]));
+                    }
+                }
+            }
+            Expr::Tensor(t, args) => {
+                let tn = &p.tensors[t.ix()];
+                match self.offset(e, &tn.indices, args)? {
+                    Ok(off) => match &self.tensors[t.ix()] {
+                        Some(d) => d[off],
+                        None => return Err(Error::new(ErrorKind::Check, format!("internal: `{}` read before it is computed", tn.name))),
+                    },
+                    Err((k, v)) => match tn.pad {
+                        Some(pad) => self.eval(pad)?,
+                        None => {
+                            let what = format!("`{}`", tn.name);
+                            let d = tn.indices[k];
+                            return Err(self.range_error(e, &what, k, d, v, self.env.extents[d.ix()]));
+                        }
+                    },
+                }
+            }
+            Expr::Unary(op, a) => {
+                let x = self.eval(*a)?;
+                match (op, x) {
+                    (Un::Neg, Value::Real(v)) => Value::Real(-v),
+                    (Un::Neg, Value::Int(v)) => Value::Int(v.wrapping_neg()),
+                    (Un::Not, v) => Value::Bool(!v.bool()),
+                    (Un::ToReal, v) => self.r(v.as_f64()),
+                    (Un::ToInt, v) => Value::Int(v.as_f64() as i64),
+                    (_, v) => v,
+                }
+            }
+            Expr::Binary(op, a, b) => self.binary(e, *op, *a, *b)?,
+            Expr::Call(f, args) => {
+                let f = *f;
+                let mut v = Vec::with_capacity(args.len());
+                for a in args {
+                    v.push(self.eval(*a)?);
+                }
+                self.call(f, &v, p.pool.ty(e))
+            }
+            Expr::Select(c, a, b) => {
+                if self.eval(*c)?.bool() {
+                    self.eval(*a)?
+                } else {
+                    self.eval(*b)?
+                }
+            }
+            Expr::Reduce(red, i, body) => {
+                let free = p.pool.free(e);
+                let key = (e, free.iter().map(|f| self.at[f.ix()]).collect::<Vec<_>>());
+                if let Some(v) = self.memo.get(&key) {
+                    return Ok(*v);
+                }
+                let v = self.reduce(*red, *i, *body, p.pool.ty(e))?;
+                self.memo.insert(key, v);
+                v
+            }
+            Expr::StopGrad(a) => self.eval(*a)?,
+        })
+    }
+
+    fn reduce(&mut self, red: Red, i: IndexId, body: ExprId, ty: Ty) -> Result<Value> {
+        let n = self.env.extents[i.ix()].max(0);
+        let saved = self.at[i.ix()];
+        let mut vals = Vec::with_capacity(n as usize);
+        for k in 0..n {
+            self.at[i.ix()] = k;
+            vals.push(self.eval(body)?);
+        }
+        self.at[i.ix()] = saved;
+        let reals = || vals.iter().map(|v| v.as_f64());
+        Ok(match (red, ty) {
+            (Red::Sum, Ty::Int) => Value::Int(vals.iter().fold(0i64, |s, v| s.wrapping_add(v.int()))),
+            (Red::Max, Ty::Int) | (Red::Min, Ty::Int) => {
+                let it = vals.iter().map(|v| v.int());
+                let r = if red == Red::Max { it.max() } else { it.min() };
+                match r {
+                    Some(v) => Value::Int(v),
+                    None => {
+                        return Err(Error::new(
+                            ErrorKind::Range,
+                            format!("{} over index `{}`, whose extent is 0 (out of range)", red.name(), self.p.index_label(i)),
+                        ))
+                    }
+                }
+            }
+            (Red::Sum, _) => self.r(reals().sum()),
+            (Red::Mean, _) => self.r(reals().sum::<f64>() / n as f64),
+            (Red::Max, _) => self.r(reals().fold(f64::NEG_INFINITY, nan_max)),
+            (Red::Min, _) => self.r(reals().fold(f64::INFINITY, nan_min)),
+            (Red::LogSumExp, _) => self.r(logsumexp(&reals().collect::<Vec<_>>())),
+        })
+    }
+
+    fn binary(&mut self, e: ExprId, op: Bin, a: ExprId, b: ExprId) -> Result<Value> {
+        let x = self.eval(a)?;
+        match op {
+            Bin::And if !x.bool() => return Ok(Value::Bool(false)),
+            Bin::Or if x.bool() => return Ok(Value::Bool(true)),
+            Bin::And | Bin::Or => return Ok(Value::Bool(self.eval(b)?.bool())),
+            _ => {}
+        }
+        let y = self.eval(b)?;
+        let int_op = |f: fn(i64, i64) -> i64| Value::Int(f(x.int(), y.int()));
+        Ok(match (x, y) {
+            (Value::Int(u), Value::Int(v)) => match op {
+                Bin::Add => int_op(i64::wrapping_add),
+                Bin::Sub => int_op(i64::wrapping_sub),
+                Bin::Mul => int_op(i64::wrapping_mul),
+                Bin::Div | Bin::Rem => {
+                    if v == 0 {
+                        let mut d = Diagnostic::new(format!("integer division by zero is out of range{}", self.where_()));
+                        if let Some(span) = self.p.spans.get(&e) {
+                            d = d.primary(*span, "this division");
+                        }
+                        return Err(Error::from_diag(ErrorKind::Range, d));
+                    }
+                    if op == Bin::Div { Value::Int(floor_div(u, v)) } else { Value::Int(floor_mod(u, v)) }
+                }
+                Bin::Pow => {
+                    if v < 0 {
+                        return Err(Error::new(ErrorKind::Range, format!("negative int exponent {v} is out of range")));
+                    }
+                    Value::Int(u.wrapping_pow(v.min(u32::MAX as i64) as u32))
+                }
+                Bin::Eq => Value::Bool(u == v),
+                Bin::Ne => Value::Bool(u != v),
+                Bin::Lt => Value::Bool(u < v),
+                Bin::Le => Value::Bool(u <= v),
+                Bin::Gt => Value::Bool(u > v),
+                Bin::Ge => Value::Bool(u >= v),
+                Bin::And | Bin::Or => unreachable!(),
+            },
+            (Value::Bool(u), Value::Bool(v)) => Value::Bool(match op {
+                Bin::Eq => u == v,
+                _ => u != v,
+            }),
+            (Value::Real(u), Value::Int(v)) if op == Bin::Pow => self.r(u.powi(v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)),
+            _ => {
+                let (u, v) = (x.as_f64(), y.as_f64());
+                match op {
+                    Bin::Add => self.r(u + v),
+                    Bin::Sub => self.r(u - v),
+                    Bin::Mul => self.r(u * v),
+                    Bin::Div => self.r(u / v),
+                    Bin::Rem => self.r(u - v * (u / v).floor()),
+                    Bin::Pow => self.r(u.powf(v)),
+                    Bin::Eq => Value::Bool(u == v),
+                    Bin::Ne => Value::Bool(u != v),
+                    Bin::Lt => Value::Bool(u < v),
+                    Bin::Le => Value::Bool(u <= v),
+                    Bin::Gt => Value::Bool(u > v),
+                    Bin::Ge => Value::Bool(u >= v),
+                    Bin::And | Bin::Or => unreachable!(),
+                }
+            }
+        })
+    }
+
+    fn call(&self, f: Func, v: &[Value], ty: Ty) -> Value {
+        if ty == Ty::Int {
+            let a: Vec<i64> = v.iter().map(|x| x.int()).collect();
+            return Value::Int(match f {
+                Func::Min => a.iter().copied().min().unwrap_or(0),
+                Func::Max => a.iter().copied().max().unwrap_or(0),
+                Func::Clamp => a[0].max(a[1]).min(a[2]),
+                Func::Abs => a[0].wrapping_abs(),
+                Func::Sign => a[0].signum(),
+                _ => a[0],
+            });
+        }
+        let x = v.first().map(|x| x.as_f64()).unwrap_or(0.0);
+        let y = || v.get(1).map(|x| x.as_f64()).unwrap_or(0.0);
+        match f {
+            Func::IsNan => return Value::Bool(x.is_nan()),
+            Func::IsInf => return Value::Bool(x.is_infinite()),
+            _ => {}
+        }
+        self.r(match f {
+            Func::Exp => x.exp(),
+            Func::Log => x.ln(),
+            Func::Log1p => x.ln_1p(),
+            Func::Expm1 => x.exp_m1(),
+            Func::Sqrt => x.sqrt(),
+            Func::Abs => x.abs(),
+            Func::Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    x
+                }
+            }
+            Func::Sigmoid => sigmoid(x),
+            Func::Softplus => softplus(x),
+            Func::LogSigmoid => -softplus(-x),
+            Func::Tanh => x.tanh(),
+            Func::Sin => x.sin(),
+            Func::Cos => x.cos(),
+            Func::Atan => x.atan(),
+            Func::Acos => x.acos(),
+            Func::Floor => x.floor(),
+            Func::Ceil => x.ceil(),
+            Func::Min => v.iter().map(|a| a.as_f64()).fold(f64::INFINITY, nan_min),
+            Func::Max => v.iter().map(|a| a.as_f64()).fold(f64::NEG_INFINITY, nan_max),
+            Func::LogSumExp => logsumexp(&v.iter().map(|a| a.as_f64()).collect::<Vec<_>>()),
+            Func::Clamp => nan_min(nan_max(x, y()), v[2].as_f64()),
+            Func::Xlogy => {
+                let y = y();
+                if x == 0.0 && !y.is_nan() {
+                    0.0
+                } else {
+                    x * y.ln()
+                }
+            }
+            Func::IsNan | Func::IsInf => unreachable!(),
+        })
+    }
+}

@@ -1,0 +1,445 @@
+//! The typed IR every stage after `check` shares.
+//!
+//! A [`Program`] is one loss: its inputs (each dimension an index), parameters with default
+//! expressions, tensor definitions over index spaces (materialised, possibly recurrent), and the
+//! output expression over the output's indices. Expressions are scalar and live in one
+//! hash-consed [`ExprPool`] per program, so equal subexpressions are one node (a DAG): later
+//! stages (differentiation, simplification, scheduling) rely on that for sharing.
+//!
+//! Invariants (established by `check`, relied on everywhere after):
+//! - every node has a type ([`Ty`]); int->real promotion is explicit (`Un::ToReal`);
+//! - a tensor body's free indices are among the tensor's indices; the output's among the
+//!   output's; parameter defaults and extents have none;
+//! - a recurrent tensor reads itself only at constant, lexicographically earlier offsets of its
+//!   own indices, and has a pad;
+//! - `Select`, `And` and `Or` are lazy: only the taken side is evaluated (and differentiated).
+
+mod print;
+mod reduce;
+
+use std::collections::HashMap;
+
+pub use print::{print_program, real_literal};
+pub use reduce::{with_reduction, Reduction, WEIGHTS};
+
+macro_rules! id_type {
+    ($name:ident) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            pub fn ix(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+id_type!(ExprId);
+id_type!(IndexId);
+id_type!(InputId);
+id_type!(ParamId);
+id_type!(TensorId);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    Real,
+    Int,
+    Bool,
+}
+
+impl std::fmt::Display for Ty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ty::Real => "real",
+            Ty::Int => "int",
+            Ty::Bool => "bool",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Un {
+    Neg,
+    Not,
+    /// int or bool -> real
+    ToReal,
+    /// real -> int, truncating toward zero (saturating; NaN -> 0)
+    ToInt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bin {
+    Add,
+    Sub,
+    Mul,
+    /// real division, or floor division on ints
+    Div,
+    /// floor modulo (the sign of the divisor), on ints and reals
+    Rem,
+    Pow,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    /// lazy: the right side is evaluated only when the left is true
+    And,
+    /// lazy: the right side is evaluated only when the left is false
+    Or,
+}
+
+impl Bin {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Bin::Or => "||",
+            Bin::And => "&&",
+            Bin::Eq => "==",
+            Bin::Ne => "!=",
+            Bin::Lt => "<",
+            Bin::Le => "<=",
+            Bin::Gt => ">",
+            Bin::Ge => ">=",
+            Bin::Add => "+",
+            Bin::Sub => "-",
+            Bin::Mul => "*",
+            Bin::Div => "/",
+            Bin::Rem => "%",
+            Bin::Pow => "^",
+        }
+    }
+}
+
+/// Built-in scalar functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    Exp,
+    Log,
+    Log1p,
+    Expm1,
+    Sqrt,
+    Abs,
+    Sign,
+    Sigmoid,
+    Softplus,
+    LogSigmoid,
+    Tanh,
+    Sin,
+    Cos,
+    Atan,
+    Acos,
+    Floor,
+    Ceil,
+    /// variadic
+    Min,
+    /// variadic
+    Max,
+    /// variadic, log(sum(exp(args))) computed stably
+    LogSumExp,
+    Clamp,
+    Xlogy,
+    IsNan,
+    IsInf,
+}
+
+impl Func {
+    pub const ALL: &'static [(Func, &'static str)] = &[
+        (Func::Exp, "exp"),
+        (Func::Log, "log"),
+        (Func::Log1p, "log1p"),
+        (Func::Expm1, "expm1"),
+        (Func::Sqrt, "sqrt"),
+        (Func::Abs, "abs"),
+        (Func::Sign, "sign"),
+        (Func::Sigmoid, "sigmoid"),
+        (Func::Softplus, "softplus"),
+        (Func::LogSigmoid, "log_sigmoid"),
+        (Func::Tanh, "tanh"),
+        (Func::Sin, "sin"),
+        (Func::Cos, "cos"),
+        (Func::Atan, "atan"),
+        (Func::Acos, "acos"),
+        (Func::Floor, "floor"),
+        (Func::Ceil, "ceil"),
+        (Func::Min, "min"),
+        (Func::Max, "max"),
+        (Func::LogSumExp, "logsumexp"),
+        (Func::Clamp, "clamp"),
+        (Func::Xlogy, "xlogy"),
+        (Func::IsNan, "isnan"),
+        (Func::IsInf, "isinf"),
+    ];
+    pub fn name(self) -> &'static str {
+        Func::ALL.iter().find(|(f, _)| *f == self).map(|(_, n)| *n).unwrap_or("?")
+    }
+    pub fn from_name(name: &str) -> Option<Func> {
+        Func::ALL.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
+    }
+}
+
+/// Reductions over one index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Red {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    LogSumExp,
+}
+
+impl Red {
+    pub fn name(self) -> &'static str {
+        match self {
+            Red::Sum => "sum",
+            Red::Mean => "mean",
+            Red::Max => "max",
+            Red::Min => "min",
+            Red::LogSumExp => "logsumexp",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Red> {
+        Some(match name {
+            "sum" => Red::Sum,
+            "mean" => Red::Mean,
+            "max" => Red::Max,
+            "min" => Red::Min,
+            "logsumexp" => Red::LogSumExp,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Expr {
+    /// f64 bits, so the node can be hashed
+    Real(u64),
+    Int(i64),
+    Bool(bool),
+    /// the current value of an index
+    Index(IndexId),
+    /// an index's extent (upper-case `C` for index `c`)
+    Extent(IndexId),
+    Param(ParamId),
+    Input(InputId, Vec<ExprId>),
+    Tensor(TensorId, Vec<ExprId>),
+    Unary(Un, ExprId),
+    Binary(Bin, ExprId, ExprId),
+    Call(Func, Vec<ExprId>),
+    /// lazy `if c { a } else { b }`
+    Select(ExprId, ExprId, ExprId),
+    Reduce(Red, IndexId, ExprId),
+    StopGrad(ExprId),
+}
+
+/// Hash-consed expression nodes with their types and free indices.
+#[derive(Clone, Debug, Default)]
+pub struct ExprPool {
+    nodes: Vec<Expr>,
+    types: Vec<Ty>,
+    free: Vec<Vec<IndexId>>,
+    map: HashMap<Expr, ExprId>,
+}
+
+impl ExprPool {
+    /// Adds a node (or returns the equal one already there). `ty` is the node's type, which the
+    /// caller (the checker) has determined.
+    pub fn add(&mut self, e: Expr, ty: Ty) -> ExprId {
+        if let Some(&id) = self.map.get(&e) {
+            return id;
+        }
+        let free = self.compute_free(&e);
+        let id = ExprId(self.nodes.len() as u32);
+        self.nodes.push(e.clone());
+        self.types.push(ty);
+        self.free.push(free);
+        self.map.insert(e, id);
+        id
+    }
+    fn compute_free(&self, e: &Expr) -> Vec<IndexId> {
+        let mut out: Vec<IndexId> = match e {
+            Expr::Index(i) => vec![*i],
+            Expr::Reduce(_, i, body) => self.free[body.ix()].iter().copied().filter(|x| x != i).collect(),
+            _ => {
+                let mut v = Vec::new();
+                e.for_each_child(|c| v.extend_from_slice(&self.free[c.ix()]));
+                v
+            }
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+    pub fn get(&self, id: ExprId) -> &Expr {
+        &self.nodes[id.ix()]
+    }
+    pub fn ty(&self, id: ExprId) -> Ty {
+        self.types[id.ix()]
+    }
+    /// The indices an expression depends on and does not reduce over, sorted.
+    pub fn free(&self, id: ExprId) -> &[IndexId] {
+        &self.free[id.ix()]
+    }
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+    pub fn real(&mut self, v: f64) -> ExprId {
+        self.add(Expr::Real(v.to_bits()), Ty::Real)
+    }
+    pub fn int(&mut self, v: i64) -> ExprId {
+        self.add(Expr::Int(v), Ty::Int)
+    }
+}
+
+impl Expr {
+    pub fn for_each_child(&self, mut f: impl FnMut(ExprId)) {
+        match self {
+            Expr::Real(_)
+            | Expr::Int(_)
+            | Expr::Bool(_)
+            | Expr::Index(_)
+            | Expr::Extent(_)
+            | Expr::Param(_) => {}
+            Expr::Input(_, a) | Expr::Tensor(_, a) | Expr::Call(_, a) => a.iter().for_each(|x| f(*x)),
+            Expr::Unary(_, a) | Expr::Reduce(_, _, a) | Expr::StopGrad(a) => f(*a),
+            Expr::Binary(_, a, b) => {
+                f(*a);
+                f(*b)
+            }
+            Expr::Select(c, a, b) => {
+                f(*c);
+                f(*a);
+                f(*b)
+            }
+        }
+    }
+}
+
+/// Where an index's extent comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Extent {
+    /// dimension `dim` of input `input` (after folding leading dimensions into the first)
+    Input { input: InputId, dim: usize },
+    /// a literal extent in a declaration (`boxes[n, 4]`)
+    Fixed(i64),
+    /// computed from other extents and int parameters (`u: 2 * S + 1`)
+    Computed(ExprId),
+}
+
+#[derive(Clone, Debug)]
+pub struct Index {
+    pub name: String,
+    pub extent: Extent,
+}
+
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub name: String,
+    pub ty: Ty,
+    pub dims: Vec<IndexId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub ty: Ty,
+    pub default: ExprId,
+    /// the default as written, for `lossc show`
+    pub default_src: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub name: String,
+    pub ty: Ty,
+    pub indices: Vec<IndexId>,
+    pub body: ExprId,
+    /// the value of reads outside the table (recurrences only)
+    pub pad: Option<ExprId>,
+    pub recurrent: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub indices: Vec<IndexId>,
+    pub body: ExprId,
+}
+
+/// One loss, checked and typed.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub name: String,
+    pub doc: String,
+    pub inputs: Vec<Input>,
+    pub params: Vec<Param>,
+    pub indices: Vec<Index>,
+    pub tensors: Vec<Tensor>,
+    pub output: Output,
+    pub pool: ExprPool,
+    /// a source span for nodes that can fail at run time (loads, divisions), for messages
+    pub spans: HashMap<ExprId, crate::diag::Span>,
+    /// the loss's source text, for `lossc show`
+    pub source: String,
+}
+
+impl Program {
+    pub fn input(&self, name: &str) -> Option<InputId> {
+        self.inputs.iter().position(|i| i.name == name).map(|i| InputId(i as u32))
+    }
+    pub fn param(&self, name: &str) -> Option<ParamId> {
+        self.params.iter().position(|p| p.name == name).map(|i| ParamId(i as u32))
+    }
+    /// The output's type.
+    pub fn output_ty(&self) -> Ty {
+        self.pool.ty(self.output.body)
+    }
+    /// The signature line, e.g. `focal_loss(labels[i], logits[i]; alpha = 0.25, gamma = 2.0) -> [i]`.
+    pub fn signature(&self) -> String {
+        let inputs: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|i| {
+                let dims: Vec<String> = i.dims.iter().map(|d| self.index_label(*d)).collect();
+                let ty = if i.ty == Ty::Real { String::new() } else { format!(": {}", i.ty) };
+                if dims.is_empty() {
+                    format!("{}{ty}", i.name)
+                } else {
+                    format!("{}[{}]{ty}", i.name, dims.join(", "))
+                }
+            })
+            .collect();
+        let params: Vec<String> = self.params.iter().map(|p| format!("{} = {}", p.name, p.default_src)).collect();
+        let out: Vec<String> = self.output.indices.iter().map(|d| self.index_label(*d)).collect();
+        let mut s = format!("{}({}", self.name, inputs.join(", "));
+        if !params.is_empty() {
+            s += &format!("; {}", params.join(", "));
+        }
+        s += &format!(") -> [{}]", out.join(", "));
+        s
+    }
+    /// An index's name, or its literal extent for anonymous fixed dimensions.
+    pub fn index_label(&self, i: IndexId) -> String {
+        let ix = &self.indices[i.ix()];
+        match ix.extent {
+            Extent::Fixed(n) if ix.name.starts_with('#') => n.to_string(),
+            _ => ix.name.clone(),
+        }
+    }
+    /// The first line of the doc comment.
+    pub fn summary(&self) -> &str {
+        self.doc.lines().next().unwrap_or("")
+    }
+}
+
+/// All the losses of a compilation unit.
+#[derive(Clone, Debug, Default)]
+pub struct Module {
+    pub losses: Vec<Program>,
+}
+
+impl Module {
+    pub fn get(&self, name: &str) -> Option<&Program> {
+        self.losses.iter().find(|l| l.name == name)
+    }
+}

@@ -1,0 +1,365 @@
+//! Arrays as the host sees them: a shape and row-major data, real or int; `.npy` reading and
+//! writing; NumPy-style printing.
+
+use crate::diag::{Error, ErrorKind, Result};
+use std::fmt::Write as _;
+
+/// Row-major data. Reals are held in f64 whatever the call's dtype (f32 data converts exactly).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    Real(Vec<f64>),
+    Int(Vec<i64>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+/// The element type an `.npy` file is written with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<DType> {
+        match s {
+            "f32" | "float32" => Some(DType::F32),
+            "f64" | "float64" => Some(DType::F64),
+            _ => None,
+        }
+    }
+}
+
+/// Largest array accepted from a file or literal, in elements.
+pub const MAX_ELEMENTS: usize = 1 << 30;
+
+impl Array {
+    pub fn real(shape: Vec<usize>, data: Vec<f64>) -> Array {
+        Array { shape, data: Data::Real(data) }
+    }
+    pub fn int(shape: Vec<usize>, data: Vec<i64>) -> Array {
+        Array { shape, data: Data::Int(data) }
+    }
+    pub fn scalar(v: f64) -> Array {
+        Array::real(vec![], vec![v])
+    }
+    pub fn len(&self) -> usize {
+        match &self.data {
+            Data::Real(v) => v.len(),
+            Data::Int(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The values as f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            Data::Real(v) => v.clone(),
+            Data::Int(v) => v.iter().map(|x| *x as f64).collect(),
+        }
+    }
+
+    /// Checks that the shape and the data agree.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let n = self.shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+        match n {
+            Some(n) if n <= MAX_ELEMENTS => {
+                if n != self.len() {
+                    return Err(Error::new(
+                        ErrorKind::Shape,
+                        format!("{what}: shape {:?} has {n} elements but {} values were given", self.shape, self.len()),
+                    ));
+                }
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::Limit,
+                format!("{what}: shape {:?} is too large (the limit is {MAX_ELEMENTS} elements)", self.shape),
+            )),
+        }
+    }
+
+    /// Reads an `.npy` file's bytes (f32, f64, and signed or unsigned integers; C or Fortran order).
+    pub fn from_npy(bytes: &[u8], what: &str) -> Result<Array> {
+        let bad = |m: String| Error::new(ErrorKind::Data, format!("{what}: not a valid .npy file: {m}"));
+        let npy = npyz::NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
+        let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
+        let fortran = npy.order() == npyz::Order::Fortran;
+        let dtype = npy.dtype();
+        let ts = match &dtype {
+            npyz::DType::Plain(ts) => ts.clone(),
+            other => return Err(Error::new(ErrorKind::Type, format!("{what}: unsupported .npy dtype {}", other.descr()))),
+        };
+        let n = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).filter(|n| *n <= MAX_ELEMENTS);
+        let Some(n) = n else {
+            return Err(Error::new(ErrorKind::Limit, format!("{what}: shape {shape:?} is too large")));
+        };
+        // Refuse before allocating when the file is shorter than its header claims.
+        let item = ts.num_bytes().unwrap_or(0);
+        if n.saturating_mul(item) > bytes.len() {
+            return Err(bad(format!("the header promises {n} elements of {item} bytes, the file is {} bytes", bytes.len())));
+        }
+        let descr = ts.to_string();
+        let kind = descr.get(1..).unwrap_or("");
+        let data = match kind {
+            "f8" => Data::Real(npy.into_vec::<f64>().map_err(|e| bad(e.to_string()))?),
+            "f4" => Data::Real(npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?.into_iter().map(f64::from).collect()),
+            "i8" => Data::Int(npy.into_vec::<i64>().map_err(|e| bad(e.to_string()))?),
+            "i4" => Data::Int(npy.into_vec::<i32>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
+            "i2" => Data::Int(npy.into_vec::<i16>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
+            "i1" => Data::Int(npy.into_vec::<i8>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
+            "u1" => Data::Int(npy.into_vec::<u8>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
+            "u2" => Data::Int(npy.into_vec::<u16>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
+            "u4" => Data::Int(npy.into_vec::<u32>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Type,
+                    format!("{what}: dtype `{descr}` is not supported; use float32, float64 or an integer type"),
+                ))
+            }
+        };
+        let mut a = Array { shape, data };
+        if a.len() != n {
+            return Err(bad(format!("expected {n} elements, read {}", a.len())));
+        }
+        if fortran && a.shape.len() > 1 {
+            a = a.from_fortran();
+        }
+        Ok(a)
+    }
+
+    fn from_fortran(self) -> Array {
+        let shape = self.shape.clone();
+        let n = self.len();
+        let perm = |src_index: usize| -> usize {
+            // Fortran offset -> multi-index -> C offset
+            let mut rem = src_index;
+            let mut idx = vec![0usize; shape.len()];
+            for (k, d) in shape.iter().enumerate() {
+                idx[k] = rem % d.max(&1);
+                rem /= d.max(&1);
+            }
+            idx.iter().zip(&shape).fold(0, |acc, (i, d)| acc * d + i)
+        };
+        match self.data {
+            Data::Real(v) => {
+                let mut out = vec![0.0; n];
+                for (k, x) in v.into_iter().enumerate() {
+                    out[perm(k)] = x;
+                }
+                Array::real(shape, out)
+            }
+            Data::Int(v) => {
+                let mut out = vec![0; n];
+                for (k, x) in v.into_iter().enumerate() {
+                    out[perm(k)] = x;
+                }
+                Array::int(shape, out)
+            }
+        }
+    }
+
+    /// The `.npy` bytes of this array: reals as the given dtype, ints as int64.
+    pub fn to_npy(&self, dtype: DType) -> Result<Vec<u8>> {
+        use npyz::WriterBuilder;
+        let shape: Vec<u64> = self.shape.iter().map(|d| *d as u64).collect();
+        let mut buf = Vec::new();
+        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("writing .npy: {e}"));
+        match (&self.data, dtype) {
+            (Data::Real(v), DType::F64) => {
+                let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd().map_err(io)?;
+                w.extend(v.iter().copied()).map_err(io)?;
+                w.finish().map_err(io)?;
+            }
+            (Data::Real(v), DType::F32) => {
+                let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd().map_err(io)?;
+                w.extend(v.iter().map(|x| *x as f32)).map_err(io)?;
+                w.finish().map_err(io)?;
+            }
+            (Data::Int(v), _) => {
+                let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd().map_err(io)?;
+                w.extend(v.iter().copied()).map_err(io)?;
+                w.finish().map_err(io)?;
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Parses a literal such as `[1, 0, 1]`, `[[0.5, 1], [2, 3]]` or `3.5` (JSON syntax; `inf`,
+    /// `-inf` and `nan` allowed as bare words or strings).
+    pub fn parse_literal(text: &str, what: &str) -> Result<Array> {
+        let cleaned = bare_specials(text);
+        let v: serde_json::Value = serde_json::from_str(&cleaned)
+            .map_err(|e| Error::new(ErrorKind::Data, format!("{what}: `{text}` is not an array literal: {e}")))?;
+        Array::from_nested_json(&v, what)
+    }
+
+    /// An array from nested JSON lists of numbers.
+    pub fn from_nested_json(v: &serde_json::Value, what: &str) -> Result<Array> {
+        let mut shape = Vec::new();
+        let mut cur = v;
+        while let serde_json::Value::Array(items) = cur {
+            shape.push(items.len());
+            match items.first() {
+                Some(x) => cur = x,
+                None => break,
+            }
+        }
+        let mut flat = Vec::new();
+        flatten(v, 0, &shape, &mut flat, what)?;
+        let all_int = flat.iter().all(|x| matches!(x, Num::Int(_)));
+        Ok(if all_int {
+            Array::int(shape, flat.into_iter().map(|x| if let Num::Int(i) = x { i } else { 0 }).collect())
+        } else {
+            Array::real(shape, flat.into_iter().map(|x| x.f64()).collect())
+        })
+    }
+
+    /// NumPy-like text: `[0.1, 0.2, ..., 0.9]`, long arrays elided, nested by rows.
+    pub fn display(&self) -> String {
+        let vals: Vec<String> = match &self.data {
+            Data::Real(v) => v.iter().map(|x| fmt_real(*x)).collect(),
+            Data::Int(v) => v.iter().map(|x| x.to_string()).collect(),
+        };
+        if self.shape.is_empty() {
+            return vals.first().cloned().unwrap_or_default();
+        }
+        let mut out = String::new();
+        nest(&mut out, &self.shape, &vals, 0);
+        out
+    }
+}
+
+fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
+    const EDGE: usize = 3;
+    let n = shape[0];
+    let inner: usize = shape[1..].iter().product();
+    out.push('[');
+    let show: Vec<usize> = if n > 2 * EDGE + 1 && vals.len() > 1000 {
+        (0..EDGE).chain(n - EDGE..n).collect()
+    } else {
+        (0..n).collect()
+    };
+    for (k, i) in show.iter().enumerate() {
+        if k > 0 {
+            if shape.len() > 1 {
+                let _ = write!(out, ",\n{}", " ".repeat(depth + 1));
+            } else {
+                out.push_str(", ");
+            }
+        }
+        if k == EDGE && show.len() == 2 * EDGE && n > 2 * EDGE {
+            out.push_str("...");
+            if shape.len() > 1 {
+                let _ = write!(out, ",\n{}", " ".repeat(depth + 1));
+            } else {
+                out.push_str(", ");
+            }
+        }
+        if shape.len() == 1 {
+            out.push_str(&vals[*i]);
+        } else {
+            nest(out, &shape[1..], &vals[i * inner..(i + 1) * inner], depth + 1);
+        }
+    }
+    out.push(']');
+}
+
+/// Shortest text that reads back as the same f64.
+pub fn fmt_real(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
+    } else {
+        format!("{x:?}")
+    }
+}
+
+enum Num {
+    Int(i64),
+    Real(f64),
+}
+
+impl Num {
+    fn f64(&self) -> f64 {
+        match self {
+            Num::Int(i) => *i as f64,
+            Num::Real(r) => *r,
+        }
+    }
+}
+
+fn flatten(v: &serde_json::Value, depth: usize, shape: &[usize], out: &mut Vec<Num>, what: &str) -> Result<()> {
+    let ragged = || Error::new(ErrorKind::Shape, format!("{what}: ragged array literal (rows of different lengths)"));
+    match v {
+        serde_json::Value::Array(items) => {
+            if depth >= shape.len() || items.len() != shape[depth] {
+                return Err(ragged());
+            }
+            for x in items {
+                flatten(x, depth + 1, shape, out, what)?;
+            }
+            Ok(())
+        }
+        _ if depth != shape.len() => Err(ragged()),
+        _ => {
+            out.push(json_number(v).ok_or_else(|| {
+                Error::new(ErrorKind::Data, format!("{what}: `{v}` is not a number"))
+            })?);
+            Ok(())
+        }
+    }
+}
+
+fn json_number(v: &serde_json::Value) -> Option<Num> {
+    match v {
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Some(Num::Int(i)),
+            None => n.as_f64().map(Num::Real),
+        },
+        serde_json::Value::String(s) => match s.as_str() {
+            "inf" | "+inf" | "Infinity" => Some(Num::Real(f64::INFINITY)),
+            "-inf" | "-Infinity" => Some(Num::Real(f64::NEG_INFINITY)),
+            "nan" | "NaN" => Some(Num::Real(f64::NAN)),
+            _ => None,
+        },
+        serde_json::Value::Bool(b) => Some(Num::Int(*b as i64)),
+        _ => None,
+    }
+}
+
+/// Quotes bare `inf`, `-inf` and `nan` so that JSON accepts them.
+fn bare_specials(text: &str) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if matches!(word.as_str(), "inf" | "nan" | "Infinity" | "NaN") {
+            let _ = write!(out, "\"{word}\"");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphabetic() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out.replace("-\"inf\"", "\"-inf\"").replace("-\"Infinity\"", "\"-inf\"")
+}

@@ -1,0 +1,413 @@
+//! Binding a call to a loss: inputs by name, shapes to extents (folding leading dimensions
+//! into the first index), parameter values (given or default), weights broadcast to the
+//! output's shape, the reduction written into the program; then running a backend.
+
+use super::array::{Array, DType, Data};
+use super::Backend;
+use crate::diag::{Error, ErrorKind, Result};
+use crate::interp::{self, InputData, Value};
+use crate::ir::{self, Extent, Program, Reduction, Ty};
+
+/// A parameter's value in a call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamValue {
+    Real(f64),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<f64> for ParamValue {
+    fn from(v: f64) -> ParamValue {
+        ParamValue::Real(v)
+    }
+}
+impl From<i64> for ParamValue {
+    fn from(v: i64) -> ParamValue {
+        ParamValue::Int(v)
+    }
+}
+impl From<bool> for ParamValue {
+    fn from(v: bool) -> ParamValue {
+        ParamValue::Bool(v)
+    }
+}
+
+/// One call of a loss: its arrays, parameters, reduction, weights and precision.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub inputs: Vec<(String, Array)>,
+    pub params: Vec<(String, ParamValue)>,
+    pub reduction: Reduction,
+    pub weights: Option<Array>,
+    pub dtype: DType,
+    /// inputs to differentiate (validated; gradients themselves are not derived yet)
+    pub grad: Vec<String>,
+    pub backend: Backend,
+}
+
+impl Default for Call {
+    fn default() -> Call {
+        Call {
+            inputs: vec![],
+            params: vec![],
+            reduction: Reduction::None,
+            weights: None,
+            dtype: DType::F64,
+            grad: vec![],
+            backend: Backend::Interp,
+        }
+    }
+}
+
+impl Call {
+    pub fn new() -> Call {
+        Call::default()
+    }
+    pub fn input(mut self, name: &str, a: Array) -> Call {
+        self.inputs.push((name.to_string(), a));
+        self
+    }
+    pub fn param(mut self, name: &str, v: impl Into<ParamValue>) -> Call {
+        self.params.push((name.to_string(), v.into()));
+        self
+    }
+    pub fn reduction(mut self, r: Reduction) -> Call {
+        self.reduction = r;
+        self
+    }
+    pub fn weights(mut self, w: Array) -> Call {
+        self.weights = Some(w);
+        self
+    }
+    pub fn dtype(mut self, d: DType) -> Call {
+        self.dtype = d;
+        self
+    }
+}
+
+/// What a call returns: the (reduced) value, and gradients when asked for.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub value: Array,
+    pub grads: Vec<(String, Array)>,
+}
+
+fn did_you_mean<'a>(name: &str, cands: impl Iterator<Item = &'a str>) -> String {
+    cands
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| format!("; did you mean `{c}`?"))
+        .unwrap_or_default()
+}
+
+/// Checks that every input named for differentiation exists and can have a gradient.
+pub fn validate_grad(p: &Program, grad: &[String]) -> Result<()> {
+    for g in grad {
+        let Some(i) = p.input(g) else {
+            let names: Vec<&str> = p.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                format!("unknown input `{g}` for `{}`{}", p.name, did_you_mean(g, names.iter().copied())),
+            ));
+        };
+        if p.inputs[i.ix()].ty != Ty::Real {
+            return Err(Error::new(
+                ErrorKind::NotDifferentiable,
+                format!("input `{g}` of `{}` is int: it is not differentiable", p.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The shape of a loss's output for given extents, with folded leading dimensions restored.
+fn output_shape(p: &Program, extents: &[i64], lead: &[Option<Vec<usize>>]) -> Vec<usize> {
+    let mut shape = Vec::new();
+    for ix in &p.output.indices {
+        match &lead[ix.ix()] {
+            Some(l) => shape.extend(l),
+            None => shape.push(extents[ix.ix()] as usize),
+        }
+    }
+    shape
+}
+
+/// Broadcasts weights (NumPy rules) to the output's shape, flattened row-major.
+fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
+    w.validate("weights")?;
+    let wv = w.to_f64();
+    let bad = || {
+        Error::new(
+            ErrorKind::Shape,
+            format!("weights of shape {:?} do not broadcast to the output's shape {:?}", w.shape, shape),
+        )
+    };
+    if w.shape.len() > shape.len() {
+        // Tolerate extra leading 1s.
+        let extra = w.shape.len() - shape.len();
+        if w.shape[..extra].iter().any(|d| *d != 1) {
+            return Err(bad());
+        }
+    }
+    let ws: Vec<usize> = w.shape.iter().rev().take(shape.len()).rev().copied().collect();
+    let off = shape.len() - ws.len();
+    for (k, d) in ws.iter().enumerate() {
+        if *d != 1 && *d != shape[off + k] {
+            return Err(bad());
+        }
+    }
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; shape.len()];
+    for _ in 0..n {
+        let mut o = 0;
+        for (k, d) in ws.iter().enumerate() {
+            let i = if *d == 1 { 0 } else { idx[off + k] };
+            o = o * d + i;
+        }
+        out.push(wv[o]);
+        for k in (0..shape.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    Ok(out)
+}
+
+fn param_value(p: &Program, k: usize, v: ParamValue) -> Result<Value> {
+    let prm = &p.params[k];
+    let bad = |what: String| {
+        Error::new(
+            ErrorKind::Type,
+            format!("parameter `{}` of `{}` is {}, but was given {what}", prm.name, p.name, prm.ty),
+        )
+    };
+    Ok(match (prm.ty, v) {
+        (Ty::Real, ParamValue::Real(x)) => Value::Real(x),
+        (Ty::Real, ParamValue::Int(x)) => Value::Real(x as f64),
+        (Ty::Int, ParamValue::Int(x)) => Value::Int(x),
+        (Ty::Int, ParamValue::Real(x)) if x.fract() == 0.0 && x.abs() < 9e15 => Value::Int(x as i64),
+        (Ty::Bool, ParamValue::Bool(b)) => Value::Bool(b),
+        (_, ParamValue::Real(x)) => return Err(bad(format!("the real {x}"))),
+        (_, ParamValue::Int(x)) => return Err(bad(format!("the int {x}"))),
+        (_, ParamValue::Bool(b)) => return Err(bad(format!("the bool {b}"))),
+    })
+}
+
+/// Evaluates a loss on a call (values only; gradient requests are validated).
+pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
+    // Names first: unknown and missing inputs and parameters.
+    let input_names: Vec<&str> = p.inputs.iter().map(|i| i.name.as_str()).collect();
+    for (k, (name, _)) in call.inputs.iter().enumerate() {
+        if p.input(name).is_none() || name == ir::WEIGHTS {
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                format!(
+                    "unknown input `{name}` for `{}`{}; its inputs are {}",
+                    p.name,
+                    did_you_mean(name, input_names.iter().copied()),
+                    input_names.join(", ")
+                ),
+            ));
+        }
+        if call.inputs[..k].iter().any(|(n, _)| n == name) {
+            return Err(Error::new(ErrorKind::Data, format!("input `{name}` is given twice")));
+        }
+    }
+    for (name, _) in &call.params {
+        if p.param(name).is_none() {
+            let names: Vec<&str> = p.params.iter().map(|x| x.name.as_str()).collect();
+            let list = if names.is_empty() { "it has none".to_string() } else { format!("its parameters are {}", names.join(", ")) };
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                format!("unknown parameter `{name}` for `{}`{}; {list}", p.name, did_you_mean(name, names.iter().copied())),
+            ));
+        }
+    }
+    validate_grad(p, &call.grad)?;
+
+    // Shapes -> extents.
+    let mut extents = vec![-1i64; p.indices.len()];
+    let mut lead: Vec<Option<Vec<usize>>> = vec![None; p.indices.len()];
+    let mut bound_by: Vec<Option<String>> = vec![None; p.indices.len()];
+    let mut datas: Vec<(Vec<f64>, Vec<i64>)> = Vec::new();
+    for inp in &p.inputs {
+        let Some((_, arr)) = call.inputs.iter().find(|(n, _)| *n == inp.name) else {
+            let decl: Vec<String> = inp.dims.iter().map(|d| p.index_label(*d)).collect();
+            return Err(Error::new(
+                ErrorKind::Missing,
+                format!("missing input `{}[{}]` for `{}`", inp.name, decl.join(", "), p.name),
+            ));
+        };
+        arr.validate(&format!("input `{}`", inp.name))?;
+        let rank = inp.dims.len();
+        let decl = || {
+            let d: Vec<String> = inp.dims.iter().map(|d| p.index_label(*d)).collect();
+            format!("[{}]", d.join(", "))
+        };
+        if arr.shape.len() < rank || (rank == 0 && !arr.shape.is_empty() && arr.len() != 1) {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                format!("input `{}` has shape {:?}, but `{}` declares it {}", inp.name, arr.shape, p.name, decl()),
+            ));
+        }
+        // Fold leading dimensions into the first index.
+        let mut shape: Vec<usize> = Vec::new();
+        if rank > 0 {
+            let extra = arr.shape.len() - rank;
+            let first: usize = arr.shape[..=extra].iter().product();
+            shape.push(first);
+            shape.extend(&arr.shape[extra + 1..]);
+            let l = arr.shape[..=extra].to_vec();
+            let ix = inp.dims[0].ix();
+            match &lead[ix] {
+                None => lead[ix] = Some(l),
+                Some(prev) if *prev != l && extents[ix] >= 0 => {
+                    return Err(Error::new(
+                        ErrorKind::Shape,
+                        format!(
+                            "shape mismatch: input `{}` has shape {:?}, which disagrees with `{}` along `{}` ({:?} against {:?})",
+                            inp.name,
+                            arr.shape,
+                            bound_by[ix].clone().unwrap_or_default(),
+                            p.index_label(inp.dims[0]),
+                            l,
+                            prev
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for (k, d) in inp.dims.iter().enumerate() {
+            let got = shape[k] as i64;
+            let ix = d.ix();
+            if let Extent::Fixed(n) = p.indices[ix].extent {
+                if got != n {
+                    return Err(Error::new(
+                        ErrorKind::Shape,
+                        format!(
+                            "shape mismatch: input `{}` has shape {:?}, but dimension {k} of {} must be {n}",
+                            inp.name,
+                            arr.shape,
+                            decl()
+                        ),
+                    ));
+                }
+            }
+            if extents[ix] >= 0 && extents[ix] != got {
+                return Err(Error::new(
+                    ErrorKind::Shape,
+                    format!(
+                        "shape mismatch: index `{}` is {} in `{}` but {got} in `{}` (shape {:?})",
+                        p.index_label(*d),
+                        extents[ix],
+                        bound_by[ix].clone().unwrap_or_default(),
+                        inp.name,
+                        arr.shape
+                    ),
+                ));
+            }
+            extents[ix] = got;
+            bound_by[ix] = Some(inp.name.clone());
+        }
+        // Data, converted to the declared type and the call's precision.
+        let data = match (inp.ty, &arr.data) {
+            (Ty::Int, Data::Int(v)) => (vec![], v.clone()),
+            (Ty::Int, Data::Real(v)) => {
+                let mut out = Vec::with_capacity(v.len());
+                for x in v {
+                    if x.fract() != 0.0 || !x.is_finite() || x.abs() > 9e15 {
+                        return Err(Error::new(
+                            ErrorKind::Type,
+                            format!("input `{}` is declared int (wrong dtype), but holds {x}, which is not a whole number", inp.name),
+                        ));
+                    }
+                    out.push(*x as i64);
+                }
+                (vec![], out)
+            }
+            (_, d) => {
+                let v = match d {
+                    Data::Real(v) => v.clone(),
+                    Data::Int(v) => v.iter().map(|x| *x as f64).collect(),
+                };
+                let v = if call.dtype == DType::F32 { v.into_iter().map(|x| x as f32 as f64).collect() } else { v };
+                (v, vec![])
+            }
+        };
+        datas.push(data);
+    }
+    let mut inputs: Vec<InputData> = p
+        .inputs
+        .iter()
+        .zip(&datas)
+        .map(|(i, d)| if i.ty == Ty::Int { InputData::Int(&d.1) } else { InputData::Real(&d.0) })
+        .collect();
+
+    // Parameters: given, or their defaults (which may read the inputs).
+    let f32 = call.dtype == DType::F32;
+    let mut env = interp::Env { f32, extents: extents.clone(), inputs: inputs.clone(), params: vec![] };
+    for k in 0..p.params.len() {
+        let given = call.params.iter().find(|(n, _)| *n == p.params[k].name);
+        let v = match given {
+            Some((_, v)) => param_value(p, k, *v)?,
+            None => interp::eval_scalar(p, &env, p.params[k].default)?,
+        };
+        let v = match v {
+            Value::Real(x) if f32 => Value::Real(x as f32 as f64),
+            v => v,
+        };
+        env.params.push(v);
+    }
+    // Computed extents, in order.
+    for (k, ix) in p.indices.iter().enumerate() {
+        match &ix.extent {
+            Extent::Computed(e) => {
+                let v = interp::eval_scalar(p, &env, *e)?.as_f64() as i64;
+                if v < 0 {
+                    return Err(Error::new(
+                        ErrorKind::Range,
+                        format!("the extent of index `{}` comes out as {v}, which is out of range", ix.name),
+                    ));
+                }
+                env.extents[k] = v;
+            }
+            Extent::Fixed(n) => env.extents[k] = *n,
+            Extent::Input { .. } => {}
+        }
+    }
+
+    // Reduction and weights.
+    let out_shape = output_shape(p, &env.extents, &lead);
+    if p.output.indices.is_empty() && !matches!(call.reduction, Reduction::None | Reduction::Sum | Reduction::Mean) {
+        return Err(Error::new(
+            ErrorKind::Reduction,
+            format!(
+                "reduction `{}` does not apply to `{}`, whose output is a scalar; use none, sum or mean",
+                call.reduction.name(),
+                p.name
+            ),
+        ));
+    }
+    let wdata = match &call.weights {
+        Some(w) => Some(broadcast(w, &out_shape)?),
+        None => None,
+    };
+    let q = ir::with_reduction(p, call.reduction, wdata.is_some());
+    let wdata = wdata.map(|w| if f32 { w.into_iter().map(|x| x as f32 as f64).collect() } else { w });
+    if let Some(w) = &wdata {
+        inputs.push(InputData::Real(w));
+    }
+    env.inputs = inputs;
+
+    let values = match call.backend {
+        Backend::Interp => interp::run(&q, &env)?,
+    };
+    let shape = if call.reduction == Reduction::None { out_shape } else { vec![] };
+    Ok(Output { value: Array::real(shape, values), grads: vec![] })
+}

@@ -1,0 +1,189 @@
+//! The host side: loading losses (the embedded standard library, source text, files with their
+//! imports), binding a call's arrays and parameters to a loss (shapes, extents, folding of
+//! leading dimensions, parameter values, weights), and running it.
+//!
+//! This is the API Rust programs use; the CLI and the reference-case runner are built on it.
+
+mod array;
+mod bind;
+
+pub use array::{fmt_real, Array, DType, Data, MAX_ELEMENTS};
+pub use bind::{validate_grad, Call, Output, ParamValue};
+pub use crate::ir::Reduction;
+
+use crate::diag::{Error, ErrorKind, Result, Sources};
+use crate::ir::{Module, Program};
+use crate::syntax::ast;
+use std::path::{Path, PathBuf};
+
+include!(concat!(env!("OUT_DIR"), "/stdlib.rs"));
+
+/// Which evaluator runs a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter.
+    Interp,
+}
+
+impl Backend {
+    pub fn from_name(s: &str) -> Option<Backend> {
+        match s {
+            "interp" => Some(Backend::Interp),
+            _ => None,
+        }
+    }
+}
+
+/// A set of checked losses and the sources they came from.
+#[derive(Clone, Debug)]
+pub struct Library {
+    sources: Sources,
+    module: Module,
+}
+
+/// The most files one compilation unit may import, directly or not.
+const MAX_IMPORTS: usize = 256;
+
+enum Origin {
+    Stdlib,
+    Dir(PathBuf),
+}
+
+impl Library {
+    /// The standard library (see STDLIB.md), embedded in the binary.
+    pub fn with_stdlib() -> Result<Library> {
+        let mut sources = Sources::new();
+        let mut files = Vec::new();
+        for (name, text) in STDLIB_FILES {
+            let id = sources.add(format!("stdlib/{name}"), *text);
+            files.push(crate::syntax::parse(id, text).map_err(|e| e.rendered_with(&sources))?);
+        }
+        for f in &files {
+            for item in &f.items {
+                if let ast::Item::Import(i) = item {
+                    if !STDLIB_FILES.iter().any(|(n, _)| *n == i.path) {
+                        return Err(Error::new(ErrorKind::Unknown, format!("stdlib import of unknown file `{}`", i.path)));
+                    }
+                }
+            }
+        }
+        let refs: Vec<&ast::File> = files.iter().collect();
+        let module = crate::check::check(&refs, &sources).map_err(|e| e.rendered_with(&sources))?;
+        Ok(Library { sources, module })
+    }
+
+    /// Losses from source text. `import "x.loss"` resolves against the standard library's files.
+    pub fn from_source(name: &str, text: &str) -> Result<Library> {
+        Library::load(name.to_string(), text.to_string(), Origin::Stdlib)
+    }
+
+    /// Losses from a file. Imports resolve relative to the file, then against the standard library.
+    pub fn from_file(path: &Path) -> Result<Library> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", path.display())))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Library::load(path.display().to_string(), text, Origin::Dir(dir))
+    }
+
+    fn load(name: String, text: String, origin: Origin) -> Result<Library> {
+        let mut sources = Sources::new();
+        let mut files: Vec<ast::File> = Vec::new();
+        let mut seen: Vec<String> = vec![name.clone()];
+        let mut queue = vec![(name, text, origin)];
+        // Parse every file once; collect parse errors against the sources read so far.
+        while let Some((name, text, origin)) = queue.pop() {
+            let id = sources.add(name, text);
+            let file = crate::syntax::parse(id, sources.text(id)).map_err(|e| e.rendered_with(&sources))?;
+            for item in &file.items {
+                let ast::Item::Import(imp) = item else { continue };
+                let (key, next) = resolve_import(&imp.path, &origin).map_err(|e| {
+                    Error::from_diag(
+                        e.kind,
+                        crate::diag::Diagnostic::new(e.message()).primary(imp.span, "imported here"),
+                    )
+                    .rendered_with(&sources)
+                })?;
+                if seen.contains(&key) {
+                    continue;
+                }
+                if seen.len() >= MAX_IMPORTS {
+                    return Err(Error::new(ErrorKind::Limit, format!("more than {MAX_IMPORTS} imported files")));
+                }
+                seen.push(key.clone());
+                queue.push((key, next.0, next.1));
+            }
+            files.push(file);
+        }
+        let refs: Vec<&ast::File> = files.iter().collect();
+        let module = crate::check::check(&refs, &sources).map_err(|e| e.rendered_with(&sources))?;
+        Ok(Library { sources, module })
+    }
+
+    /// The sources diagnostics point into (for [`Error::render`]).
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    /// Every loss, in file order.
+    pub fn losses(&self) -> &[Program] {
+        &self.module.losses
+    }
+
+    /// One loss by name, or an `unknown loss` error with a suggestion.
+    pub fn loss(&self, name: &str) -> Result<&Program> {
+        self.module.get(name).ok_or_else(|| {
+            let mut e = Error::new(ErrorKind::Unknown, format!("unknown loss `{name}`"));
+            let best = self
+                .module
+                .losses
+                .iter()
+                .map(|l| (strsim::damerau_levenshtein(name, &l.name), &l.name))
+                .min_by_key(|(d, _)| *d);
+            if let Some((d, n)) = best {
+                if d <= 3 {
+                    e = e.with_note(format!("did you mean `{n}`?"));
+                }
+            }
+            e.with_note("`lossc list` shows the standard library")
+        })
+    }
+
+    /// Evaluates a loss on a call's arrays.
+    pub fn call(&self, name: &str, call: &Call) -> Result<Output> {
+        let p = self.loss(name)?;
+        bind::evaluate(p, call)
+    }
+}
+
+/// Finds an imported file: next to the importing file, then in the standard library.
+fn resolve_import(path: &str, origin: &Origin) -> Result<(String, (String, Origin))> {
+    if let Origin::Dir(dir) = origin {
+        let candidate = dir.join(path);
+        if candidate.is_file() {
+            let text = std::fs::read_to_string(&candidate)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", candidate.display())))?;
+            let next_dir = candidate.parent().map(Path::to_path_buf).unwrap_or_default();
+            let key = candidate.canonicalize().unwrap_or(candidate).display().to_string();
+            return Ok((key, (text, Origin::Dir(next_dir))));
+        }
+    }
+    let base = path.rsplit('/').next().unwrap_or(path);
+    if let Some((n, text)) = STDLIB_FILES.iter().find(|(n, _)| *n == base) {
+        return Ok((format!("stdlib/{n}"), (text.to_string(), Origin::Stdlib)));
+    }
+    Err(Error::new(ErrorKind::Unknown, format!("cannot find the imported file `{path}` (unknown file)")))
+}
+
+impl Error {
+    /// Pre-renders diagnostics (with their source excerpts) into the messages, for errors that
+    /// outlive the sources they point into.
+    fn rendered_with(self, sources: &Sources) -> Error {
+        if self.pre_rendered {
+            return self;
+        }
+        let text = self.render(sources);
+        let mut e = Error::new(self.kind, text.trim_end().to_string());
+        e.pre_rendered = true;
+        e
+    }
+}

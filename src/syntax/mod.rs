@@ -1,0 +1,486 @@
+//! Parsing: source text -> [`ast::File`], via the pest grammar in `grammar/loss.pest`.
+//!
+//! Owns the grammar, operator precedence (a Pratt parser) and syntax diagnostics. Knows nothing
+//! of names or types; that is `check`'s job.
+
+pub mod ast;
+
+use crate::diag::{Diagnostic, Error, ErrorKind, Result, Span};
+use ast::*;
+use pest::iterators::{Pair, Pairs};
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser as _;
+use std::sync::OnceLock;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/loss.pest"]
+struct LossParser;
+
+/// Deepest expression nesting accepted; deeper input is an error, not a stack overflow.
+pub const MAX_NESTING: usize = 200;
+/// Longest source accepted, in bytes.
+pub const MAX_SOURCE_LEN: usize = 1 << 22;
+
+/// Parses one source file. `file` is the id the spans will carry.
+pub fn parse(file: u32, text: &str) -> Result<File> {
+    if text.len() > MAX_SOURCE_LEN {
+        return Err(Error::new(
+            ErrorKind::Limit,
+            format!("source is {} bytes; the limit is {MAX_SOURCE_LEN}", text.len()),
+        ));
+    }
+    check_nesting(file, text)?;
+    let mut pairs = LossParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e))?;
+    let root = pairs.next().expect("the file rule always yields one pair");
+    let b = Builder { file };
+    let mut items = Vec::new();
+    for p in root.into_inner() {
+        match p.as_rule() {
+            Rule::import => items.push(Item::Import(b.import(p))),
+            Rule::loss_def => items.push(Item::Loss(b.loss(p)?)),
+            Rule::fn_def => items.push(Item::Fn(b.fn_def(p)?)),
+            _ => {}
+        }
+    }
+    Ok(File { items })
+}
+
+/// Parses a single expression (used for parameter values given on the command line).
+pub fn parse_expr(file: u32, text: &str) -> Result<Expr> {
+    check_nesting(file, text)?;
+    let mut pairs = LossParser::parse(Rule::expr, text).map_err(|e| syntax_error(file, text, e))?;
+    let p = pairs.next().expect("the expr rule yields one pair");
+    if p.as_span().end() != text.trim_end().len() {
+        let at = p.as_span().end();
+        return Err(Error::from_diag(
+            ErrorKind::Syntax,
+            Diagnostic::new("unexpected text after the expression")
+                .primary(Span::new(file, at, text.len()), "not part of the expression"),
+        ));
+    }
+    Builder { file }.expr(p)
+}
+
+/// Pest recurses once per nesting level; bound the depth before parsing so that hostile input
+/// (a million open parentheses) is an error instead of a stack overflow.
+fn check_nesting(file: u32, text: &str) -> Result<()> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Error::from_diag(
+                        ErrorKind::Limit,
+                        Diagnostic::new(format!(
+                            "brackets nested more than {MAX_NESTING} deep"
+                        ))
+                        .primary(Span::new(file, i, i + 1), "too deep"),
+                    ));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn rule_name(r: &Rule) -> Option<&'static str> {
+    Some(match r {
+        Rule::EOI => "end of input",
+        Rule::import => "`import`",
+        Rule::loss_def => "`loss`",
+        Rule::fn_def => "`fn`",
+        Rule::kw_loss => "`loss`",
+        Rule::kw_fn => "`fn`",
+        Rule::kw_let | Rule::let_stmt => "`let`",
+        Rule::kw_else => "`else`",
+        Rule::kw_pad | Rule::pad => "`pad`",
+        Rule::ident => "a name",
+        Rule::expr | Rule::primary | Rule::prefix => "an expression",
+        Rule::infix
+        | Rule::or
+        | Rule::and
+        | Rule::eq
+        | Rule::ne
+        | Rule::le
+        | Rule::ge
+        | Rule::lt
+        | Rule::gt
+        | Rule::add
+        | Rule::sub
+        | Rule::mul
+        | Rule::div
+        | Rule::rem
+        | Rule::pow => "an operator",
+        Rule::number | Rule::int_lit => "a number",
+        Rule::type_name => "a type (real, int or bool)",
+        Rule::string => "a quoted path",
+        Rule::block => "`{`",
+        Rule::dims | Rule::let_indices | Rule::out_shape => "`[`",
+        Rule::doc_line | Rule::docs => "`///`",
+        Rule::input_decl | Rule::input_list => "an input",
+        Rule::param_decl | Rule::param_list => "a parameter",
+        Rule::tensor_index => "an index",
+        _ => return None,
+    })
+}
+
+fn syntax_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Error {
+    let (start, end) = match e.location {
+        pest::error::InputLocation::Pos(p) => (p, p),
+        pest::error::InputLocation::Span((a, b)) => (a, b),
+    };
+    // Point at the offending token rather than at nothing.
+    let end = if end > start {
+        end
+    } else {
+        text[start..].chars().next().map(|c| start + c.len_utf8()).unwrap_or(start)
+    };
+    let found = match text[start..].chars().next() {
+        None => "end of input".to_string(),
+        Some(_) => {
+            let tok: String = text[start..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .take(12)
+                .collect();
+            format!("`{tok}`")
+        }
+    };
+    let message = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().filter_map(rule_name).collect();
+            names.sort();
+            names.dedup();
+            match names.len() {
+                0 => format!("syntax error: unexpected {found}"),
+                1 => format!("syntax error: expected {}, found {found}", names[0]),
+                _ => {
+                    let last = names.pop().unwrap_or_default();
+                    format!("syntax error: expected {} or {last}, found {found}", names.join(", "))
+                }
+            }
+        }
+        pest::error::ErrorVariant::CustomError { message } => format!("syntax error: {message}"),
+    };
+    Error::from_diag(
+        ErrorKind::Syntax,
+        Diagnostic::new(message).primary(Span::new(file, start, end), "here"),
+    )
+}
+
+fn pratt() -> &'static PrattParser<Rule> {
+    static P: OnceLock<PrattParser<Rule>> = OnceLock::new();
+    P.get_or_init(|| {
+        PrattParser::new()
+            .op(Op::infix(Rule::or, Assoc::Left))
+            .op(Op::infix(Rule::and, Assoc::Left))
+            .op(Op::infix(Rule::eq, Assoc::Left)
+                | Op::infix(Rule::ne, Assoc::Left)
+                | Op::infix(Rule::lt, Assoc::Left)
+                | Op::infix(Rule::le, Assoc::Left)
+                | Op::infix(Rule::gt, Assoc::Left)
+                | Op::infix(Rule::ge, Assoc::Left))
+            .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left)
+                | Op::infix(Rule::div, Assoc::Left)
+                | Op::infix(Rule::rem, Assoc::Left))
+            .op(Op::prefix(Rule::neg) | Op::prefix(Rule::not))
+            .op(Op::infix(Rule::pow, Assoc::Right))
+    })
+}
+
+struct Builder {
+    file: u32,
+}
+
+impl Builder {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.file, s.start(), s.end())
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident { name: p.as_str().to_string(), span: self.span(&p) }
+    }
+
+    fn docs(&self, p: Pair<Rule>) -> String {
+        let lines: Vec<&str> = p
+            .into_inner()
+            .map(|l| {
+                let s = l.as_str().trim_start_matches("///");
+                s.strip_prefix(' ').unwrap_or(s).trim_end()
+            })
+            .collect();
+        lines.join("\n")
+    }
+
+    fn ty(&self, p: Pair<Rule>) -> Type {
+        match p.as_str() {
+            "int" => Type::Int,
+            "bool" => Type::Bool,
+            _ => Type::Real,
+        }
+    }
+
+    fn int_value(&self, p: &Pair<Rule>) -> Result<i64> {
+        p.as_str().parse::<i64>().map_err(|_| {
+            Error::from_diag(
+                ErrorKind::Syntax,
+                Diagnostic::new("integer literal too large").primary(self.span(p), "does not fit in 64 bits"),
+            )
+        })
+    }
+
+    fn import(&self, p: Pair<Rule>) -> Import {
+        let span = self.span(&p);
+        let s = p.into_inner().next().map(|s| s.as_str().to_string()).unwrap_or_default();
+        Import { path: s.trim_matches('"').to_string(), span }
+    }
+
+    fn loss(&self, p: Pair<Rule>) -> Result<LossDef> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let doc = self.docs(it.next().expect("docs"));
+        let _kw = it.next();
+        let name = self.ident(it.next().expect("loss name"));
+        let mut inputs = Vec::new();
+        let mut params = Vec::new();
+        let mut output = Vec::new();
+        let mut output_span = name.span;
+        let mut body = None;
+        for part in it {
+            match part.as_rule() {
+                Rule::input_list => {
+                    for d in part.into_inner() {
+                        inputs.push(self.input(d)?);
+                    }
+                }
+                Rule::param_list => {
+                    for d in part.into_inner() {
+                        params.push(self.param(d)?);
+                    }
+                }
+                Rule::out_shape => {
+                    output_span = self.span(&part);
+                    output = part.into_inner().map(|i| self.ident(i)).collect();
+                }
+                Rule::block => body = Some(self.block(part)?),
+                _ => {}
+            }
+        }
+        Ok(LossDef { doc, name, inputs, params, output, output_span, body: body.expect("loss body"), span })
+    }
+
+    fn input(&self, p: Pair<Rule>) -> Result<InputDecl> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().expect("input name"));
+        let mut dims = Vec::new();
+        let mut ty = None;
+        for part in it {
+            match part.as_rule() {
+                Rule::dims => {
+                    for d in part.into_inner() {
+                        match d.as_rule() {
+                            Rule::ident => dims.push(DimDecl::Index(self.ident(d))),
+                            _ => dims.push(DimDecl::Fixed(self.int_value(&d)?, self.span(&d))),
+                        }
+                    }
+                }
+                Rule::type_name => ty = Some(self.ty(part)),
+                _ => {}
+            }
+        }
+        Ok(InputDecl { name, dims, ty, span })
+    }
+
+    fn param(&self, p: Pair<Rule>) -> Result<ParamDecl> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().expect("param name"));
+        let mut ty = None;
+        let mut default = None;
+        for part in it {
+            match part.as_rule() {
+                Rule::type_name => ty = Some(self.ty(part)),
+                Rule::expr => default = Some(self.expr(part)?),
+                _ => {}
+            }
+        }
+        Ok(ParamDecl { name, ty, default: default.expect("param default"), span })
+    }
+
+    fn fn_def(&self, p: Pair<Rule>) -> Result<FnDef> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let doc = self.docs(it.next().expect("docs"));
+        let _kw = it.next();
+        let name = self.ident(it.next().expect("fn name"));
+        let params = it.next().expect("fn params").into_inner().map(|i| self.ident(i)).collect();
+        let body_pair = it.next().expect("fn body");
+        let body = match body_pair.as_rule() {
+            Rule::block => self.block(body_pair)?,
+            _ => {
+                let e = self.expr(body_pair)?;
+                Block { span: e.span, lets: vec![], result: Box::new(e) }
+            }
+        };
+        Ok(FnDef { doc, name, params, body, span })
+    }
+
+    fn block(&self, p: Pair<Rule>) -> Result<Block> {
+        let span = self.span(&p);
+        let mut lets = Vec::new();
+        let mut result = None;
+        for part in p.into_inner() {
+            match part.as_rule() {
+                Rule::let_stmt => lets.push(self.let_stmt(part)?),
+                Rule::expr => result = Some(self.expr(part)?),
+                _ => {}
+            }
+        }
+        Ok(Block { lets, result: Box::new(result.expect("block result")), span })
+    }
+
+    fn let_stmt(&self, p: Pair<Rule>) -> Result<Let> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let _kw = it.next();
+        let name = self.ident(it.next().expect("let name"));
+        let mut indices = None;
+        let mut pad = None;
+        let mut value = None;
+        for part in it {
+            match part.as_rule() {
+                Rule::let_indices => {
+                    let mut v = Vec::new();
+                    for ti in part.into_inner() {
+                        let mut ti_it = ti.into_inner();
+                        let iname = self.ident(ti_it.next().expect("index name"));
+                        let extent = match ti_it.next() {
+                            Some(e) => Some(self.expr(e)?),
+                            None => None,
+                        };
+                        v.push(TensorIndex { name: iname, extent });
+                    }
+                    indices = Some(v);
+                }
+                Rule::pad => {
+                    let e = part.into_inner().find(|x| x.as_rule() == Rule::expr).expect("pad expr");
+                    pad = Some(self.expr(e)?);
+                }
+                Rule::expr => value = Some(self.expr(part)?),
+                _ => {}
+            }
+        }
+        Ok(Let { name, indices, pad, value: value.expect("let value"), span })
+    }
+
+    fn expr(&self, p: Pair<Rule>) -> Result<Expr> {
+        self.pratt_expr(p.into_inner())
+    }
+
+    fn pratt_expr(&self, pairs: Pairs<Rule>) -> Result<Expr> {
+        pratt()
+            .map_primary(|p| self.primary(p))
+            .map_prefix(|op, rhs| {
+                let rhs = rhs?;
+                let span = self.span(&op).to(rhs.span);
+                let u = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
+                Ok(Expr { kind: ExprKind::Unary(u, Box::new(rhs)), span })
+            })
+            .map_infix(|lhs, op, rhs| {
+                let (lhs, rhs) = (lhs?, rhs?);
+                let b = match op.as_rule() {
+                    Rule::or => BinOp::Or,
+                    Rule::and => BinOp::And,
+                    Rule::eq => BinOp::Eq,
+                    Rule::ne => BinOp::Ne,
+                    Rule::lt => BinOp::Lt,
+                    Rule::le => BinOp::Le,
+                    Rule::gt => BinOp::Gt,
+                    Rule::ge => BinOp::Ge,
+                    Rule::add => BinOp::Add,
+                    Rule::sub => BinOp::Sub,
+                    Rule::mul => BinOp::Mul,
+                    Rule::div => BinOp::Div,
+                    Rule::rem => BinOp::Rem,
+                    _ => BinOp::Pow,
+                };
+                let span = lhs.span.to(rhs.span);
+                Ok(Expr { kind: ExprKind::Binary(b, Box::new(lhs), Box::new(rhs)), span })
+            })
+            .parse(pairs)
+    }
+
+    fn primary(&self, p: Pair<Rule>) -> Result<Expr> {
+        let span = self.span(&p);
+        let kind = match p.as_rule() {
+            Rule::paren => {
+                let inner = self.expr(p.into_inner().next().expect("paren expr"))?;
+                // Keep the parenthesised span so carets cover the brackets.
+                return Ok(Expr { kind: inner.kind, span });
+            }
+            Rule::number => {
+                let s = p.as_str();
+                if s.contains(['.', 'e', 'E']) {
+                    ExprKind::Real(s.parse::<f64>().unwrap_or(f64::INFINITY))
+                } else {
+                    ExprKind::Int(self.int_value(&p)?)
+                }
+            }
+            Rule::bool_lit => ExprKind::Bool(p.as_str() == "true"),
+            Rule::access => {
+                let mut it = p.into_inner();
+                let name = self.ident(it.next().expect("name"));
+                match it.next() {
+                    None => ExprKind::Name(name),
+                    Some(args) => ExprKind::Access(
+                        name,
+                        args.into_inner().map(|a| self.expr(a)).collect::<Result<_>>()?,
+                    ),
+                }
+            }
+            Rule::call => {
+                let mut it = p.into_inner();
+                let name = self.ident(it.next().expect("name"));
+                ExprKind::Call(name, it.map(|a| self.expr(a)).collect::<Result<_>>()?)
+            }
+            Rule::reduce => {
+                let mut it = p.into_inner().peekable();
+                let op = self.ident(it.next().expect("reducer"));
+                let mut idx = Vec::new();
+                while let Some(x) = it.peek() {
+                    if x.as_rule() != Rule::ident {
+                        break;
+                    }
+                    idx.push(self.ident(it.next().expect("peeked")));
+                }
+                let body = self.expr(it.next().expect("reduce body"))?;
+                ExprKind::Reduce(op, idx, Box::new(body))
+            }
+            Rule::if_expr => {
+                let mut it = p.into_inner();
+                let _kw = it.next();
+                let cond = self.expr(it.next().expect("if cond"))?;
+                let then = self.block(it.next().expect("then block"))?;
+                let _else = it.next();
+                let other = it.next().expect("else branch");
+                let other = match other.as_rule() {
+                    Rule::block => self.block(other)?,
+                    _ => {
+                        let e = self.primary(other)?;
+                        Block { span: e.span, lets: vec![], result: Box::new(e) }
+                    }
+                };
+                ExprKind::If(Box::new(cond), Box::new(then), Box::new(other))
+            }
+            r => unreachable!("primary rule {r:?}"),
+        };
+        Ok(Expr { kind, span })
+    }
+}
+
