@@ -73,6 +73,11 @@ fn is_builtin(name: &str) -> bool {
         || matches!(name, "real" | "int" | "stop_grad" | "pow")
 }
 
+/// Deepest expression DAG accepted after inlining (every later stage walks it recursively).
+pub const MAX_IR_DEPTH: usize = 1000;
+/// Deepest chain of helper-function calls.
+pub const MAX_INLINE_DEPTH: usize = 64;
+
 const CONSTANTS: &[&str] = &["pi", "inf", "nan"];
 
 type DResult<T> = std::result::Result<T, Diagnostic>;
@@ -278,6 +283,22 @@ impl<'a> Lower<'a> {
         let body = self.to_real(body);
         self.free_within(body, &out_ix, d.body.result.span, "the loss's output", d.output_span)?;
         self.prog.output = ir::Output { indices: out_ix, body };
+        // Children precede parents in the pool, so one forward pass gives every node's depth.
+        let pool = &self.prog.pool;
+        let mut depth = vec![0usize; pool.len()];
+        for k in 0..pool.len() {
+            let mut dk = 0;
+            pool.get(ExprId(k as u32)).for_each_child(|c| dk = dk.max(depth[c.ix()]));
+            depth[k] = dk + 1;
+            if depth[k] > MAX_IR_DEPTH {
+                return Err(Diagnostic::new(format!(
+                    "`{}` is nested more than {MAX_IR_DEPTH} deep once its aliases and helpers are expanded",
+                    d.name.name
+                ))
+                .primary(d.name.span, "too deep")
+                .note("materialise intermediate values with tensor definitions (`let t[i] = ...`)"));
+            }
+        }
         Ok(self.prog)
     }
 
@@ -929,6 +950,10 @@ impl<'a> Lower<'a> {
                 .primary(span, "recursive call")
                 .secondary(f.name.span, "defined here")
                 .note("helper functions are inlined and cannot recurse; use a recurrence (`let t[i] pad 0 = ...`)"));
+        }
+        if self.fn_stack.len() >= MAX_INLINE_DEPTH {
+            return Err(Diagnostic::new(format!("helper functions nested more than {MAX_INLINE_DEPTH} deep"))
+                .primary(span, "too deep"));
         }
         if f.params.len() != args.len() {
             return Err(Diagnostic::new(format!(

@@ -51,17 +51,20 @@ enum Origin {
 
 impl Library {
     /// The standard library (see STDLIB.md), embedded in the binary.
+    ///
+    /// With the environment variable `LOSSC_STDLIB_DIR` set, the files are read from that
+    /// directory instead (for working on the standard library without rebuilding).
     pub fn with_stdlib() -> Result<Library> {
         let mut sources = Sources::new();
         let mut files = Vec::new();
-        for (name, text) in STDLIB_FILES {
-            let id = sources.add(format!("stdlib/{name}"), *text);
+        for (name, text) in stdlib_files()?.iter() {
+            let id = sources.add(format!("stdlib/{name}"), text.clone());
             files.push(crate::syntax::parse(id, text).map_err(|e| e.rendered_with(&sources))?);
         }
         for f in &files {
             for item in &f.items {
                 if let ast::Item::Import(i) = item {
-                    if !STDLIB_FILES.iter().any(|(n, _)| *n == i.path) {
+                    if !stdlib_files()?.iter().any(|(n, _)| *n == i.path) {
                         return Err(Error::new(ErrorKind::Unknown, format!("stdlib import of unknown file `{}`", i.path)));
                     }
                 }
@@ -155,6 +158,26 @@ impl Library {
     }
 }
 
+/// The standard library's files: embedded, or read from `$LOSSC_STDLIB_DIR` when it is set.
+fn stdlib_files() -> Result<Vec<(String, String)>> {
+    let Ok(dir) = std::env::var("LOSSC_STDLIB_DIR") else {
+        return Ok(STDLIB_FILES.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect());
+    };
+    let rd = std::fs::read_dir(&dir)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("LOSSC_STDLIB_DIR `{dir}`: {e}")))?;
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".loss") {
+            let text = std::fs::read_to_string(e.path())
+                .map_err(|err| Error::new(ErrorKind::Io, format!("cannot read `{}`: {err}", e.path().display())))?;
+            out.push((name, text));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Finds an imported file: next to the importing file, then in the standard library.
 fn resolve_import(path: &str, origin: &Origin) -> Result<(String, (String, Origin))> {
     if let Origin::Dir(dir) = origin {
@@ -168,7 +191,7 @@ fn resolve_import(path: &str, origin: &Origin) -> Result<(String, (String, Origi
         }
     }
     let base = path.rsplit('/').next().unwrap_or(path);
-    if let Some((n, text)) = STDLIB_FILES.iter().find(|(n, _)| *n == base) {
+    if let Some((n, text)) = stdlib_files()?.iter().find(|(n, _)| *n == base) {
         return Ok((format!("stdlib/{n}"), (text.to_string(), Origin::Stdlib)));
     }
     Err(Error::new(ErrorKind::Unknown, format!("cannot find the imported file `{path}` (unknown file)")))

@@ -21,8 +21,72 @@ pub const MAX_NESTING: usize = 200;
 /// Longest source accepted, in bytes.
 pub const MAX_SOURCE_LEN: usize = 1 << 22;
 
+/// Deepest expression tree accepted (operators and calls, not only brackets).
+pub const MAX_DEPTH: usize = 256;
+
 /// Parses one source file. `file` is the id the spans will carry.
+///
+/// Parsing recurses once per operator of a chain (`a ^ b ^ c`, `- - x`), so it runs on a thread
+/// with a large stack; what comes back is at most [`MAX_DEPTH`] deep, which every later stage
+/// can walk recursively.
 pub fn parse(file: u32, text: &str) -> Result<File> {
+    let owned = text.to_string();
+    let worker = std::thread::Builder::new()
+        .stack_size(512 << 20)
+        .spawn(move || {
+            let f = parse_here(file, &owned)?;
+            check_depth(file, &f)?;
+            Ok(f)
+        });
+    match worker {
+        Ok(h) => h.join().unwrap_or_else(|_| Err(Error::new(ErrorKind::Limit, "the parser ran out of stack"))),
+        Err(_) => {
+            let f = parse_here(file, text)?;
+            check_depth(file, &f)?;
+            Ok(f)
+        }
+    }
+}
+
+fn check_depth(file: u32, f: &File) -> Result<()> {
+    fn block(b: &Block, d: usize) -> Option<Span> {
+        b.lets
+            .iter()
+            .find_map(|l| expr(&l.value, d).or_else(|| l.pad.as_ref().and_then(|p| expr(p, d))))
+            .or_else(|| expr(&b.result, d))
+    }
+    fn expr(e: &Expr, d: usize) -> Option<Span> {
+        if d > MAX_DEPTH {
+            return Some(e.span);
+        }
+        match &e.kind {
+            ExprKind::Real(_) | ExprKind::Int(_) | ExprKind::Bool(_) | ExprKind::Name(_) => None,
+            ExprKind::Access(_, a) | ExprKind::Call(_, a) => a.iter().find_map(|x| expr(x, d + 1)),
+            ExprKind::Reduce(_, _, b) | ExprKind::Unary(_, b) => expr(b, d + 1),
+            ExprKind::Binary(_, a, b) => expr(a, d + 1).or_else(|| expr(b, d + 1)),
+            ExprKind::If(c, a, b) => expr(c, d + 1).or_else(|| block(a, d + 1)).or_else(|| block(b, d + 1)),
+        }
+    }
+    let _ = file;
+    for item in &f.items {
+        let found = match item {
+            Item::Import(_) => None,
+            Item::Fn(d) => block(&d.body, 0),
+            Item::Loss(d) => d.params.iter().find_map(|p| expr(&p.default, 0)).or_else(|| block(&d.body, 0)),
+        };
+        if let Some(span) = found {
+            return Err(Error::from_diag(
+                ErrorKind::Limit,
+                Diagnostic::new(format!("expression nested more than {MAX_DEPTH} deep"))
+                    .primary(Span { end: span.start + 1, ..span }, "too deep here")
+                    .note("split it with `let` definitions"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_here(file: u32, text: &str) -> Result<File> {
     if text.len() > MAX_SOURCE_LEN {
         return Err(Error::new(
             ErrorKind::Limit,
@@ -114,7 +178,8 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
         | Rule::div
         | Rule::rem
         | Rule::pow => "an operator",
-        Rule::number | Rule::int_lit => "a number",
+        Rule::number => "an expression",
+        Rule::int_lit => "a number",
         Rule::type_name => "a type (real, int or bool)",
         Rule::string => "a quoted path",
         Rule::block => "`{`",
@@ -154,6 +219,10 @@ fn syntax_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Error {
             let mut names: Vec<&str> = positives.iter().filter_map(rule_name).collect();
             names.sort();
             names.dedup();
+            // "a name or an expression" says nothing more than "an expression".
+            if names.contains(&"an expression") {
+                names.retain(|n| *n != "a name");
+            }
             match names.len() {
                 0 => format!("syntax error: unexpected {found}"),
                 1 => format!("syntax error: expected {}, found {found}", names[0]),

@@ -1,0 +1,209 @@
+//! The `lossc` binary as a user meets it: diagnostics (insta snapshots), exit codes, errors
+//! for bad input of every kind, and the main commands.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lossc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lossc"))
+        .args(args)
+        .env_remove("LOSSC_STDLIB_DIR")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run lossc")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_diagnostics_point_at_the_cause() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/diagnostics");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 7);
+    for f in files {
+        let rel = format!("tests/diagnostics/{}", f.file_name().unwrap().to_string_lossy());
+        let o = lossc(&["check", &rel]);
+        assert_eq!(o.status.code(), Some(2), "{rel} should fail to check");
+        let err = stderr(&o);
+        // file:line:column and a caret, always
+        assert!(err.contains(&format!("{rel}:")), "{err}");
+        assert!(err.contains('^'), "{err}");
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(format!("diagnostic_{name}"), err);
+    }
+}
+
+#[test]
+fn check_accepts_the_stdlib_and_examples() {
+    let mut args = vec!["check".to_string()];
+    for dir in ["stdlib", "examples"] {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().map(|x| x == "loss").unwrap_or(false) {
+                args.push(format!("{dir}/{}", p.file_name().unwrap().to_string_lossy()));
+            }
+        }
+    }
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let o = lossc(&refs);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn list_shows_every_stdlib_loss_with_its_summary() {
+    let o = lossc(&["list"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    let names: Vec<&str> = out.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+    for want in STDLIB_NAMES {
+        assert!(names.contains(want), "`{want}` missing from `lossc list`:\n{out}");
+    }
+    for line in out.lines() {
+        assert!(line.split_whitespace().count() > 2, "no summary: {line}");
+    }
+}
+
+pub const STDLIB_NAMES: &[&str] = &[
+    "sigmoid_cross_entropy",
+    "binary_crossentropy",
+    "balanced_sigmoid_cross_entropy",
+    "softmax_cross_entropy",
+    "sparse_softmax_cross_entropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "focal_loss",
+    "softmax_focal_loss",
+    "dice_loss",
+    "giou_loss",
+    "diou_loss",
+    "ciou_loss",
+    "hinge_loss",
+    "ctc_loss",
+    "edit_distance",
+    "kl_divergence",
+    "large_margin_softmax_loss",
+    "center_loss",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "root_mean_squared_error",
+    "l2_loss",
+    "l1_loss",
+    "huber_loss",
+    "smooth_l1_loss",
+    "log_cosh",
+];
+
+#[test]
+fn show_prints_signature_defaults_doc_and_source() {
+    let o = lossc(&["show", "focal_loss"]);
+    assert!(o.status.success());
+    insta::assert_snapshot!("show_focal_loss", stdout(&o));
+}
+
+#[test]
+fn run_check_passes_the_reference_cases() {
+    let o = lossc(&["run", "--check", "--backend", "interp", "tests/cases"]);
+    let out = stdout(&o);
+    let last = out.lines().last().unwrap_or("");
+    assert!(last.ends_with(" 0 failed"), "{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}");
+}
+
+#[test]
+fn run_check_reports_a_failing_case_and_exits_nonzero() {
+    let o = lossc(&["run", "--check", "tests/data/wrong_value.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("FAIL mean_squared_error/wrong_value"), "{out}");
+    assert!(out.trim_end().ends_with("0 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn run_without_check_prints_json_results() {
+    let o = lossc(&["run", "tests/cases/mean_absolute_error/article_table_1.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["value"]["shape"], serde_json::json!([]));
+    assert!((v["value"]["data"][0].as_f64().unwrap() - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn eval_takes_literals_params_reduction_and_writes_npy() {
+    let out_dir = std::env::temp_dir().join(format!("lossc-eval-{}", std::process::id()));
+    let o = lossc(&[
+        "eval",
+        "focal_loss",
+        "--input",
+        "labels=[1,0,1]",
+        "--input",
+        "logits=[0.2,-1.0,3.0]",
+        "--param",
+        "gamma=1.5",
+        "--reduction",
+        "mean",
+        "--dtype",
+        "f32",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(out_dir.join("value.npy")).unwrap();
+    let a = lossc::runtime::Array::from_npy(&bytes, "value").unwrap();
+    assert_eq!(a.shape, Vec::<usize>::new());
+    // reading the value back as the next call's input works too
+    let o2 = lossc(&[
+        "eval",
+        "mean_squared_error",
+        "--input",
+        &format!("labels={}", out_dir.join("value.npy").display()),
+        "--input",
+        "predictions=0",
+    ]);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    let _ = std::fs::remove_dir_all(out_dir);
+}
+
+/// Every kind of bad input: exit code 2 and a message naming the cause, never a panic.
+#[test]
+fn bad_input_is_a_clear_error_with_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["eval", "focal_los", "--input", "labels=[1]", "--input", "logits=[0]"], "unknown loss `focal_los`"),
+        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logits=[0]", "--param", "gama=1"], "unknown parameter `gama`"),
+        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logit=[0]"], "unknown input `logit`"),
+        (&["eval", "focal_loss", "--input", "labels=[1]"], "missing input `logits"),
+        (&["eval", "focal_loss", "--input", "labels=[1,0]", "--input", "logits=[0]"], "shape mismatch"),
+        (&["eval", "focal_loss", "--input", "labels=[1,0", "--input", "logits=[0]"], "not an array literal"),
+        (&["eval", "focal_loss", "--input", "labels=[[1],[0,1]]", "--input", "logits=[0]"], "ragged"),
+        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logits=[0]", "--reduction", "avg"], "unknown reduction"),
+        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logits=[0]", "--param", "gamma=true"], "is real"),
+        (&["eval", "dice_loss", "--input", "labels=[1]", "--input", "probs=[0.5]", "--reduction", "weighted_mean"], "reduction"),
+        (
+            &["eval", "sparse_softmax_cross_entropy", "--input", "labels=[0,3]", "--input", "logits=[[1,2,3],[1,2,3]]"],
+            "out of range",
+        ),
+        (
+            &["eval", "sparse_softmax_cross_entropy", "--input", "labels=[0,0.5]", "--input", "logits=[[1,2,3],[1,2,3]]"],
+            "wrong dtype",
+        ),
+        (&["eval", "focal_loss", "--input", "labels=tests/data/corrupt.npy", "--input", "logits=[0]"], "not a valid .npy"),
+        (&["eval", "focal_loss", "--input", "labels=tests/data/strings.npy", "--input", "logits=[0]"], "dtype"),
+        (&["eval", "focal_loss", "--input", "labels=tests/data/absent.npy", "--input", "logits=[0]"], "cannot read"),
+        (&["run", "--check", "tests/data/no_such_dir"], "no such case"),
+        (&["run", "tests/data/malformed.json"], "not valid JSON"),
+        (&["show", "tests/diagnostics/undefined_name.loss"], "unknown name `gama`"),
+    ];
+    for (args, want) in cases {
+        let o = lossc(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected `{want}` in:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
