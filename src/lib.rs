@@ -13,3 +13,4 @@ pub mod interp;
 pub mod runtime;
 pub mod cases;
 pub mod cli;
+pub mod grad;

@@ -135,6 +135,8 @@ impl<'a> Lower<'a> {
                 pool: ir::ExprPool::default(),
                 spans: HashMap::new(),
                 source: String::new(),
+                passes: vec![],
+                grads: vec![],
             },
             names: HashMap::new(),
             scopes: vec![HashMap::new()],
@@ -397,6 +399,7 @@ impl<'a> Lower<'a> {
             body: ExprId(0),
             pad: None,
             recurrent: false,
+            accumulated: false,
         });
         self.define(&l.name, Binding::Tensor(tid))?;
         self.current = Some(Current { id: tid, indices: indices.clone(), recurrent: false });

@@ -10,7 +10,7 @@
 //! tensor's pad value, when it declares one), never an out-of-bounds access.
 
 use crate::diag::{Diagnostic, Error, ErrorKind, Result};
-use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Program, Red, Ty, Un};
+use crate::ir::{Bin, Contribution, Expr, ExprId, Func, IndexId, Pass, Program, Red, Ty, Un};
 use std::collections::HashMap;
 
 /// A scalar value.
@@ -73,12 +73,26 @@ pub fn eval_scalar(p: &Program, env: &Env, e: ExprId) -> Result<Value> {
 /// Runs a program: evaluates its tensor definitions in order, then its output over the
 /// output's indices, row-major. Returns the output's values as f64 (rounded to f32 in f32 mode).
 pub fn run(p: &Program, env: &Env) -> Result<Vec<f64>> {
+    Ok(run_with_grads(p, env)?.0)
+}
+
+/// Runs a program and its backward passes; returns the output's values and, for each entry
+/// of `p.grads`, the gradient's values (row-major over the input's dimensions).
+pub fn run_with_grads(p: &Program, env: &Env) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
     let mut m = Machine::new(p, env);
     for (k, t) in p.tensors.iter().enumerate() {
         m.fill(Some(k), &t.indices, t.body)?;
     }
     let out = m.fill(None, &p.output.indices, p.output.body)?;
-    Ok(out.into_iter().map(|v| v.as_f64()).collect())
+    for pass in &p.passes {
+        m.run_pass(pass)?;
+    }
+    let mut grads = Vec::new();
+    for (_, t) in &p.grads {
+        let data = m.tensors[t.ix()].take().unwrap_or_default();
+        grads.push(data.into_iter().map(|v| m.round(v.as_f64())).collect());
+    }
+    Ok((out.into_iter().map(|v| v.as_f64()).collect(), grads))
 }
 
 /// Number of cells of an index space, or a limit error.
@@ -172,6 +186,68 @@ pub fn softplus(x: f64) -> f64 {
 impl<'a> Machine<'a> {
     fn new(p: &'a Program, env: &'a Env<'a>) -> Machine<'a> {
         Machine { p, env, tensors: vec![None; p.tensors.len()], at: vec![0; p.indices.len()], memo: HashMap::new() }
+    }
+
+    fn round(&self, v: f64) -> f64 {
+        if self.env.f32 {
+            v as f32 as f64
+        } else {
+            v
+        }
+    }
+
+    /// Runs one backward pass: every contribution at every cell (in reverse order for a
+    /// recurrence's adjoint). Adjoints accumulate in f64.
+    fn run_pass(&mut self, pass: &Pass) -> Result<()> {
+        let n = table_size(self.p, &self.env.extents, &pass.space)?;
+        let ext: Vec<i64> = pass.space.iter().map(|i| self.env.extents[i.ix()]).collect();
+        for step in 0..n {
+            let mut flat = if pass.reverse { n - 1 - step } else { step };
+            for k in (0..ext.len()).rev() {
+                let e = ext[k].max(1) as usize;
+                self.at[pass.space[k].ix()] = (flat % e) as i64;
+                flat /= e;
+            }
+            for c in &pass.contributions {
+                self.contribute(c, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn contribute(&mut self, c: &Contribution, k: usize) -> Result<()> {
+        if let Some(i) = c.extra.get(k) {
+            let saved = self.at[i.ix()];
+            for v in 0..self.env.extents[i.ix()].max(0) {
+                self.at[i.ix()] = v;
+                self.contribute(c, k + 1)?;
+            }
+            self.at[i.ix()] = saved;
+            return Ok(());
+        }
+        for g in &c.guards {
+            if !self.eval(*g)?.bool() {
+                return Ok(());
+            }
+        }
+        let dims = self.p.tensors[c.target.ix()].indices.clone();
+        let mut off: i64 = 0;
+        for (a, d) in c.index.iter().zip(&dims) {
+            let v = self.eval(*a)?.int();
+            let e = self.env.extents[d.ix()];
+            // Out of range only where the forward pass read a pad, which has no gradient.
+            if v < 0 || v >= e {
+                return Ok(());
+            }
+            off = off * e + v;
+        }
+        let v = self.eval(c.value)?.as_f64();
+        if let Some(t) = self.tensors[c.target.ix()].as_mut() {
+            if let Some(cell) = t.get_mut(off as usize) {
+                *cell = Value::Real(cell.as_f64() + v);
+            }
+        }
+        Ok(())
     }
 
     fn r(&self, v: f64) -> Value {

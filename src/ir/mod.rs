@@ -358,6 +358,31 @@ pub struct Tensor {
     /// the value of reads outside the table (recurrences only)
     pub pad: Option<ExprId>,
     pub recurrent: bool,
+    /// an adjoint: starts at zero (its body), then accumulates contributions from passes
+    pub accumulated: bool,
+}
+
+/// A backward pass: for every cell of `space` (in reverse row-major order when `reverse`, which
+/// is how a recurrence's adjoint runs), every contribution adds its value into an accumulated
+/// tensor. This is how gradients scatter: a gather `x[n, labels[n]]` gives a contribution whose
+/// target index is `labels[n]`, and repeated ids accumulate.
+#[derive(Clone, Debug)]
+pub struct Pass {
+    pub space: Vec<IndexId>,
+    pub reverse: bool,
+    pub contributions: Vec<Contribution>,
+}
+
+/// `target[index...] += value` for every point of the pass's cell times `extra` indices where
+/// every guard holds. Guards are evaluated first and lazily (they are the conditions of the
+/// `if`s the value sits under), so a value is only computed where the forward pass computed it.
+#[derive(Clone, Debug)]
+pub struct Contribution {
+    pub extra: Vec<IndexId>,
+    pub guards: Vec<ExprId>,
+    pub target: TensorId,
+    pub index: Vec<ExprId>,
+    pub value: ExprId,
 }
 
 #[derive(Clone, Debug)]
@@ -381,6 +406,10 @@ pub struct Program {
     pub spans: HashMap<ExprId, crate::diag::Span>,
     /// the loss's source text, for `lossc show`
     pub source: String,
+    /// backward passes, run after the output (empty unless differentiated)
+    pub passes: Vec<Pass>,
+    /// for each differentiated input, the accumulated tensor holding its gradient
+    pub grads: Vec<(InputId, TensorId)>,
 }
 
 impl Program {

@@ -405,9 +405,20 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
     }
     env.inputs = inputs;
 
-    let values = match call.backend {
-        Backend::Interp => interp::run(&q, &env)?,
+    let wrt: Vec<ir::InputId> = call.grad.iter().filter_map(|g| p.input(g)).collect();
+    let q = if wrt.is_empty() { q } else { crate::grad::differentiate(&q, &wrt)? };
+    let (values, grads) = match call.backend {
+        Backend::Interp => interp::run_with_grads(&q, &env)?,
     };
     let shape = if call.reduction == Reduction::None { out_shape } else { vec![] };
-    Ok(Output { value: Array::real(shape, values), grads: vec![] })
+    let grads = wrt
+        .iter()
+        .zip(grads)
+        .map(|(w, g)| {
+            let name = p.inputs[w.ix()].name.clone();
+            let shape = call.inputs.iter().find(|(n, _)| *n == name).map(|(_, a)| a.shape.clone()).unwrap_or_default();
+            (name, Array::real(shape, g))
+        })
+        .collect();
+    Ok(Output { value: Array::real(shape, values), grads })
 }

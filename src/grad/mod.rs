@@ -1,0 +1,574 @@
+//! Reverse-mode symbolic differentiation: IR -> IR.
+//!
+//! [`differentiate`] takes a program whose output is the value to differentiate (a call's
+//! reduction already written in; an output with indices is differentiated as the sum of its
+//! elements) and returns the same program extended with an accumulated adjoint tensor for every
+//! active tensor and differentiated input, and backward [`Pass`]es that fill them: one for the
+//! output, then one per active tensor definition in reverse order. A recurrence's pass runs in
+//! reverse row-major order, so the cells that read a cell have pushed their adjoints into it
+//! before it pushes its own: this is the generic adjoint of a recurrence (for CTC, the
+//! beta/posterior pass), with no loss-specific code.
+//!
+//! Within one definition, adjoints flow down the expression DAG in reverse topological order
+//! (children have smaller ids than parents). An adjoint is a list of terms, each a value over a
+//! space of indices (the definition's indices plus the indices of the reductions it sits in)
+//! under guards (the conditions of the `if`s it sits in). Guards are kept apart from values so
+//! that a partial derivative is only ever evaluated where the forward pass evaluated its
+//! expression: an inf or NaN in an `if`'s dead branch never reaches a gradient.
+//!
+//! The one rule table is [`Diff::push`]. Conventions at kinks: |x|' = 0 at 0 (sign), max/min
+//! send the adjoint to the first arg-max, clamp passes the gradient on the closed interval
+//! [lo, hi], stop_grad, comparisons, ints and bools carry none.
+
+use crate::diag::{Error, ErrorKind, Result};
+use crate::ir::{
+    Bin, Contribution, Expr, ExprId, Func, IndexId, InputId, Pass, Program, Red, Tensor, TensorId, Ty, Un,
+};
+use std::collections::HashMap;
+
+/// One term of an adjoint: `value` at every point of `space` where all `guards` hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Term {
+    space: Vec<IndexId>,
+    guards: Vec<ExprId>,
+    value: ExprId,
+}
+
+/// Differentiates `p`'s output with respect to the given real inputs.
+pub fn differentiate(p: &Program, wrt: &[InputId]) -> Result<Program> {
+    for w in wrt {
+        let inp = &p.inputs[w.ix()];
+        if inp.ty != Ty::Real {
+            return Err(Error::new(
+                ErrorKind::NotDifferentiable,
+                format!("input `{}` of `{}` is int: it is not differentiable", inp.name, p.name),
+            ));
+        }
+    }
+    let mut d = Diff::new(p.clone(), wrt);
+    d.run();
+    Ok(d.q)
+}
+
+struct Diff {
+    q: Program,
+    active: Vec<bool>,
+    active_tensor: Vec<bool>,
+    /// adjoint tensor of each forward tensor / input
+    tensor_adj: HashMap<TensorId, TensorId>,
+    input_adj: HashMap<InputId, TensorId>,
+}
+
+impl Diff {
+    fn new(q: Program, wrt: &[InputId]) -> Diff {
+        let n_forward = q.tensors.len();
+        let mut d = Diff {
+            active: vec![],
+            active_tensor: vec![false; n_forward],
+            tensor_adj: HashMap::new(),
+            input_adj: HashMap::new(),
+            q,
+        };
+        // Activity: which tensors depend on a differentiated input (self-reads don't count).
+        for k in 0..n_forward {
+            let body = d.q.tensors[k].body;
+            let is_real = d.q.tensors[k].ty == Ty::Real;
+            let mut seen = HashMap::new();
+            d.active_tensor[k] = is_real && d.depends(body, wrt, &mut seen);
+        }
+        let pool = &d.q.pool;
+        let mut active = vec![false; pool.len()];
+        for k in 0..pool.len() {
+            let id = ExprId(k as u32);
+            let real = pool.ty(id) == Ty::Real;
+            active[k] = real
+                && match pool.get(id) {
+                    Expr::Input(i, _) => wrt.contains(i),
+                    Expr::Tensor(t, _) => d.active_tensor[t.ix()],
+                    Expr::StopGrad(_) => false,
+                    e => {
+                        let mut any = false;
+                        e.for_each_child(|c| any |= active[c.ix()]);
+                        any
+                    }
+                };
+        }
+        d.active = active;
+        // Adjoint tensors: zero-filled, then accumulated.
+        let zero = d.q.pool.real(0.0);
+        for k in 0..n_forward {
+            if d.active_tensor[k] {
+                let t = &d.q.tensors[k];
+                let adj = Tensor {
+                    name: format!("{}_grad", t.name),
+                    ty: Ty::Real,
+                    indices: t.indices.clone(),
+                    body: zero,
+                    pad: None,
+                    recurrent: false,
+                    accumulated: true,
+                };
+                d.q.tensors.push(adj);
+                d.tensor_adj.insert(TensorId(k as u32), TensorId((d.q.tensors.len() - 1) as u32));
+            }
+        }
+        for w in wrt {
+            let inp = &d.q.inputs[w.ix()];
+            let adj = Tensor {
+                name: format!("{}_grad", inp.name),
+                ty: Ty::Real,
+                indices: inp.dims.clone(),
+                body: zero,
+                pad: None,
+                recurrent: false,
+                accumulated: true,
+            };
+            d.q.tensors.push(adj);
+            let id = TensorId((d.q.tensors.len() - 1) as u32);
+            d.input_adj.insert(*w, id);
+            d.q.grads.push((*w, id));
+        }
+        d
+    }
+
+    fn depends(&self, e: ExprId, wrt: &[InputId], seen: &mut HashMap<ExprId, bool>) -> bool {
+        if let Some(v) = seen.get(&e) {
+            return *v;
+        }
+        let pool = &self.q.pool;
+        let v = match pool.get(e) {
+            Expr::Input(i, _) => wrt.contains(i) && pool.ty(e) == Ty::Real,
+            Expr::Tensor(t, _) => self.active_tensor.get(t.ix()).copied().unwrap_or(false),
+            Expr::StopGrad(_) => false,
+            other => {
+                let mut any = false;
+                other.clone().for_each_child(|c| any = any || self.depends(c, wrt, seen));
+                any
+            }
+        };
+        seen.insert(e, v);
+        v
+    }
+
+    fn run(&mut self) {
+        let mut passes = Vec::new();
+        // The output: seed 1 at every point of its index space.
+        let out = self.q.output.clone();
+        let one = self.q.pool.real(1.0);
+        passes.push(self.pass(out.indices.clone(), false, out.body, one));
+        // Tensor definitions, last first: each seeded with its own adjoint at its own cell.
+        let n_forward = self.active_tensor.len();
+        for k in (0..n_forward).rev() {
+            if !self.active_tensor[k] {
+                continue;
+            }
+            let t = self.q.tensors[k].clone();
+            let adj = self.tensor_adj[&TensorId(k as u32)];
+            let args: Vec<ExprId> = t.indices.iter().map(|i| self.q.pool.add(Expr::Index(*i), Ty::Int)).collect();
+            let seed = self.q.pool.add(Expr::Tensor(adj, args), Ty::Real);
+            passes.push(self.pass(t.indices.clone(), t.recurrent, t.body, seed));
+        }
+        passes.retain(|p| !p.contributions.is_empty());
+        self.q.passes = passes;
+    }
+
+    /// Backpropagates `seed` from `root` over the cells of `space`.
+    fn pass(&mut self, space: Vec<IndexId>, reverse: bool, root: ExprId, seed: ExprId) -> Pass {
+        let mut contributions = Vec::new();
+        if !self.active[root.ix()] {
+            return Pass { space, reverse, contributions };
+        }
+        let mut sorted = space.clone();
+        sorted.sort();
+        let mut adj: HashMap<ExprId, Vec<Term>> = HashMap::new();
+        adj.insert(root, vec![Term { space: sorted, guards: vec![], value: seed }]);
+        // Reachable active nodes, parents before children (descending ids).
+        let mut nodes = Vec::new();
+        let mut seen = vec![false; self.q.pool.len()];
+        let mut stack = vec![root];
+        while let Some(e) = stack.pop() {
+            if seen[e.ix()] || !self.active[e.ix()] {
+                continue;
+            }
+            seen[e.ix()] = true;
+            nodes.push(e);
+            if matches!(self.q.pool.get(e), Expr::Input(..) | Expr::Tensor(..)) {
+                continue; // index arguments carry no gradient
+            }
+            self.q.pool.get(e).clone().for_each_child(|c| stack.push(c));
+        }
+        nodes.sort_by(|a, b| b.cmp(a));
+        for e in nodes {
+            let Some(terms) = adj.remove(&e) else { continue };
+            for t in self.merge(terms) {
+                match self.q.pool.get(e).clone() {
+                    Expr::Input(i, args) => {
+                        if let Some(target) = self.input_adj.get(&i).copied() {
+                            contributions.push(self.contribution(&space, t, target, args));
+                        }
+                    }
+                    Expr::Tensor(k, args) => {
+                        if let Some(target) = self.tensor_adj.get(&k).copied() {
+                            contributions.push(self.contribution(&space, t, target, args));
+                        }
+                    }
+                    _ => {
+                        for (child, term) in self.push(e, t) {
+                            if self.active[child.ix()] {
+                                adj.entry(child).or_default().push(term);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Pass { space, reverse, contributions }
+    }
+
+    fn contribution(&self, space: &[IndexId], t: Term, target: TensorId, index: Vec<ExprId>) -> Contribution {
+        let extra = t.space.iter().copied().filter(|i| !space.contains(i)).collect();
+        Contribution { extra, guards: t.guards, target, index, value: t.value }
+    }
+
+    /// Terms over the same space under the same guards add up into one.
+    fn merge(&mut self, terms: Vec<Term>) -> Vec<Term> {
+        let mut out: Vec<Term> = Vec::new();
+        for t in terms {
+            match out.iter_mut().find(|o| o.space == t.space && o.guards == t.guards) {
+                Some(o) => o.value = self.add(o.value, t.value),
+                None => out.push(t),
+            }
+        }
+        out
+    }
+
+    // ---- expression builders with the obvious folds ----
+
+    fn real(&mut self, v: f64) -> ExprId {
+        self.q.pool.real(v)
+    }
+    fn is_real(&self, e: ExprId, v: f64) -> bool {
+        matches!(self.q.pool.get(e), Expr::Real(b) if f64::from_bits(*b) == v)
+    }
+    fn bin(&mut self, op: Bin, a: ExprId, b: ExprId) -> ExprId {
+        self.q.pool.add(Expr::Binary(op, a, b), Ty::Real)
+    }
+    fn add(&mut self, a: ExprId, b: ExprId) -> ExprId {
+        if self.is_real(a, 0.0) {
+            return b;
+        }
+        if self.is_real(b, 0.0) {
+            return a;
+        }
+        self.bin(Bin::Add, a, b)
+    }
+    fn mul(&mut self, a: ExprId, b: ExprId) -> ExprId {
+        if self.is_real(a, 1.0) {
+            return b;
+        }
+        if self.is_real(b, 1.0) {
+            return a;
+        }
+        self.bin(Bin::Mul, a, b)
+    }
+    fn div(&mut self, a: ExprId, b: ExprId) -> ExprId {
+        self.bin(Bin::Div, a, b)
+    }
+    fn sub(&mut self, a: ExprId, b: ExprId) -> ExprId {
+        self.bin(Bin::Sub, a, b)
+    }
+    fn neg(&mut self, a: ExprId) -> ExprId {
+        if let Expr::Unary(Un::Neg, x) = self.q.pool.get(a) {
+            return *x;
+        }
+        self.q.pool.add(Expr::Unary(Un::Neg, a), Ty::Real)
+    }
+    fn call(&mut self, f: Func, args: Vec<ExprId>) -> ExprId {
+        self.q.pool.add(Expr::Call(f, args), Ty::Real)
+    }
+    fn cmp(&mut self, op: Bin, a: ExprId, b: ExprId) -> ExprId {
+        self.q.pool.add(Expr::Binary(op, a, b), Ty::Bool)
+    }
+    fn and(&mut self, a: ExprId, b: ExprId) -> ExprId {
+        self.q.pool.add(Expr::Binary(Bin::And, a, b), Ty::Bool)
+    }
+    fn not(&mut self, a: ExprId) -> ExprId {
+        self.q.pool.add(Expr::Unary(Un::Not, a), Ty::Bool)
+    }
+    fn to_real(&mut self, a: ExprId) -> ExprId {
+        match self.q.pool.get(a) {
+            Expr::Int(v) => {
+                let v = *v as f64;
+                self.real(v)
+            }
+            _ if self.q.pool.ty(a) == Ty::Real => a,
+            _ => self.q.pool.add(Expr::Unary(Un::ToReal, a), Ty::Real),
+        }
+    }
+
+    /// The rule table: the terms `e`'s adjoint term `t` sends to each of `e`'s children.
+    fn push(&mut self, e: ExprId, t: Term) -> Vec<(ExprId, Term)> {
+        let v = t.value;
+        let with = |value: ExprId| Term { space: t.space.clone(), guards: t.guards.clone(), value };
+        let guarded = |g: ExprId| {
+            let mut guards = t.guards.clone();
+            guards.push(g);
+            Term { space: t.space.clone(), guards, value: v }
+        };
+        match self.q.pool.get(e).clone() {
+            Expr::Unary(Un::Neg, a) => {
+                let n = self.neg(v);
+                vec![(a, with(n))]
+            }
+            Expr::Binary(op, a, b) => match op {
+                Bin::Add => vec![(a, with(v)), (b, with(v))],
+                Bin::Sub => {
+                    let n = self.neg(v);
+                    vec![(a, with(v)), (b, with(n))]
+                }
+                Bin::Mul => {
+                    let va = self.mul(v, b);
+                    let vb = self.mul(v, a);
+                    vec![(a, with(va)), (b, with(vb))]
+                }
+                Bin::Div => {
+                    let va = self.div(v, b);
+                    let ve = self.mul(v, e);
+                    let q = self.div(ve, b);
+                    let vb = self.neg(q);
+                    vec![(a, with(va)), (b, with(vb))]
+                }
+                Bin::Rem => {
+                    let q = self.div(a, b);
+                    let f = self.call(Func::Floor, vec![q]);
+                    let m = self.mul(v, f);
+                    let vb = self.neg(m);
+                    vec![(a, with(v)), (b, with(vb))]
+                }
+                Bin::Pow => self.pow_rule(e, a, b, &t),
+                _ => vec![],
+            },
+            Expr::Call(f, args) => self.call_rule(e, f, &args, &t),
+            Expr::Select(c, a, b) => {
+                let nc = self.not(c);
+                vec![(a, guarded(c)), (b, guarded(nc))]
+            }
+            Expr::Reduce(red, i, body) => {
+                let mut space = t.space.clone();
+                if !space.contains(&i) {
+                    space.push(i);
+                    space.sort();
+                }
+                let term = |value: ExprId, guards: Vec<ExprId>| Term { space: space.clone(), guards, value };
+                match red {
+                    Red::Sum => vec![(body, term(v, t.guards.clone()))],
+                    Red::Mean => {
+                        let n = self.q.pool.add(Expr::Extent(i), Ty::Int);
+                        let n = self.to_real(n);
+                        let vv = self.div(v, n);
+                        vec![(body, term(vv, t.guards.clone()))]
+                    }
+                    Red::LogSumExp => {
+                        let d = self.sub(body, e);
+                        let w = self.call(Func::Exp, vec![d]);
+                        let vv = self.mul(v, w);
+                        vec![(body, term(vv, t.guards.clone()))]
+                    }
+                    Red::Max | Red::Min => {
+                        // One-hot at the first index where the body attains the extremum.
+                        let hit = self.cmp(Bin::Eq, body, e);
+                        let ix = self.q.pool.add(Expr::Index(i), Ty::Int);
+                        let n = self.q.pool.add(Expr::Extent(i), Ty::Int);
+                        let sel = self.q.pool.add(Expr::Select(hit, ix, n), Ty::Int);
+                        let first = self.q.pool.add(Expr::Reduce(Red::Min, i, sel), Ty::Int);
+                        let at = self.cmp(Bin::Eq, ix, first);
+                        let mut g = t.guards.clone();
+                        g.push(at);
+                        vec![(body, term(v, g))]
+                    }
+                }
+            }
+            _ => vec![],
+        }
+    }
+
+    fn pow_rule(&mut self, e: ExprId, a: ExprId, b: ExprId, t: &Term) -> Vec<(ExprId, Term)> {
+        let v = t.value;
+        let with = |value: ExprId| Term { space: t.space.clone(), guards: t.guards.clone(), value };
+        let mut out = Vec::new();
+        if self.q.pool.ty(b) == Ty::Int {
+            // n a^(n-1), with a^1 and a^0 folded
+            let da = match self.q.pool.get(b).clone() {
+                Expr::Int(0) => None,
+                Expr::Int(1) => Some(v),
+                Expr::Int(2) => {
+                    let two = self.real(2.0);
+                    let ta = self.mul(two, a);
+                    Some(self.mul(v, ta))
+                }
+                _ => {
+                    let one = self.q.pool.int(1);
+                    let nm1 = self.q.pool.add(Expr::Binary(Bin::Sub, b, one), Ty::Int);
+                    let pw = self.q.pool.add(Expr::Binary(Bin::Pow, a, nm1), Ty::Real);
+                    let n = self.to_real(b);
+                    let np = self.mul(n, pw);
+                    Some(self.mul(v, np))
+                }
+            };
+            if let Some(da) = da {
+                out.push((a, with(da)));
+            }
+        } else {
+            let one = self.real(1.0);
+            let bm1 = self.sub(b, one);
+            let pw = self.bin(Bin::Pow, a, bm1);
+            let bp = self.mul(b, pw);
+            let da = self.mul(v, bp);
+            out.push((a, with(da)));
+            // d/db a^b = a^b log a; 0 where a == 0 (the limit from the right for b > 0).
+            let zero = self.real(0.0);
+            let nz = self.cmp(Bin::Ne, a, zero);
+            let la = self.call(Func::Log, vec![a]);
+            let el = self.mul(e, la);
+            let db = self.mul(v, el);
+            let mut guards = t.guards.clone();
+            guards.push(nz);
+            out.push((b, Term { space: t.space.clone(), guards, value: db }));
+        }
+        out
+    }
+
+    fn call_rule(&mut self, e: ExprId, f: Func, args: &[ExprId], t: &Term) -> Vec<(ExprId, Term)> {
+        let v = t.value;
+        let with = |value: ExprId| Term { space: t.space.clone(), guards: t.guards.clone(), value };
+        let guarded = |value: ExprId, g: ExprId| {
+            let mut guards = t.guards.clone();
+            guards.push(g);
+            Term { space: t.space.clone(), guards, value }
+        };
+        let a = args.first().copied().unwrap_or(e);
+        let one = self.real(1.0);
+        let unary = |d: &mut Diff, partial: ExprId| -> Vec<(ExprId, Term)> {
+            let m = d.mul(v, partial);
+            vec![(a, with(m))]
+        };
+        match f {
+            Func::Exp => unary(self, e),
+            Func::Log => {
+                let q = self.div(v, a);
+                vec![(a, with(q))]
+            }
+            Func::Log1p => {
+                let s = self.add(one, a);
+                let q = self.div(v, s);
+                vec![(a, with(q))]
+            }
+            Func::Expm1 => {
+                let s = self.add(e, one);
+                unary(self, s)
+            }
+            Func::Sqrt => {
+                let half = self.real(0.5);
+                let h = self.mul(v, half);
+                let q = self.div(h, e);
+                vec![(a, with(q))]
+            }
+            Func::Abs => {
+                let s = self.call(Func::Sign, vec![a]);
+                unary(self, s)
+            }
+            Func::Sigmoid => {
+                let c = self.sub(one, e);
+                let p = self.mul(e, c);
+                unary(self, p)
+            }
+            Func::Softplus => {
+                let s = self.call(Func::Sigmoid, vec![a]);
+                unary(self, s)
+            }
+            Func::LogSigmoid => {
+                let na = self.neg(a);
+                let s = self.call(Func::Sigmoid, vec![na]);
+                unary(self, s)
+            }
+            Func::Tanh => {
+                let sq = self.mul(e, e);
+                let c = self.sub(one, sq);
+                unary(self, c)
+            }
+            Func::Sin => {
+                let c = self.call(Func::Cos, vec![a]);
+                unary(self, c)
+            }
+            Func::Cos => {
+                let s = self.call(Func::Sin, vec![a]);
+                let m = self.mul(v, s);
+                let n = self.neg(m);
+                vec![(a, with(n))]
+            }
+            Func::Atan => {
+                let sq = self.mul(a, a);
+                let s = self.add(one, sq);
+                let q = self.div(v, s);
+                vec![(a, with(q))]
+            }
+            Func::Acos => {
+                let sq = self.mul(a, a);
+                let c = self.sub(one, sq);
+                let r = self.call(Func::Sqrt, vec![c]);
+                let q = self.div(v, r);
+                let n = self.neg(q);
+                vec![(a, with(n))]
+            }
+            Func::Max | Func::Min => {
+                // The first argument equal to the result takes the adjoint.
+                let mut out = Vec::new();
+                let mut earlier_missed: Option<ExprId> = None;
+                for x in args {
+                    let hit = self.cmp(Bin::Eq, *x, e);
+                    let g = match earlier_missed {
+                        Some(m) => self.and(m, hit),
+                        None => hit,
+                    };
+                    out.push((*x, guarded(v, g)));
+                    let miss = self.cmp(Bin::Ne, *x, e);
+                    earlier_missed = Some(match earlier_missed {
+                        Some(m) => self.and(m, miss),
+                        None => miss,
+                    });
+                }
+                out
+            }
+            Func::LogSumExp => {
+                let mut out = Vec::new();
+                for x in args {
+                    let d = self.sub(*x, e);
+                    let w = self.call(Func::Exp, vec![d]);
+                    let m = self.mul(v, w);
+                    out.push((*x, with(m)));
+                }
+                out
+            }
+            Func::Clamp => {
+                let (x, lo, hi) = (args[0], args[1], args[2]);
+                let ge = self.cmp(Bin::Ge, x, lo);
+                let le = self.cmp(Bin::Le, x, hi);
+                let inside = self.and(ge, le);
+                let below = self.cmp(Bin::Lt, x, lo);
+                let above = self.cmp(Bin::Gt, x, hi);
+                vec![(x, guarded(v, inside)), (lo, guarded(v, below)), (hi, guarded(v, above))]
+            }
+            Func::Xlogy => {
+                let (x, y) = (args[0], args[1]);
+                let zero = self.real(0.0);
+                let nz = self.cmp(Bin::Ne, x, zero);
+                let ly = self.call(Func::Log, vec![y]);
+                let dx = self.mul(v, ly);
+                let vx = self.mul(v, x);
+                let dy = self.div(vx, y);
+                vec![(x, guarded(dx, nz)), (y, with(dy))]
+            }
+            Func::Sign | Func::Floor | Func::Ceil | Func::IsNan | Func::IsInf => vec![],
+        }
+    }
+}
