@@ -20,11 +20,19 @@ pub struct Span {
 
 impl Span {
     pub fn new(file: u32, start: usize, end: usize) -> Span {
-        Span { file, start: start as u32, end: end as u32 }
+        Span {
+            file,
+            start: start as u32,
+            end: end as u32,
+        }
     }
     /// The smallest span covering both (same file assumed).
     pub fn to(self, other: Span) -> Span {
-        Span { file: self.file, start: self.start.min(other.start), end: self.end.max(other.end) }
+        Span {
+            file: self.file,
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 }
 
@@ -43,20 +51,33 @@ impl Sources {
         (self.files.len() - 1) as u32
     }
     pub fn name(&self, file: u32) -> &str {
-        self.files.get(file as usize).map(|f| f.0.as_str()).unwrap_or("<unknown>")
+        self.files
+            .get(file as usize)
+            .map(|f| f.0.as_str())
+            .unwrap_or("<unknown>")
     }
     pub fn text(&self, file: u32) -> &str {
-        self.files.get(file as usize).map(|f| f.1.as_str()).unwrap_or("")
+        self.files
+            .get(file as usize)
+            .map(|f| f.1.as_str())
+            .unwrap_or("")
     }
     pub fn slice(&self, span: Span) -> &str {
-        self.text(span.file).get(span.start as usize..span.end as usize).unwrap_or("")
+        self.text(span.file)
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or("")
     }
     /// 1-based line and column of a span's start.
     pub fn line_col(&self, span: Span) -> (usize, usize) {
         let text = self.text(span.file);
         let upto = &text[..(span.start as usize).min(text.len())];
         let line = upto.matches('\n').count() + 1;
-        let col = upto.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        let col = upto
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line, col)
     }
 }
@@ -120,14 +141,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Diagnostic {
     pub fn new(message: impl Into<String>) -> Diagnostic {
-        Diagnostic { message: message.into(), labels: vec![], notes: vec![] }
+        Diagnostic {
+            message: message.into(),
+            labels: vec![],
+            notes: vec![],
+        }
     }
     pub fn primary(mut self, span: Span, message: impl Into<String>) -> Diagnostic {
-        self.labels.push(Label { span, message: message.into(), primary: true });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: true,
+        });
         self
     }
     pub fn secondary(mut self, span: Span, message: impl Into<String>) -> Diagnostic {
-        self.labels.push(Label { span, message: message.into(), primary: false });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: false,
+        });
         self
     }
     pub fn note(mut self, note: impl Into<String>) -> Diagnostic {
@@ -138,10 +171,18 @@ impl Diagnostic {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, diagnostics: vec![Diagnostic::new(message)], pre_rendered: false }
+        Error {
+            kind,
+            diagnostics: vec![Diagnostic::new(message)],
+            pre_rendered: false,
+        }
     }
     pub fn from_diag(kind: ErrorKind, d: Diagnostic) -> Error {
-        Error { kind, diagnostics: vec![d], pre_rendered: false }
+        Error {
+            kind,
+            diagnostics: vec![d],
+            pre_rendered: false,
+        }
     }
     /// Adds a note to the (last) diagnostic.
     pub fn with_note(mut self, note: impl Into<String>) -> Error {
@@ -159,7 +200,11 @@ impl Error {
     }
     /// The messages only, one per line, without source excerpts.
     pub fn message(&self) -> String {
-        self.diagnostics.iter().map(|d| d.message.as_str()).collect::<Vec<_>>().join("; ")
+        self.diagnostics
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
     }
     /// Renders every diagnostic with file:line:column and carets, without colour.
     pub fn render(&self, sources: &Sources) -> String {

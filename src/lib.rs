@@ -5,12 +5,12 @@
 //! `runtime` binds arrays to a loss (shapes, parameters, reductions) and runs a backend;
 //! `cases` runs the reference cases; `cli` is the `lossc` binary.
 
-pub mod diag;
-pub mod syntax;
-pub mod check;
-pub mod ir;
-pub mod interp;
-pub mod runtime;
 pub mod cases;
+pub mod check;
 pub mod cli;
+pub mod diag;
 pub mod grad;
+pub mod interp;
+pub mod ir;
+pub mod runtime;
+pub mod syntax;

@@ -23,11 +23,17 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn check_diagnostics_point_at_the_cause() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/diagnostics");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 7);
     for f in files {
-        let rel = format!("tests/diagnostics/{}", f.file_name().unwrap().to_string_lossy());
+        let rel = format!(
+            "tests/diagnostics/{}",
+            f.file_name().unwrap().to_string_lossy()
+        );
         let o = lossc(&["check", &rel]);
         assert_eq!(o.status.code(), Some(2), "{rel} should fail to check");
         let err = stderr(&o);
@@ -47,7 +53,10 @@ fn check_accepts_the_stdlib_and_examples() {
         for e in std::fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
             if p.extension().map(|x| x == "loss").unwrap_or(false) {
-                args.push(format!("{dir}/{}", p.file_name().unwrap().to_string_lossy()));
+                args.push(format!(
+                    "{dir}/{}",
+                    p.file_name().unwrap().to_string_lossy()
+                ));
             }
         }
     }
@@ -61,9 +70,15 @@ fn list_shows_every_stdlib_loss_with_its_summary() {
     let o = lossc(&["list"]);
     assert!(o.status.success());
     let out = stdout(&o);
-    let names: Vec<&str> = out.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+    let names: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
     for want in STDLIB_NAMES {
-        assert!(names.contains(want), "`{want}` missing from `lossc list`:\n{out}");
+        assert!(
+            names.contains(want),
+            "`{want}` missing from `lossc list`:\n{out}"
+        );
     }
     for line in out.lines() {
         assert!(line.split_whitespace().count() > 2, "no summary: {line}");
@@ -127,7 +142,10 @@ fn run_check_reports_a_failing_case_and_exits_nonzero() {
 
 #[test]
 fn run_without_check_prints_json_results() {
-    let o = lossc(&["run", "tests/cases/mean_absolute_error/article_table_1.json"]);
+    let o = lossc(&[
+        "run",
+        "tests/cases/mean_absolute_error/article_table_1.json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["value"]["shape"], serde_json::json!([]));
@@ -174,30 +192,181 @@ fn eval_takes_literals_params_reduction_and_writes_npy() {
 #[test]
 fn bad_input_is_a_clear_error_with_exit_code_2() {
     let cases: &[(&[&str], &str)] = &[
-        (&["eval", "focal_los", "--input", "labels=[1]", "--input", "logits=[0]"], "unknown loss `focal_los`"),
-        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logits=[0]", "--param", "gama=1"], "unknown parameter `gama`"),
-        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logit=[0]"], "unknown input `logit`"),
-        (&["eval", "focal_loss", "--input", "labels=[1]"], "missing input `logits"),
-        (&["eval", "focal_loss", "--input", "labels=[1,0]", "--input", "logits=[0]"], "shape mismatch"),
-        (&["eval", "focal_loss", "--input", "labels=[1,0", "--input", "logits=[0]"], "not an array literal"),
-        (&["eval", "focal_loss", "--input", "labels=[[1],[0,1]]", "--input", "logits=[0]"], "ragged"),
-        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logits=[0]", "--reduction", "avg"], "unknown reduction"),
-        (&["eval", "focal_loss", "--input", "labels=[1]", "--input", "logits=[0]", "--param", "gamma=true"], "is real"),
-        (&["eval", "dice_loss", "--input", "labels=[1]", "--input", "probs=[0.5]", "--reduction", "weighted_mean"], "reduction"),
         (
-            &["eval", "sparse_softmax_cross_entropy", "--input", "labels=[0,3]", "--input", "logits=[[1,2,3],[1,2,3]]"],
+            &[
+                "eval",
+                "focal_los",
+                "--input",
+                "labels=[1]",
+                "--input",
+                "logits=[0]",
+            ],
+            "unknown loss `focal_los`",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=[1]",
+                "--input",
+                "logits=[0]",
+                "--param",
+                "gama=1",
+            ],
+            "unknown parameter `gama`",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=[1]",
+                "--input",
+                "logit=[0]",
+            ],
+            "unknown input `logit`",
+        ),
+        (
+            &["eval", "focal_loss", "--input", "labels=[1]"],
+            "missing input `logits",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=[1,0]",
+                "--input",
+                "logits=[0]",
+            ],
+            "shape mismatch",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=[1,0",
+                "--input",
+                "logits=[0]",
+            ],
+            "not an array literal",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=[[1],[0,1]]",
+                "--input",
+                "logits=[0]",
+            ],
+            "ragged",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=[1]",
+                "--input",
+                "logits=[0]",
+                "--reduction",
+                "avg",
+            ],
+            "unknown reduction",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=[1]",
+                "--input",
+                "logits=[0]",
+                "--param",
+                "gamma=true",
+            ],
+            "is real",
+        ),
+        (
+            &[
+                "eval",
+                "dice_loss",
+                "--input",
+                "labels=[1]",
+                "--input",
+                "probs=[0.5]",
+                "--reduction",
+                "weighted_mean",
+            ],
+            "reduction",
+        ),
+        (
+            &[
+                "eval",
+                "sparse_softmax_cross_entropy",
+                "--input",
+                "labels=[0,3]",
+                "--input",
+                "logits=[[1,2,3],[1,2,3]]",
+            ],
             "out of range",
         ),
         (
-            &["eval", "sparse_softmax_cross_entropy", "--input", "labels=[0,0.5]", "--input", "logits=[[1,2,3],[1,2,3]]"],
+            &[
+                "eval",
+                "sparse_softmax_cross_entropy",
+                "--input",
+                "labels=[0,0.5]",
+                "--input",
+                "logits=[[1,2,3],[1,2,3]]",
+            ],
             "wrong dtype",
         ),
-        (&["eval", "focal_loss", "--input", "labels=tests/data/corrupt.npy", "--input", "logits=[0]"], "not a valid .npy"),
-        (&["eval", "focal_loss", "--input", "labels=tests/data/strings.npy", "--input", "logits=[0]"], "dtype"),
-        (&["eval", "focal_loss", "--input", "labels=tests/data/absent.npy", "--input", "logits=[0]"], "cannot read"),
-        (&["run", "--check", "tests/data/no_such_dir"], "no such case"),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=tests/data/corrupt.npy",
+                "--input",
+                "logits=[0]",
+            ],
+            "not a valid .npy",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=tests/data/strings.npy",
+                "--input",
+                "logits=[0]",
+            ],
+            "dtype",
+        ),
+        (
+            &[
+                "eval",
+                "focal_loss",
+                "--input",
+                "labels=tests/data/absent.npy",
+                "--input",
+                "logits=[0]",
+            ],
+            "cannot read",
+        ),
+        (
+            &["run", "--check", "tests/data/no_such_dir"],
+            "no such case",
+        ),
         (&["run", "tests/data/malformed.json"], "not valid JSON"),
-        (&["show", "tests/diagnostics/undefined_name.loss"], "unknown name `gama`"),
+        (
+            &["show", "tests/diagnostics/undefined_name.loss"],
+            "unknown name `gama`",
+        ),
     ];
     for (args, want) in cases {
         let o = lossc(args);

@@ -23,26 +23,52 @@ pub enum Verdict {
     Fail(String),
 }
 
+/// The loss a case names (a standard-library name, or its file's entry).
+pub fn loss_name(case: &Case) -> Result<String> {
+    let stdlib = Library::with_stdlib()?;
+    let mut own = None;
+    Ok(case.library(&stdlib, &mut own)?.1)
+}
+
 /// Reads a case file. Malformed JSON is a `Data` error.
 pub fn load(path: &Path) -> Result<Case> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+    })?;
     parse(&text, path)
 }
 
 /// Parses a case from its JSON text.
 pub fn parse(text: &str, path: &Path) -> Result<Case> {
-    let json: Json = serde_json::from_str(text)
-        .map_err(|e| Error::new(ErrorKind::Data, format!("`{}` is not valid JSON: {e}", path.display())))?;
+    let json: Json = serde_json::from_str(text).map_err(|e| {
+        Error::new(
+            ErrorKind::Data,
+            format!("`{}` is not valid JSON: {e}", path.display()),
+        )
+    })?;
     if !json.is_object() {
-        return Err(Error::new(ErrorKind::Data, format!("`{}`: a case is a JSON object", path.display())));
+        return Err(Error::new(
+            ErrorKind::Data,
+            format!("`{}`: a case is a JSON object", path.display()),
+        ));
     }
     let name = json
         .get("name")
         .and_then(Json::as_str)
         .map(str::to_string)
-        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    Ok(Case { name, path: path.to_path_buf(), json })
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    Ok(Case {
+        name,
+        path: path.to_path_buf(),
+        json,
+    })
 }
 
 /// Every `.json` file under the given files and directories, sorted within each directory.
@@ -53,8 +79,9 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut stack = vec![p.clone()];
             let mut found = Vec::new();
             while let Some(d) = stack.pop() {
-                let rd = std::fs::read_dir(&d)
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", d.display())))?;
+                let rd = std::fs::read_dir(&d).map_err(|e| {
+                    Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", d.display()))
+                })?;
                 for e in rd.flatten() {
                     let path = e.path();
                     if path.is_dir() {
@@ -69,7 +96,10 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            return Err(Error::new(ErrorKind::Io, format!("no such case file or directory: `{}`", p.display())));
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("no such case file or directory: `{}`", p.display()),
+            ));
         }
     }
     Ok(out)
@@ -82,17 +112,27 @@ fn field<'a>(j: &'a Json, key: &str) -> Option<&'a Json> {
 /// `{"shape": [...], "data": [...]}` -> Array.
 pub fn array_from_json(j: &Json, what: &str) -> Result<Array> {
     let bad = |m: &str| Error::new(ErrorKind::Data, format!("{what}: {m}"));
-    let obj = j.as_object().ok_or_else(|| bad("expected {\"shape\": [...], \"data\": [...]}"))?;
-    let shape_j = obj.get("shape").and_then(Json::as_array).ok_or_else(|| bad("missing \"shape\" list"))?;
+    let obj = j
+        .as_object()
+        .ok_or_else(|| bad("expected {\"shape\": [...], \"data\": [...]}"))?;
+    let shape_j = obj
+        .get("shape")
+        .and_then(Json::as_array)
+        .ok_or_else(|| bad("missing \"shape\" list"))?;
     let mut shape = Vec::new();
     for d in shape_j {
-        let d = d.as_u64().ok_or_else(|| bad("a shape holds non-negative integers"))?;
+        let d = d
+            .as_u64()
+            .ok_or_else(|| bad("a shape holds non-negative integers"))?;
         shape.push(usize::try_from(d).map_err(|_| bad("dimension too large"))?);
     }
     let data = obj.get("data").ok_or_else(|| bad("missing \"data\""))?;
     // Data may be flat or nested; flatten it.
     let flat = Array::from_nested_json(&flatten_json(data), what)?;
-    let arr = Array { shape, data: flat.data };
+    let arr = Array {
+        shape,
+        data: flat.data,
+    };
     arr.validate(what)?;
     Ok(arr)
 }
@@ -120,20 +160,37 @@ fn param_from_json(name: &str, j: &Json) -> Result<ParamValue> {
             "inf" => ParamValue::Real(f64::INFINITY),
             "-inf" => ParamValue::Real(f64::NEG_INFINITY),
             "nan" => ParamValue::Real(f64::NAN),
-            _ => return Err(Error::new(ErrorKind::Data, format!("parameter `{name}`: `{s}` is not a value"))),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Data,
+                    format!("parameter `{name}`: `{s}` is not a value"),
+                ))
+            }
         },
-        _ => return Err(Error::new(ErrorKind::Data, format!("parameter `{name}`: `{j}` is not a value"))),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Data,
+                format!("parameter `{name}`: `{j}` is not a value"),
+            ))
+        }
     })
 }
 
 impl Case {
     /// The error substring this case expects, if it is an error case.
     pub fn expected_error(&self) -> Option<String> {
-        field(&self.json, "expect").and_then(|e| e.get("error")).and_then(Json::as_str).map(str::to_string)
+        field(&self.json, "expect")
+            .and_then(|e| e.get("error"))
+            .and_then(Json::as_str)
+            .map(str::to_string)
     }
 
     /// The library holding the case's loss: the standard library, or the `.loss` file it names.
-    fn library<'a>(&self, stdlib: &'a Library, own: &'a mut Option<Library>) -> Result<(&'a Library, String)> {
+    fn library<'a>(
+        &self,
+        stdlib: &'a Library,
+        own: &'a mut Option<Library>,
+    ) -> Result<(&'a Library, String)> {
         let loss = field(&self.json, "loss")
             .and_then(Json::as_str)
             .ok_or_else(|| Error::new(ErrorKind::Data, "the case has no \"loss\""))?;
@@ -144,7 +201,12 @@ impl Case {
                 Some(e) => e.to_string(),
                 None => match lib.losses() {
                     [one] => one.name.clone(),
-                    _ => return Err(Error::new(ErrorKind::Data, format!("`{loss}` holds several losses; name one with \"entry\""))),
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::Data,
+                            format!("`{loss}` holds several losses; name one with \"entry\""),
+                        ))
+                    }
                 },
             };
             *own = Some(lib);
@@ -161,17 +223,23 @@ impl Case {
         call.backend = backend;
         if let Some(d) = field(j, "dtype") {
             let s = d.as_str().unwrap_or("");
-            call.dtype = DType::from_name(s)
-                .ok_or_else(|| Error::new(ErrorKind::Type, format!("dtype `{d}` is not f32 or f64")))?;
+            call.dtype = DType::from_name(s).ok_or_else(|| {
+                Error::new(ErrorKind::Type, format!("dtype `{d}` is not f32 or f64"))
+            })?;
         }
         if let Some(inputs) = field(j, "inputs") {
-            let obj = inputs.as_object().ok_or_else(|| Error::new(ErrorKind::Data, "\"inputs\" is an object"))?;
+            let obj = inputs
+                .as_object()
+                .ok_or_else(|| Error::new(ErrorKind::Data, "\"inputs\" is an object"))?;
             for (k, v) in obj {
-                call.inputs.push((k.clone(), array_from_json(v, &format!("input `{k}`"))?));
+                call.inputs
+                    .push((k.clone(), array_from_json(v, &format!("input `{k}`"))?));
             }
         }
         if let Some(params) = field(j, "params") {
-            let obj = params.as_object().ok_or_else(|| Error::new(ErrorKind::Data, "\"params\" is an object"))?;
+            let obj = params
+                .as_object()
+                .ok_or_else(|| Error::new(ErrorKind::Data, "\"params\" is an object"))?;
             for (k, v) in obj {
                 call.params.push((k.clone(), param_from_json(k, v)?));
             }
@@ -189,9 +257,13 @@ impl Case {
             call.weights = Some(array_from_json(w, "weights")?);
         }
         if let Some(g) = field(j, "grad") {
-            let list = g.as_array().ok_or_else(|| Error::new(ErrorKind::Data, "\"grad\" is a list of input names"))?;
+            let list = g
+                .as_array()
+                .ok_or_else(|| Error::new(ErrorKind::Data, "\"grad\" is a list of input names"))?;
             for x in list {
-                let s = x.as_str().ok_or_else(|| Error::new(ErrorKind::Data, "\"grad\" is a list of input names"))?;
+                let s = x.as_str().ok_or_else(|| {
+                    Error::new(ErrorKind::Data, "\"grad\" is a list of input names")
+                })?;
                 call.grad.push(s.to_string());
             }
         }
@@ -212,19 +284,21 @@ impl Case {
         if let Some(want) = self.expected_error() {
             return match result {
                 Err(e) => {
-                    let msg = e.to_string();
+                    let msg = e.to_string().replace('\n', " ");
                     if msg.to_lowercase().contains(&want.to_lowercase()) {
                         Verdict::Pass(String::new())
                     } else {
                         Verdict::Fail(format!("expected an error mentioning `{want}`, got: {msg}"))
                     }
                 }
-                Ok(_) => Verdict::Fail(format!("expected an error mentioning `{want}`, but the call succeeded")),
+                Ok(_) => Verdict::Fail(format!(
+                    "expected an error mentioning `{want}`, but the call succeeded"
+                )),
             };
         }
         let out = match result {
             Ok(o) => o,
-            Err(e) => return Verdict::Fail(format!("error: {e}")),
+            Err(e) => return Verdict::Fail(format!("error: {}", e.to_string().replace('\n', " "))),
         };
         match self.compare(&out) {
             Ok(note) => Verdict::Pass(note),
@@ -243,7 +317,8 @@ impl Case {
         let mut unchecked = Vec::new();
         if let Some(g) = field(expect, "grad").and_then(Json::as_object) {
             for (k, v) in g {
-                let want = array_from_json(v, &format!("expect.grad.{k}")).map_err(|e| e.to_string())?;
+                let want =
+                    array_from_json(v, &format!("expect.grad.{k}")).map_err(|e| e.to_string())?;
                 match out.grads.iter().find(|(n, _)| n == k) {
                     Some((_, got)) => compare_arrays(&format!("grad {k}"), got, &want, rtol, atol)?,
                     None => unchecked.push(k.clone()),
@@ -253,14 +328,26 @@ impl Case {
         Ok(if unchecked.is_empty() {
             String::new()
         } else {
-            format!("value only; gradient of {} not derived yet", unchecked.join(", "))
+            format!(
+                "value only; gradient of {} not derived yet",
+                unchecked.join(", ")
+            )
         })
     }
 }
 
-fn compare_arrays(what: &str, got: &Array, want: &Array, rtol: f64, atol: f64) -> std::result::Result<(), String> {
+fn compare_arrays(
+    what: &str,
+    got: &Array,
+    want: &Array,
+    rtol: f64,
+    atol: f64,
+) -> std::result::Result<(), String> {
     if got.shape != want.shape {
-        return Err(format!("{what}: shape {:?}, want {:?}", got.shape, want.shape));
+        return Err(format!(
+            "{what}: shape {:?}, want {:?}",
+            got.shape, want.shape
+        ));
     }
     let (g, w) = (got.to_f64(), want.to_f64());
     for (k, (a, b)) in g.iter().zip(&w).enumerate() {
@@ -289,7 +376,13 @@ pub fn output_json(out: &Output) -> Json {
         let data: Vec<Json> = a
             .to_f64()
             .into_iter()
-            .map(|x| if x.is_finite() { json!(x) } else { json!(fmt_real(x)) })
+            .map(|x| {
+                if x.is_finite() {
+                    json!(x)
+                } else {
+                    json!(fmt_real(x))
+                }
+            })
             .collect();
         json!({"shape": a.shape, "data": data})
     };

@@ -8,7 +8,9 @@
 //! bind and run time.
 
 use crate::diag::{Diagnostic, Error, ErrorKind, Result, Sources, Span};
-use crate::ir::{self, Bin, Expr, ExprId, Extent, Func, IndexId, InputId, ParamId, Red, TensorId, Ty, Un};
+use crate::ir::{
+    self, Bin, Expr, ExprId, Extent, Func, IndexId, InputId, ParamId, Red, TensorId, Ty, Un,
+};
 use crate::syntax::ast::{self, BinOp, Block, ExprKind, Ident, Item, UnOp};
 use std::collections::HashMap;
 
@@ -63,7 +65,11 @@ pub fn check(files: &[&ast::File], sources: &Sources) -> Result<ir::Module> {
     if diags.is_empty() {
         Ok(module)
     } else {
-        Err(Error { kind: ErrorKind::Check, diagnostics: diags, pre_rendered: false })
+        Err(Error {
+            kind: ErrorKind::Check,
+            diagnostics: diags,
+            pre_rendered: false,
+        })
     }
 }
 
@@ -131,7 +137,10 @@ impl<'a> Lower<'a> {
                 params: vec![],
                 indices: vec![],
                 tensors: vec![],
-                output: ir::Output { indices: vec![], body: ExprId(0) },
+                output: ir::Output {
+                    indices: vec![],
+                    body: ExprId(0),
+                },
                 pool: ir::ExprPool::default(),
                 spans: HashMap::new(),
                 source: String::new(),
@@ -160,8 +169,10 @@ impl<'a> Lower<'a> {
                 .secondary(*prev, "first defined here"));
         }
         if CONSTANTS.contains(&id.name.as_str()) {
-            return Err(Diagnostic::new(format!("`{}` is a built-in constant", id.name))
-                .primary(id.span, "choose another name"));
+            return Err(
+                Diagnostic::new(format!("`{}` is a built-in constant", id.name))
+                    .primary(id.span, "choose another name"),
+            );
         }
         self.names.insert(id.name.clone(), (b, id.span));
         Ok(())
@@ -202,7 +213,8 @@ impl<'a> Lower<'a> {
                                 .primary(id.span, "already names something else"))
                         }
                         None => {
-                            let ix = self.new_index(id.name.clone(), Extent::Input { input: iid, dim: k });
+                            let ix = self
+                                .new_index(id.name.clone(), Extent::Input { input: iid, dim: k });
                             self.define(id, Binding::Index(ix))?;
                             ix
                         }
@@ -227,7 +239,11 @@ impl<'a> Lower<'a> {
                 dims.push(ix);
             }
             self.define(&inp.name, Binding::Input(iid))?;
-            self.prog.inputs.push(ir::Input { name: inp.name.name.clone(), ty, dims });
+            self.prog.inputs.push(ir::Input {
+                name: inp.name.name.clone(),
+                ty,
+                dims,
+            });
         }
 
         // Parameters, in order; a default may use the inputs and earlier parameters.
@@ -247,7 +263,7 @@ impl<'a> Lower<'a> {
                     .primary(p.default.span, format!("this is {got}")))
                 }
             };
-            let e = if ty == Ty::Real { self.to_real(e) } else { e };
+            let e = if ty == Ty::Real { self.promote(e) } else { e };
             let pid = ParamId(self.prog.params.len() as u32);
             self.define(&p.name, Binding::Param(pid))?;
             self.prog.params.push(ir::Param {
@@ -266,8 +282,11 @@ impl<'a> Lower<'a> {
         for o in &d.output {
             let ix = self.lookup_index(o)?;
             if out_ix.contains(&ix) {
-                return Err(Diagnostic::new(format!("index `{}` appears twice in the output", o.name))
-                    .primary(o.span, "repeated"));
+                return Err(Diagnostic::new(format!(
+                    "index `{}` appears twice in the output",
+                    o.name
+                ))
+                .primary(o.span, "repeated"));
             }
             out_ix.push(ix);
         }
@@ -282,15 +301,25 @@ impl<'a> Lower<'a> {
             Ty::Int => {}
             Ty::Real => {}
         }
-        let body = self.to_real(body);
-        self.free_within(body, &out_ix, d.body.result.span, "the loss's output", d.output_span)?;
-        self.prog.output = ir::Output { indices: out_ix, body };
+        let body = self.promote(body);
+        self.free_within(
+            body,
+            &out_ix,
+            d.body.result.span,
+            "the loss's output",
+            d.output_span,
+        )?;
+        self.prog.output = ir::Output {
+            indices: out_ix,
+            body,
+        };
         // Children precede parents in the pool, so one forward pass gives every node's depth.
         let pool = &self.prog.pool;
         let mut depth = vec![0usize; pool.len()];
         for k in 0..pool.len() {
             let mut dk = 0;
-            pool.get(ExprId(k as u32)).for_each_child(|c| dk = dk.max(depth[c.ix()]));
+            pool.get(ExprId(k as u32))
+                .for_each_child(|c| dk = dk.max(depth[c.ix()]));
             depth[k] = dk + 1;
             if depth[k] > MAX_IR_DEPTH {
                 return Err(Diagnostic::new(format!(
@@ -310,8 +339,12 @@ impl<'a> Lower<'a> {
             Some(_) => Err(Diagnostic::new(format!("`{}` is not an index", id.name))
                 .primary(id.span, "expected an index name")),
             None => {
-                let idx_names = self.names.iter().filter(|(_, (b, _))| matches!(b, Binding::Index(_)));
-                let mut d = Diagnostic::new(format!("unknown index `{}`", id.name)).primary(id.span, "not an index");
+                let idx_names = self
+                    .names
+                    .iter()
+                    .filter(|(_, (b, _))| matches!(b, Binding::Index(_)));
+                let mut d = Diagnostic::new(format!("unknown index `{}`", id.name))
+                    .primary(id.span, "not an index");
                 if let Some(s) = suggest(&id.name, idx_names.map(|(n, _)| n.as_str())) {
                     d = d.note(s);
                 }
@@ -324,14 +357,23 @@ impl<'a> Lower<'a> {
     fn closed(&self, e: ExprId, span: Span, what: &str) -> DResult<()> {
         if let Some(i) = self.prog.pool.free(e).first() {
             let n = self.index_name(*i);
-            return Err(Diagnostic::new(format!("{what} cannot depend on index `{n}`"))
-                .primary(span, format!("uses `{n}`"))
-                .note(format!("reduce over it, e.g. `mean({n}: ...)`")));
+            return Err(
+                Diagnostic::new(format!("{what} cannot depend on index `{n}`"))
+                    .primary(span, format!("uses `{n}`"))
+                    .note(format!("reduce over it, e.g. `mean({n}: ...)`")),
+            );
         }
         Ok(())
     }
 
-    fn free_within(&self, e: ExprId, allowed: &[IndexId], span: Span, what: &str, decl: Span) -> DResult<()> {
+    fn free_within(
+        &self,
+        e: ExprId,
+        allowed: &[IndexId],
+        span: Span,
+        what: &str,
+        decl: Span,
+    ) -> DResult<()> {
         if let Some(i) = self.prog.pool.free(e).iter().find(|i| !allowed.contains(i)) {
             let n = self.index_name(*i);
             let names: Vec<String> = allowed.iter().map(|i| self.index_name(*i)).collect();
@@ -341,7 +383,9 @@ impl<'a> Lower<'a> {
             ))
             .primary(span, format!("depends on `{n}`"))
             .secondary(decl, "declared here")
-            .note(format!("reduce over it (e.g. `sum({n}: ...)`) or add it to the indices")));
+            .note(format!(
+                "reduce over it (e.g. `sum({n}: ...)`) or add it to the indices"
+            )));
         }
         Ok(())
     }
@@ -349,8 +393,12 @@ impl<'a> Lower<'a> {
     fn top_let(&mut self, l: &ast::Let) -> DResult<()> {
         let Some(tix) = &l.indices else {
             if let Some(p) = &l.pad {
-                return Err(Diagnostic::new("only tensor definitions take a pad")
-                    .primary(p.span, "give the definition indices, e.g. `let t[i] pad 0 = ...`"));
+                return Err(
+                    Diagnostic::new("only tensor definitions take a pad").primary(
+                        p.span,
+                        "give the definition indices, e.g. `let t[i] pad 0 = ...`",
+                    ),
+                );
             }
             return self.alias(l);
         };
@@ -377,8 +425,10 @@ impl<'a> Lower<'a> {
                             .primary(ext.span, format!("this is {}", self.ty(e))));
                     }
                     if let Some(bad) = self.find_load(e) {
-                        return Err(Diagnostic::new("an extent may use only extents, int parameters and constants")
-                            .primary(ext.span, format!("reads `{bad}`")));
+                        return Err(Diagnostic::new(
+                            "an extent may use only extents, int parameters and constants",
+                        )
+                        .primary(ext.span, format!("reads `{bad}`")));
                     }
                     let ix = self.new_index(ti.name.name.clone(), Extent::Computed(e));
                     self.define(&ti.name, Binding::Index(ix))?;
@@ -386,8 +436,10 @@ impl<'a> Lower<'a> {
                 }
             };
             if indices.contains(&ix) {
-                return Err(Diagnostic::new(format!("index `{}` appears twice", ti.name.name))
-                    .primary(ti.name.span, "repeated"));
+                return Err(
+                    Diagnostic::new(format!("index `{}` appears twice", ti.name.name))
+                        .primary(ti.name.span, "repeated"),
+                );
             }
             indices.push(ix);
         }
@@ -402,7 +454,11 @@ impl<'a> Lower<'a> {
             accumulated: false,
         });
         self.define(&l.name, Binding::Tensor(tid))?;
-        self.current = Some(Current { id: tid, indices: indices.clone(), recurrent: false });
+        self.current = Some(Current {
+            id: tid,
+            indices: indices.clone(),
+            recurrent: false,
+        });
         self.active = indices.clone();
         let body = self.expr(&l.value);
         self.active.clear();
@@ -410,13 +466,21 @@ impl<'a> Lower<'a> {
         let mut body = body?;
         if recurrent {
             if self.ty(body) == Ty::Bool {
-                return Err(Diagnostic::new("a recurrence computes a number, not a bool")
-                    .primary(l.value.span, "this is bool"));
+                return Err(
+                    Diagnostic::new("a recurrence computes a number, not a bool")
+                        .primary(l.value.span, "this is bool"),
+                );
             }
-            body = self.to_real(body);
+            body = self.promote(body);
         }
         let decl = l.name.span;
-        self.free_within(body, &indices, l.value.span, &format!("the definition of `{}`", l.name.name), decl)?;
+        self.free_within(
+            body,
+            &indices,
+            l.value.span,
+            &format!("the definition of `{}`", l.name.name),
+            decl,
+        )?;
         let mut pad = None;
         if let Some(p) = &l.pad {
             let mut pe = self.expr(p)?;
@@ -424,20 +488,26 @@ impl<'a> Lower<'a> {
             let (bt, pt) = (self.ty(body), self.ty(pe));
             if bt != pt {
                 if bt == Ty::Bool || pt == Ty::Bool {
-                    return Err(Diagnostic::new(format!("the pad is {pt} but `{}` is {bt}", l.name.name))
-                        .primary(p.span, "type differs from the definition"));
+                    return Err(Diagnostic::new(format!(
+                        "the pad is {pt} but `{}` is {bt}",
+                        l.name.name
+                    ))
+                    .primary(p.span, "type differs from the definition"));
                 }
-                body = self.to_real(body);
-                pe = self.to_real(pe);
+                body = self.promote(body);
+                pe = self.promote(pe);
             }
             pad = Some(pe);
         } else if recurrent {
-            return Err(Diagnostic::new(format!("the recurrence `{}` needs a pad value", l.name.name))
-                .primary(l.name.span, "reads itself at earlier indices")
-                .note(format!(
-                    "say what reads before the start give, e.g. `let {}[...] pad 0 = ...`",
-                    l.name.name
-                )));
+            return Err(Diagnostic::new(format!(
+                "the recurrence `{}` needs a pad value",
+                l.name.name
+            ))
+            .primary(l.name.span, "reads itself at earlier indices")
+            .note(format!(
+                "say what reads before the start give, e.g. `let {}[...] pad 0 = ...`",
+                l.name.name
+            )));
         }
         let t = &mut self.prog.tensors[tid.ix()];
         t.ty = self.prog.pool.ty(body);
@@ -467,11 +537,16 @@ impl<'a> Lower<'a> {
         if self.scopes.iter().any(|s| s.contains_key(&l.name.name))
             || (self.fn_stack.is_empty() && self.names.contains_key(&l.name.name))
         {
-            return Err(Diagnostic::new(format!("`{}` is already defined", l.name.name))
-                .primary(l.name.span, "defined again here"));
+            return Err(
+                Diagnostic::new(format!("`{}` is already defined", l.name.name))
+                    .primary(l.name.span, "defined again here"),
+            );
         }
         let e = self.expr(&l.value)?;
-        self.scopes.last_mut().expect("a scope").insert(l.name.name.clone(), e);
+        self.scopes
+            .last_mut()
+            .expect("a scope")
+            .insert(l.name.name.clone(), e);
         Ok(())
     }
 
@@ -480,11 +555,14 @@ impl<'a> Lower<'a> {
         let r = (|| {
             for l in &b.lets {
                 if l.indices.is_some() {
-                    return Err(Diagnostic::new("tensor definitions belong at the top of a loss body")
-                        .primary(l.name.span, "defined inside a nested block"));
+                    return Err(Diagnostic::new(
+                        "tensor definitions belong at the top of a loss body",
+                    )
+                    .primary(l.name.span, "defined inside a nested block"));
                 }
                 if let Some(p) = &l.pad {
-                    return Err(Diagnostic::new("only tensor definitions take a pad").primary(p.span, "here"));
+                    return Err(Diagnostic::new("only tensor definitions take a pad")
+                        .primary(p.span, "here"));
                 }
                 self.alias(l)?;
             }
@@ -494,7 +572,7 @@ impl<'a> Lower<'a> {
         r
     }
 
-    fn to_real(&mut self, e: ExprId) -> ExprId {
+    fn promote(&mut self, e: ExprId) -> ExprId {
         match self.prog.pool.get(e) {
             _ if self.ty(e) == Ty::Real => e,
             Expr::Int(v) => {
@@ -507,7 +585,10 @@ impl<'a> Lower<'a> {
 
     fn numeric(&self, e: ExprId, span: Span, what: &str) -> DResult<()> {
         if self.ty(e) == Ty::Bool {
-            return Err(Diagnostic::new(format!("{what} needs a number, not a bool")).primary(span, "this is bool"));
+            return Err(
+                Diagnostic::new(format!("{what} needs a number, not a bool"))
+                    .primary(span, "this is bool"),
+            );
         }
         Ok(())
     }
@@ -527,7 +608,7 @@ impl<'a> Lower<'a> {
         if self.ty(a) == Ty::Int && self.ty(b) == Ty::Int {
             (a, b, Ty::Int)
         } else {
-            let (a, b) = (self.to_real(a), self.to_real(b));
+            let (a, b) = (self.promote(a), self.promote(b));
             (a, b, Ty::Real)
         }
     }
@@ -595,9 +676,16 @@ impl<'a> Lower<'a> {
                     Binding::Input(i) => {
                         let inp = &self.prog.inputs[i.ix()];
                         if !inp.dims.is_empty() {
-                            let dims: Vec<String> = inp.dims.iter().map(|d| self.index_name(*d)).collect();
-                            return Err(Diagnostic::new(format!("input `{}` needs its indices", id.name))
-                                .primary(id.span, format!("write `{}[{}]`", id.name, dims.join(", "))));
+                            let dims: Vec<String> =
+                                inp.dims.iter().map(|d| self.index_name(*d)).collect();
+                            return Err(Diagnostic::new(format!(
+                                "input `{}` needs its indices",
+                                id.name
+                            ))
+                            .primary(
+                                id.span,
+                                format!("write `{}[{}]`", id.name, dims.join(", ")),
+                            ));
                         }
                         let ty = inp.ty;
                         Ok(self.add(Expr::Input(i, vec![]), ty))
@@ -608,7 +696,8 @@ impl<'a> Lower<'a> {
                     }
                     Binding::Tensor(t) => {
                         let tn = &self.prog.tensors[t.ix()];
-                        let dims: Vec<String> = tn.indices.iter().map(|d| self.index_name(*d)).collect();
+                        let dims: Vec<String> =
+                            tn.indices.iter().map(|d| self.index_name(*d)).collect();
                         Err(Diagnostic::new(format!("`{}` needs its indices", id.name))
                             .primary(id.span, format!("write `{}[{}]`", id.name, dims.join(", "))))
                     }
@@ -616,7 +705,11 @@ impl<'a> Lower<'a> {
                 };
             }
             // `C` is the extent of index `c`.
-            if id.name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            if id
+                .name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
                 let lower = id.name.to_ascii_lowercase();
                 if let Some((Binding::Index(i), _)) = self.names.get(&lower) {
                     let i = *i;
@@ -630,12 +723,17 @@ impl<'a> Lower<'a> {
             "nan" => return Ok(self.prog.pool.real(f64::NAN)),
             _ => {}
         }
-        let mut cands: Vec<&str> = self.scopes.iter().flat_map(|s| s.keys().map(|k| k.as_str())).collect();
+        let mut cands: Vec<&str> = self
+            .scopes
+            .iter()
+            .flat_map(|s| s.keys().map(|k| k.as_str()))
+            .collect();
         if self.fn_stack.is_empty() {
             cands.extend(self.names.keys().map(|k| k.as_str()));
         }
         cands.extend(CONSTANTS);
-        let mut d = Diagnostic::new(format!("unknown name `{}`", id.name)).primary(id.span, "not defined");
+        let mut d =
+            Diagnostic::new(format!("unknown name `{}`", id.name)).primary(id.span, "not defined");
         if let Some(s) = suggest(&id.name, cands.into_iter()) {
             d = d.note(s);
         } else if !self.fn_stack.is_empty() {
@@ -644,14 +742,21 @@ impl<'a> Lower<'a> {
         Err(d)
     }
 
-    fn index_args(&mut self, args: &[ast::Expr], dims: &[IndexId], what: &str) -> DResult<Vec<ExprId>> {
+    fn index_args(
+        &mut self,
+        args: &[ast::Expr],
+        dims: &[IndexId],
+        what: &str,
+    ) -> DResult<Vec<ExprId>> {
         let mut out = Vec::new();
         for (a, d) in args.iter().zip(dims) {
             let e = self.expr(a)?;
             let t = self.ty(e);
             if t != Ty::Int {
-                return Err(Diagnostic::new(format!("an index into `{what}` must be an int, not {t}"))
-                    .primary(a.span, format!("this is {t}")));
+                return Err(Diagnostic::new(format!(
+                    "an index into `{what}` must be an int, not {t}"
+                ))
+                .primary(a.span, format!("this is {t}")));
             }
             if let Expr::Index(j) = self.prog.pool.get(e) {
                 if j != d {
@@ -660,13 +765,19 @@ impl<'a> Lower<'a> {
                         "index mismatch: `{jn}` used for dimension `{dn}` of `{what}`"
                     ))
                     .primary(a.span, format!("`{what}` has `{dn}` here"))
-                    .note(format!("the extents of `{jn}` and `{dn}` may differ; write `{what}[.., {dn}, ..]`")));
+                    .note(format!(
+                        "the extents of `{jn}` and `{dn}` may differ; write `{what}[.., {dn}, ..]`"
+                    )));
                 }
             }
-            if let (Expr::Int(v), Extent::Fixed(n)) = (self.prog.pool.get(e), &self.prog.indices[d.ix()].extent) {
+            if let (Expr::Int(v), Extent::Fixed(n)) =
+                (self.prog.pool.get(e), &self.prog.indices[d.ix()].extent)
+            {
                 if *v < 0 || v >= n {
-                    return Err(Diagnostic::new(format!("index {v} is out of range for `{what}`"))
-                        .primary(a.span, format!("this dimension has extent {n}")));
+                    return Err(
+                        Diagnostic::new(format!("index {v} is out of range for `{what}`"))
+                            .primary(a.span, format!("this dimension has extent {n}")),
+                    );
                 }
             }
             out.push(e);
@@ -676,7 +787,11 @@ impl<'a> Lower<'a> {
 
     fn access(&mut self, id: &Ident, args: &[ast::Expr], span: Span) -> DResult<ExprId> {
         let is_alias = self.scopes.iter().any(|s| s.contains_key(&id.name));
-        let binding = if is_alias || !self.fn_stack.is_empty() { None } else { self.names.get(&id.name).copied() };
+        let binding = if is_alias || !self.fn_stack.is_empty() {
+            None
+        } else {
+            self.names.get(&id.name).copied()
+        };
         match binding {
             Some((Binding::Input(i), _)) => {
                 let dims = self.prog.inputs[i.ix()].dims.clone();
@@ -707,19 +822,28 @@ impl<'a> Lower<'a> {
                 };
                 // The body's type is not known while it is being lowered: a recurrence reads
                 // the type its non-recursive part gives, taken as real (checked at the end).
-                let ty = if is_self { Ty::Real } else { self.prog.tensors[t.ix()].ty };
+                let ty = if is_self {
+                    Ty::Real
+                } else {
+                    self.prog.tensors[t.ix()].ty
+                };
                 let e = self.add(Expr::Tensor(t, a), ty);
                 self.prog.spans.entry(e).or_insert(span);
                 Ok(e)
             }
             Some((Binding::Index(_), _)) | Some((Binding::Param(_), _)) => {
-                Err(Diagnostic::new(format!("`{}` cannot be indexed", id.name)).primary(id.span, "not a tensor"))
+                Err(Diagnostic::new(format!("`{}` cannot be indexed", id.name))
+                    .primary(id.span, "not a tensor"))
             }
             None if is_alias => Err(Diagnostic::new(format!("`{}` cannot be indexed", id.name))
                 .primary(span, "a `let` without indices is used by its name alone")
-                .note(format!("write `{}`, or define it with indices: `let {}[i] = ...`", id.name, id.name))),
+                .note(format!(
+                    "write `{}`, or define it with indices: `let {}[i] = ...`",
+                    id.name, id.name
+                ))),
             None => {
-                let mut d = Diagnostic::new(format!("unknown name `{}`", id.name)).primary(id.span, "not defined");
+                let mut d = Diagnostic::new(format!("unknown name `{}`", id.name))
+                    .primary(id.span, "not defined");
                 if let Some(s) = suggest(&id.name, self.names.keys().map(|k| k.as_str())) {
                     d = d.note(s);
                 }
@@ -734,7 +858,11 @@ impl<'a> Lower<'a> {
             "shape mismatch: `{}` has {} {} but is indexed with {got}",
             id.name,
             dims.len(),
-            if dims.len() == 1 { "dimension" } else { "dimensions" }
+            if dims.len() == 1 {
+                "dimension"
+            } else {
+                "dimensions"
+            }
         ))
         .primary(span, format!("`{}` is [{}]", id.name, names.join(", ")))
     }
@@ -742,13 +870,21 @@ impl<'a> Lower<'a> {
     /// A recurrence reads itself only at `own_index - constant` offsets that are earlier in
     /// row-major order, so that evaluating the table in order never reads an unfilled cell.
     fn check_recurrence(&mut self, id: &Ident, args: &[ExprId], span: Span) -> DResult<()> {
-        let own = self.current.as_ref().map(|c| c.indices.clone()).unwrap_or_default();
+        let own = self
+            .current
+            .as_ref()
+            .map(|c| c.indices.clone())
+            .unwrap_or_default();
         let mut offsets = Vec::new();
         for (a, ix) in args.iter().zip(&own) {
             let off = match self.prog.pool.get(*a) {
                 Expr::Index(j) if j == ix => Some(0),
                 Expr::Binary(Bin::Sub, x, c) | Expr::Binary(Bin::Add, x, c) => {
-                    let sign = if matches!(self.prog.pool.get(*a), Expr::Binary(Bin::Sub, ..)) { -1 } else { 1 };
+                    let sign = if matches!(self.prog.pool.get(*a), Expr::Binary(Bin::Sub, ..)) {
+                        -1
+                    } else {
+                        1
+                    };
                     match (self.prog.pool.get(*x), self.prog.pool.get(*c)) {
                         (Expr::Index(j), Expr::Int(v)) if j == ix => Some(sign * v),
                         _ => None,
@@ -765,7 +901,10 @@ impl<'a> Lower<'a> {
                         id.name
                     ))
                     .primary(span, "recursive read")
-                    .note(format!("a recurrence reads itself as `{}[.., {n} - 1, ..]`", id.name)));
+                    .note(format!(
+                        "a recurrence reads itself as `{}[.., {n} - 1, ..]`",
+                        id.name
+                    )));
                 }
             }
         }
@@ -788,22 +927,32 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn reduce(&mut self, op: &Ident, idx: &[Ident], body: &ast::Expr, span: Span) -> DResult<ExprId> {
+    fn reduce(
+        &mut self,
+        op: &Ident,
+        idx: &[Ident],
+        body: &ast::Expr,
+        span: Span,
+    ) -> DResult<ExprId> {
         let Some(red) = Red::from_name(&op.name) else {
             return Err(Diagnostic::new(format!("`{}` is not a reduction", op.name))
                 .primary(op.span, "expected sum, mean, max, min or logsumexp"));
         };
         if !self.fn_stack.is_empty() {
-            return Err(Diagnostic::new("helper functions cannot reduce over indices")
-                .primary(span, "move the reduction into the loss"));
+            return Err(
+                Diagnostic::new("helper functions cannot reduce over indices")
+                    .primary(span, "move the reduction into the loss"),
+            );
         }
         let mut ixs = Vec::new();
         for i in idx {
             let ix = self.lookup_index(i)?;
             if self.active.contains(&ix) || ixs.contains(&ix) {
-                return Err(Diagnostic::new(format!("index `{}` is already in use here", i.name))
-                    .primary(i.span, "bound by an enclosing definition or reduction")
-                    .note("reduce over an index the surrounding expression does not use"));
+                return Err(
+                    Diagnostic::new(format!("index `{}` is already in use here", i.name))
+                        .primary(i.span, "bound by an enclosing definition or reduction")
+                        .note("reduce over an index the surrounding expression does not use"),
+                );
             }
             ixs.push(ix);
         }
@@ -815,7 +964,7 @@ impl<'a> Lower<'a> {
         self.numeric(b, body.span, &format!("`{}`", op.name))?;
         let ty = match red {
             Red::Mean | Red::LogSumExp => {
-                b = self.to_real(b);
+                b = self.promote(b);
                 Ty::Real
             }
             _ => self.ty(b),
@@ -854,11 +1003,15 @@ impl<'a> Lower<'a> {
         match id.name.as_str() {
             "real" => {
                 want(1)?;
-                return Ok(self.to_real(a[0]));
+                return Ok(self.promote(a[0]));
             }
             "int" => {
                 want(1)?;
-                return Ok(if self.ty(a[0]) == Ty::Int { a[0] } else { self.add(Expr::Unary(Un::ToInt, a[0]), Ty::Int) });
+                return Ok(if self.ty(a[0]) == Ty::Int {
+                    a[0]
+                } else {
+                    self.add(Expr::Unary(Un::ToInt, a[0]), Ty::Int)
+                });
             }
             "stop_grad" => {
                 want(1)?;
@@ -870,8 +1023,10 @@ impl<'a> Lower<'a> {
                 return self.pow(a[0], a[1], span);
             }
             "sum" | "mean" => {
-                return Err(Diagnostic::new(format!("`{}` reduces over an index", id.name))
-                    .primary(span, format!("write `{}(i: ...)`", id.name)))
+                return Err(
+                    Diagnostic::new(format!("`{}` reduces over an index", id.name))
+                        .primary(span, format!("write `{}(i: ...)`", id.name)),
+                )
             }
             _ => {}
         }
@@ -879,7 +1034,8 @@ impl<'a> Lower<'a> {
             let mut cands: Vec<&str> = Func::ALL.iter().map(|(_, n)| *n).collect();
             cands.extend(self.fns.keys());
             cands.extend(["real", "int", "stop_grad", "pow"]);
-            let mut d = Diagnostic::new(format!("unknown function `{}`", id.name)).primary(id.span, "not defined");
+            let mut d = Diagnostic::new(format!("unknown function `{}`", id.name))
+                .primary(id.span, "not defined");
             if let Some(s) = suggest(&id.name, cands.into_iter()) {
                 d = d.note(s);
             }
@@ -888,32 +1044,37 @@ impl<'a> Lower<'a> {
         let (args, ty) = match f {
             Func::Min | Func::Max => {
                 if a.len() < 2 {
-                    return Err(Diagnostic::new(format!("`{}` takes two or more values", id.name))
-                        .primary(span, format!("or reduce over an index: `{}(i: ...)`", id.name)));
+                    return Err(
+                        Diagnostic::new(format!("`{}` takes two or more values", id.name)).primary(
+                            span,
+                            format!("or reduce over an index: `{}(i: ...)`", id.name),
+                        ),
+                    );
                 }
                 if a.iter().all(|x| self.ty(*x) == Ty::Int) {
                     (a, Ty::Int)
                 } else {
-                    (a.into_iter().map(|x| self.to_real(x)).collect(), Ty::Real)
+                    (a.into_iter().map(|x| self.promote(x)).collect(), Ty::Real)
                 }
             }
             Func::LogSumExp => {
                 if a.is_empty() {
-                    return Err(Diagnostic::new("`logsumexp` takes one or more values").primary(span, "no arguments"));
+                    return Err(Diagnostic::new("`logsumexp` takes one or more values")
+                        .primary(span, "no arguments"));
                 }
-                (a.into_iter().map(|x| self.to_real(x)).collect(), Ty::Real)
+                (a.into_iter().map(|x| self.promote(x)).collect(), Ty::Real)
             }
             Func::Clamp => {
                 want(3)?;
                 if a.iter().all(|x| self.ty(*x) == Ty::Int) {
                     (a, Ty::Int)
                 } else {
-                    (a.into_iter().map(|x| self.to_real(x)).collect(), Ty::Real)
+                    (a.into_iter().map(|x| self.promote(x)).collect(), Ty::Real)
                 }
             }
             Func::Xlogy => {
                 want(2)?;
-                (a.into_iter().map(|x| self.to_real(x)).collect(), Ty::Real)
+                (a.into_iter().map(|x| self.promote(x)).collect(), Ty::Real)
             }
             Func::Abs | Func::Sign | Func::Floor | Func::Ceil => {
                 want(1)?;
@@ -925,11 +1086,11 @@ impl<'a> Lower<'a> {
             }
             Func::IsNan | Func::IsInf => {
                 want(1)?;
-                (vec![self.to_real(a[0])], Ty::Bool)
+                (vec![self.promote(a[0])], Ty::Bool)
             }
             _ => {
                 want(1)?;
-                (vec![self.to_real(a[0])], Ty::Real)
+                (vec![self.promote(a[0])], Ty::Real)
             }
         };
         Ok(self.add(Expr::Call(f, args), ty))
@@ -939,7 +1100,7 @@ impl<'a> Lower<'a> {
         let (a, b, ty) = if self.ty(b) == Ty::Int {
             (a, b, self.ty(a))
         } else {
-            let (a, b) = (self.to_real(a), self.to_real(b));
+            let (a, b) = (self.promote(a), self.promote(b));
             (a, b, Ty::Real)
         };
         let e = self.add(Expr::Binary(Bin::Pow, a, b), ty);
@@ -948,15 +1109,17 @@ impl<'a> Lower<'a> {
     }
 
     fn inline(&mut self, f: &ast::FnDef, args: &[ast::Expr], span: Span) -> DResult<ExprId> {
-        if self.fn_stack.iter().any(|n| *n == f.name.name) {
+        if self.fn_stack.contains(&f.name.name) {
             return Err(Diagnostic::new(format!("`{}` calls itself", f.name.name))
                 .primary(span, "recursive call")
                 .secondary(f.name.span, "defined here")
                 .note("helper functions are inlined and cannot recurse; use a recurrence (`let t[i] pad 0 = ...`)"));
         }
         if self.fn_stack.len() >= MAX_INLINE_DEPTH {
-            return Err(Diagnostic::new(format!("helper functions nested more than {MAX_INLINE_DEPTH} deep"))
-                .primary(span, "too deep"));
+            return Err(Diagnostic::new(format!(
+                "helper functions nested more than {MAX_INLINE_DEPTH} deep"
+            ))
+            .primary(span, "too deep"));
         }
         if f.params.len() != args.len() {
             return Err(Diagnostic::new(format!(
@@ -973,7 +1136,10 @@ impl<'a> Lower<'a> {
         for (p, a) in f.params.iter().zip(args) {
             let e = self.expr(a)?;
             if scope.insert(p.name.clone(), e).is_some() {
-                return Err(Diagnostic::new(format!("parameter `{}` appears twice", p.name)).primary(p.span, "repeated"));
+                return Err(
+                    Diagnostic::new(format!("parameter `{}` appears twice", p.name))
+                        .primary(p.span, "repeated"),
+                );
             }
         }
         // A helper sees only its parameters: swap the caller's aliases out.
@@ -999,8 +1165,10 @@ impl<'a> Lower<'a> {
             let (tx, ty) = (self.ty(x), self.ty(y));
             let (x, y) = if tx == Ty::Bool || ty == Ty::Bool {
                 if tx != ty || !matches!(op, BinOp::Eq | BinOp::Ne) {
-                    return Err(Diagnostic::new(format!("cannot compare {tx} with {ty} using `{sym}`"))
-                        .primary(span, "mismatched comparison"));
+                    return Err(Diagnostic::new(format!(
+                        "cannot compare {tx} with {ty} using `{sym}`"
+                    ))
+                    .primary(span, "mismatched comparison"));
                 }
                 (x, y)
             } else {

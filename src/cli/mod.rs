@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "lossc", version, about = "A small language for loss functions, and its compiler")]
+#[command(
+    name = "lossc",
+    version,
+    about = "A small language for loss functions, and its compiler"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +74,10 @@ enum Command {
         /// evaluator: interp
         #[arg(long, default_value = "interp")]
         backend: String,
-        /// write value.npy here
+        /// differentiate with respect to this input (repeatable); prints the gradient
+        #[arg(long = "grad", short = 'g', value_name = "INPUT")]
+        grad: Vec<String>,
+        /// write value.npy (and INPUT_grad.npy for each --grad) here
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -128,12 +135,20 @@ fn resolve(name: &str) -> Result<(Library, String)> {
                 Some(e) => e,
                 None => match lib.losses() {
                     [one] => one.name.clone(),
-                    [] => return Err(Error::new(ErrorKind::Unknown, format!("`{f}` defines no loss"))),
+                    [] => {
+                        return Err(Error::new(
+                            ErrorKind::Unknown,
+                            format!("`{f}` defines no loss"),
+                        ))
+                    }
                     many => {
                         let names: Vec<&str> = many.iter().map(|l| l.name.as_str()).collect();
                         return Err(Error::new(
                             ErrorKind::Unknown,
-                            format!("`{f}` defines several losses ({}); write {f}:NAME", names.join(", ")),
+                            format!(
+                                "`{f}` defines several losses ({}); write {f}:NAME",
+                                names.join(", ")
+                            ),
                         ));
                     }
                 },
@@ -144,7 +159,12 @@ fn resolve(name: &str) -> Result<(Library, String)> {
 }
 
 fn backend(s: &str) -> Result<Backend> {
-    Backend::from_name(s).ok_or_else(|| Error::new(ErrorKind::Unknown, format!("unknown backend `{s}`; use interp")))
+    Backend::from_name(s).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unknown,
+            format!("unknown backend `{s}`; use interp"),
+        )
+    })
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -184,8 +204,15 @@ fn run(cli: Cli) -> CliResult {
             for f in &files {
                 match Library::from_file(f) {
                     Ok(lib) => {
-                        let names: Vec<&str> = lib.losses().iter().map(|l| l.name.as_str()).collect();
-                        println!("{}: ok ({} loss{}: {})", f.display(), names.len(), if names.len() == 1 { "" } else { "es" }, names.join(", "));
+                        let names: Vec<&str> =
+                            lib.losses().iter().map(|l| l.name.as_str()).collect();
+                        println!(
+                            "{}: ok ({} loss{}: {})",
+                            f.display(),
+                            names.len(),
+                            if names.len() == 1 { "" } else { "es" },
+                            names.join(", ")
+                        );
                     }
                     Err(e) => {
                         bad += 1;
@@ -197,7 +224,10 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Parse { file } => {
             let text = plain(std::fs::read_to_string(&file).map_err(|e| {
-                Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", file.display()))
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot read `{}`: {e}", file.display()),
+                )
             }))?;
             let mut sources = crate::diag::Sources::new();
             let id = sources.add(file.display().to_string(), text.clone());
@@ -222,7 +252,11 @@ fn run(cli: Cli) -> CliResult {
                 Err(e) => Err((e, Some(lib))),
             }
         }
-        Command::Run { check, backend: b, cases: paths } => {
+        Command::Run {
+            check,
+            backend: b,
+            cases: paths,
+        } => {
             let b = plain(backend(&b))?;
             let lib = plain(Library::with_stdlib())?;
             let files = plain(cases::collect(&paths))?;
@@ -275,9 +309,29 @@ fn run(cli: Cli) -> CliResult {
             }
             Ok(0)
         }
-        Command::Eval { name, inputs, params, reduction, weights, dtype, backend: b, out } => {
+        Command::Eval {
+            name,
+            inputs,
+            params,
+            reduction,
+            weights,
+            dtype,
+            backend: b,
+            grad,
+            out,
+        } => {
             let (lib, entry) = plain(resolve(&name))?;
-            let r = eval(&lib, &entry, &inputs, &params, &reduction, weights.as_deref(), &dtype, &b, out.as_deref());
+            let args = EvalArgs {
+                inputs,
+                params,
+                reduction,
+                weights,
+                dtype,
+                backend: b,
+                grad,
+                out,
+            };
+            let r = eval(&lib, &entry, &args);
             match r {
                 Ok(()) => Ok(0),
                 Err(e) => Err((e, Some(lib))),
@@ -298,7 +352,8 @@ fn read_array(v: &str, what: &str) -> Result<Array> {
     if v.starts_with('[') || v.parse::<f64>().is_ok() || matches!(v, "inf" | "-inf" | "nan") {
         return Array::parse_literal(v, what);
     }
-    let bytes = std::fs::read(v).map_err(|e| Error::new(ErrorKind::Io, format!("{what}: cannot read `{v}`: {e}")))?;
+    let bytes = std::fs::read(v)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("{what}: cannot read `{v}`: {e}")))?;
     Array::from_npy(&bytes, what)
 }
 
@@ -312,58 +367,89 @@ pub fn parse_param(k: &str, v: &str) -> Result<ParamValue> {
         "nan" => ParamValue::Real(f64::NAN),
         _ => match v.parse::<i64>() {
             Ok(i) => ParamValue::Int(i),
-            Err(_) => ParamValue::Real(
-                v.parse::<f64>()
-                    .map_err(|_| Error::new(ErrorKind::Type, format!("parameter `{k}`: `{v}` is not a number or a bool")))?,
-            ),
+            Err(_) => ParamValue::Real(v.parse::<f64>().map_err(|_| {
+                Error::new(
+                    ErrorKind::Type,
+                    format!("parameter `{k}`: `{v}` is not a number or a bool"),
+                )
+            })?),
         },
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn eval(
-    lib: &Library,
-    entry: &str,
-    inputs: &[String],
-    params: &[String],
-    reduction: &str,
-    weights: Option<&str>,
-    dtype: &str,
-    b: &str,
-    out: Option<&Path>,
-) -> Result<()> {
-    let mut call = Call::new();
-    call.backend = backend(b)?;
-    call.dtype = DType::from_name(dtype)
-        .ok_or_else(|| Error::new(ErrorKind::Type, format!("dtype `{dtype}` is not f32 or f64")))?;
-    call.reduction = Reduction::from_name(reduction).ok_or_else(|| {
+struct EvalArgs {
+    inputs: Vec<String>,
+    params: Vec<String>,
+    reduction: String,
+    weights: Option<String>,
+    dtype: String,
+    backend: String,
+    grad: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+fn write_npy(dir: &Path, file: &str, a: &Array, dtype: DType) -> Result<()> {
+    let path = dir.join(file);
+    let bytes = a.to_npy(dtype)?;
+    std::fs::write(&path, bytes).map_err(|e| {
         Error::new(
-            ErrorKind::Reduction,
-            format!("unknown reduction `{reduction}`; use none, sum, mean, weighted_mean or sum_by_nonzero_weights"),
+            ErrorKind::Io,
+            format!("cannot write `{}`: {e}", path.display()),
         )
     })?;
-    for i in inputs {
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn eval(lib: &Library, entry: &str, a: &EvalArgs) -> Result<()> {
+    let mut call = Call::new();
+    call.backend = backend(&a.backend)?;
+    call.dtype = DType::from_name(&a.dtype).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Type,
+            format!("dtype `{}` is not f32 or f64", a.dtype),
+        )
+    })?;
+    call.reduction = Reduction::from_name(&a.reduction).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Reduction,
+            format!(
+                "unknown reduction `{}`; use none, sum, mean, weighted_mean or sum_by_nonzero_weights",
+                a.reduction
+            ),
+        )
+    })?;
+    for i in &a.inputs {
         let (k, v) = split_kv(i, "--input")?;
-        call.inputs.push((k.to_string(), read_array(v, &format!("input `{k}`"))?));
+        call.inputs
+            .push((k.to_string(), read_array(v, &format!("input `{k}`"))?));
     }
-    for p in params {
+    for p in &a.params {
         let (k, v) = split_kv(p, "--param")?;
         call.params.push((k.to_string(), parse_param(k, v)?));
     }
-    if let Some(w) = weights {
+    if let Some(w) = &a.weights {
         call.weights = Some(read_array(w, "weights")?);
     }
+    call.grad = a.grad.clone();
     let result = lib.call(entry, &call)?;
     println!("{} {:?} =", entry, result.value.shape);
     println!("{}", result.value.display());
-    if let Some(dir) = out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot create `{}`: {e}", dir.display())))?;
-        let path = dir.join("value.npy");
-        let bytes = result.value.to_npy(call.dtype)?;
-        std::fs::write(&path, bytes)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write `{}`: {e}", path.display())))?;
-        eprintln!("wrote {}", path.display());
+    for (name, g) in &result.grads {
+        println!("d/d{name} {:?} =", g.shape);
+        println!("{}", g.display());
+    }
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot create `{}`: {e}", dir.display()),
+            )
+        })?;
+        write_npy(dir, "value.npy", &result.value, call.dtype)?;
+        for (name, g) in &result.grads {
+            write_npy(dir, &format!("{name}_grad.npy"), g, call.dtype)?;
+        }
     }
     Ok(())
 }

@@ -22,7 +22,8 @@
 
 use crate::diag::{Error, ErrorKind, Result};
 use crate::ir::{
-    Bin, Contribution, Expr, ExprId, Func, IndexId, InputId, Pass, Program, Red, Tensor, TensorId, Ty, Un,
+    Bin, Contribution, Expr, ExprId, Func, IndexId, InputId, Pass, Program, Red, Tensor, TensorId,
+    Ty, Un,
 };
 use std::collections::HashMap;
 
@@ -41,7 +42,10 @@ pub fn differentiate(p: &Program, wrt: &[InputId]) -> Result<Program> {
         if inp.ty != Ty::Real {
             return Err(Error::new(
                 ErrorKind::NotDifferentiable,
-                format!("input `{}` of `{}` is int: it is not differentiable", inp.name, p.name),
+                format!(
+                    "input `{}` of `{}` is int: it is not differentiable",
+                    inp.name, p.name
+                ),
             ));
         }
     }
@@ -109,7 +113,8 @@ impl Diff {
                     accumulated: true,
                 };
                 d.q.tensors.push(adj);
-                d.tensor_adj.insert(TensorId(k as u32), TensorId((d.q.tensors.len() - 1) as u32));
+                d.tensor_adj
+                    .insert(TensorId(k as u32), TensorId((d.q.tensors.len() - 1) as u32));
             }
         }
         for w in wrt {
@@ -142,7 +147,9 @@ impl Diff {
             Expr::StopGrad(_) => false,
             other => {
                 let mut any = false;
-                other.clone().for_each_child(|c| any = any || self.depends(c, wrt, seen));
+                other
+                    .clone()
+                    .for_each_child(|c| any = any || self.depends(c, wrt, seen));
                 any
             }
         };
@@ -164,7 +171,11 @@ impl Diff {
             }
             let t = self.q.tensors[k].clone();
             let adj = self.tensor_adj[&TensorId(k as u32)];
-            let args: Vec<ExprId> = t.indices.iter().map(|i| self.q.pool.add(Expr::Index(*i), Ty::Int)).collect();
+            let args: Vec<ExprId> = t
+                .indices
+                .iter()
+                .map(|i| self.q.pool.add(Expr::Index(*i), Ty::Int))
+                .collect();
             let seed = self.q.pool.add(Expr::Tensor(adj, args), Ty::Real);
             passes.push(self.pass(t.indices.clone(), t.recurrent, t.body, seed));
         }
@@ -176,12 +187,23 @@ impl Diff {
     fn pass(&mut self, space: Vec<IndexId>, reverse: bool, root: ExprId, seed: ExprId) -> Pass {
         let mut contributions = Vec::new();
         if !self.active[root.ix()] {
-            return Pass { space, reverse, contributions };
+            return Pass {
+                space,
+                reverse,
+                contributions,
+            };
         }
         let mut sorted = space.clone();
         sorted.sort();
         let mut adj: HashMap<ExprId, Vec<Term>> = HashMap::new();
-        adj.insert(root, vec![Term { space: sorted, guards: vec![], value: seed }]);
+        adj.insert(
+            root,
+            vec![Term {
+                space: sorted,
+                guards: vec![],
+                value: seed,
+            }],
+        );
         // Reachable active nodes, parents before children (descending ids).
         let mut nodes = Vec::new();
         let mut seen = vec![false; self.q.pool.len()];
@@ -199,7 +221,9 @@ impl Diff {
         }
         nodes.sort_by(|a, b| b.cmp(a));
         for e in nodes {
-            let Some(terms) = adj.remove(&e) else { continue };
+            let Some(terms) = adj.remove(&e) else {
+                continue;
+            };
             for t in self.merge(terms) {
                 match self.q.pool.get(e).clone() {
                     Expr::Input(i, args) => {
@@ -222,19 +246,43 @@ impl Diff {
                 }
             }
         }
-        Pass { space, reverse, contributions }
+        Pass {
+            space,
+            reverse,
+            contributions,
+        }
     }
 
-    fn contribution(&self, space: &[IndexId], t: Term, target: TensorId, index: Vec<ExprId>) -> Contribution {
-        let extra = t.space.iter().copied().filter(|i| !space.contains(i)).collect();
-        Contribution { extra, guards: t.guards, target, index, value: t.value }
+    fn contribution(
+        &self,
+        space: &[IndexId],
+        t: Term,
+        target: TensorId,
+        index: Vec<ExprId>,
+    ) -> Contribution {
+        let extra = t
+            .space
+            .iter()
+            .copied()
+            .filter(|i| !space.contains(i))
+            .collect();
+        Contribution {
+            extra,
+            guards: t.guards,
+            target,
+            index,
+            value: t.value,
+        }
     }
 
     /// Terms over the same space under the same guards add up into one.
     fn merge(&mut self, terms: Vec<Term>) -> Vec<Term> {
         let mut out: Vec<Term> = Vec::new();
         for t in terms {
-            match out.iter_mut().find(|o| o.space == t.space && o.guards == t.guards) {
+            match out
+                .iter_mut()
+                .find(|o| o.space == t.space && o.guards == t.guards)
+            {
                 Some(o) => o.value = self.add(o.value, t.value),
                 None => out.push(t),
             }
@@ -295,7 +343,7 @@ impl Diff {
     fn not(&mut self, a: ExprId) -> ExprId {
         self.q.pool.add(Expr::Unary(Un::Not, a), Ty::Bool)
     }
-    fn to_real(&mut self, a: ExprId) -> ExprId {
+    fn promote(&mut self, a: ExprId) -> ExprId {
         match self.q.pool.get(a) {
             Expr::Int(v) => {
                 let v = *v as f64;
@@ -309,11 +357,19 @@ impl Diff {
     /// The rule table: the terms `e`'s adjoint term `t` sends to each of `e`'s children.
     fn push(&mut self, e: ExprId, t: Term) -> Vec<(ExprId, Term)> {
         let v = t.value;
-        let with = |value: ExprId| Term { space: t.space.clone(), guards: t.guards.clone(), value };
+        let with = |value: ExprId| Term {
+            space: t.space.clone(),
+            guards: t.guards.clone(),
+            value,
+        };
         let guarded = |g: ExprId| {
             let mut guards = t.guards.clone();
             guards.push(g);
-            Term { space: t.space.clone(), guards, value: v }
+            Term {
+                space: t.space.clone(),
+                guards,
+                value: v,
+            }
         };
         match self.q.pool.get(e).clone() {
             Expr::Unary(Un::Neg, a) => {
@@ -359,12 +415,16 @@ impl Diff {
                     space.push(i);
                     space.sort();
                 }
-                let term = |value: ExprId, guards: Vec<ExprId>| Term { space: space.clone(), guards, value };
+                let term = |value: ExprId, guards: Vec<ExprId>| Term {
+                    space: space.clone(),
+                    guards,
+                    value,
+                };
                 match red {
                     Red::Sum => vec![(body, term(v, t.guards.clone()))],
                     Red::Mean => {
                         let n = self.q.pool.add(Expr::Extent(i), Ty::Int);
-                        let n = self.to_real(n);
+                        let n = self.promote(n);
                         let vv = self.div(v, n);
                         vec![(body, term(vv, t.guards.clone()))]
                     }
@@ -394,7 +454,11 @@ impl Diff {
 
     fn pow_rule(&mut self, e: ExprId, a: ExprId, b: ExprId, t: &Term) -> Vec<(ExprId, Term)> {
         let v = t.value;
-        let with = |value: ExprId| Term { space: t.space.clone(), guards: t.guards.clone(), value };
+        let with = |value: ExprId| Term {
+            space: t.space.clone(),
+            guards: t.guards.clone(),
+            value,
+        };
         let mut out = Vec::new();
         if self.q.pool.ty(b) == Ty::Int {
             // n a^(n-1), with a^1 and a^0 folded
@@ -410,7 +474,7 @@ impl Diff {
                     let one = self.q.pool.int(1);
                     let nm1 = self.q.pool.add(Expr::Binary(Bin::Sub, b, one), Ty::Int);
                     let pw = self.q.pool.add(Expr::Binary(Bin::Pow, a, nm1), Ty::Real);
-                    let n = self.to_real(b);
+                    let n = self.promote(b);
                     let np = self.mul(n, pw);
                     Some(self.mul(v, np))
                 }
@@ -433,18 +497,33 @@ impl Diff {
             let db = self.mul(v, el);
             let mut guards = t.guards.clone();
             guards.push(nz);
-            out.push((b, Term { space: t.space.clone(), guards, value: db }));
+            out.push((
+                b,
+                Term {
+                    space: t.space.clone(),
+                    guards,
+                    value: db,
+                },
+            ));
         }
         out
     }
 
     fn call_rule(&mut self, e: ExprId, f: Func, args: &[ExprId], t: &Term) -> Vec<(ExprId, Term)> {
         let v = t.value;
-        let with = |value: ExprId| Term { space: t.space.clone(), guards: t.guards.clone(), value };
+        let with = |value: ExprId| Term {
+            space: t.space.clone(),
+            guards: t.guards.clone(),
+            value,
+        };
         let guarded = |value: ExprId, g: ExprId| {
             let mut guards = t.guards.clone();
             guards.push(g);
-            Term { space: t.space.clone(), guards, value }
+            Term {
+                space: t.space.clone(),
+                guards,
+                value,
+            }
         };
         let a = args.first().copied().unwrap_or(e);
         let one = self.real(1.0);
@@ -556,7 +635,11 @@ impl Diff {
                 let inside = self.and(ge, le);
                 let below = self.cmp(Bin::Lt, x, lo);
                 let above = self.cmp(Bin::Gt, x, hi);
-                vec![(x, guarded(v, inside)), (lo, guarded(v, below)), (hi, guarded(v, above))]
+                vec![
+                    (x, guarded(v, inside)),
+                    (lo, guarded(v, below)),
+                    (hi, guarded(v, above)),
+                ]
             }
             Func::Xlogy => {
                 let (x, y) = (args[0], args[1]);

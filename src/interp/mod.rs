@@ -106,7 +106,10 @@ pub fn table_size(p: &Program, extents: &[i64], indices: &[IndexId]) -> Result<u
         let names: Vec<String> = indices.iter().map(|i| p.index_label(*i)).collect();
         return Err(Error::new(
             ErrorKind::Limit,
-            format!("a table over [{}] would have {n} elements; the limit is {MAX_TABLE}", names.join(", ")),
+            format!(
+                "a table over [{}] would have {n} elements; the limit is {MAX_TABLE}",
+                names.join(", ")
+            ),
         ));
     }
     Ok(n as usize)
@@ -185,7 +188,13 @@ pub fn softplus(x: f64) -> f64 {
 
 impl<'a> Machine<'a> {
     fn new(p: &'a Program, env: &'a Env<'a>) -> Machine<'a> {
-        Machine { p, env, tensors: vec![None; p.tensors.len()], at: vec![0; p.indices.len()], memo: HashMap::new() }
+        Machine {
+            p,
+            env,
+            tensors: vec![None; p.tensors.len()],
+            at: vec![0; p.indices.len()],
+            memo: HashMap::new(),
+        }
     }
 
     fn round(&self, v: f64) -> f64 {
@@ -200,7 +209,11 @@ impl<'a> Machine<'a> {
     /// recurrence's adjoint). Adjoints accumulate in f64.
     fn run_pass(&mut self, pass: &Pass) -> Result<()> {
         let n = table_size(self.p, &self.env.extents, &pass.space)?;
-        let ext: Vec<i64> = pass.space.iter().map(|i| self.env.extents[i.ix()]).collect();
+        let ext: Vec<i64> = pass
+            .space
+            .iter()
+            .map(|i| self.env.extents[i.ix()])
+            .collect();
         for step in 0..n {
             let mut flat = if pass.reverse { n - 1 - step } else { step };
             for k in (0..ext.len()).rev() {
@@ -256,7 +269,12 @@ impl<'a> Machine<'a> {
 
     /// Fills a table over `indices` in row-major order. With `slot`, the table is the tensor
     /// definition `slot`, visible to its own body while it fills (recurrences).
-    fn fill(&mut self, slot: Option<usize>, indices: &[IndexId], body: ExprId) -> Result<Vec<Value>> {
+    fn fill(
+        &mut self,
+        slot: Option<usize>,
+        indices: &[IndexId],
+        body: ExprId,
+    ) -> Result<Vec<Value>> {
         let n = table_size(self.p, &self.env.extents, indices)?;
         let ext: Vec<i64> = indices.iter().map(|i| self.env.extents[i.ix()]).collect();
         let mut out = vec![Value::Real(0.0); n];
@@ -304,7 +322,15 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn range_error(&self, e: ExprId, what: &str, dim: usize, dim_index: IndexId, v: i64, ext: i64) -> Error {
+    fn range_error(
+        &self,
+        e: ExprId,
+        what: &str,
+        dim: usize,
+        dim_index: IndexId,
+        v: i64,
+        ext: i64,
+    ) -> Error {
         let dn = self.p.index_label(dim_index);
         let msg = format!(
             "index out of range: {what} read at {v} along `{dn}` (dimension {dim}), whose valid range is 0..{ext}{}",
@@ -318,7 +344,12 @@ impl<'a> Machine<'a> {
     }
 
     /// The row-major offset of a load, or the out-of-range dimension.
-    fn offset(&mut self, e: ExprId, dims: &[IndexId], args: &[ExprId]) -> Result<std::result::Result<usize, (usize, i64)>> {
+    fn offset(
+        &mut self,
+        e: ExprId,
+        dims: &[IndexId],
+        args: &[ExprId],
+    ) -> Result<std::result::Result<usize, (usize, i64)>> {
         let mut off: i64 = 0;
         for (k, (a, d)) in args.iter().zip(dims).enumerate() {
             let v = self.eval(*a)?.int();
@@ -350,7 +381,14 @@ impl<'a> Machine<'a> {
                     },
                     Err((k, v)) => {
                         let what = format!("`{}`", p.inputs[i.ix()].name);
-                        return Err(self.range_error(e, &what, k, dims[k], v, self.env.extents[dims[k].ix()]));
+                        return Err(self.range_error(
+                            e,
+                            &what,
+                            k,
+                            dims[k],
+                            v,
+                            self.env.extents[dims[k].ix()],
+                        ));
                     }
                 }
             }
@@ -359,14 +397,26 @@ impl<'a> Machine<'a> {
                 match self.offset(e, &tn.indices, args)? {
                     Ok(off) => match &self.tensors[t.ix()] {
                         Some(d) => d[off],
-                        None => return Err(Error::new(ErrorKind::Check, format!("internal: `{}` read before it is computed", tn.name))),
+                        None => {
+                            return Err(Error::new(
+                                ErrorKind::Check,
+                                format!("internal: `{}` read before it is computed", tn.name),
+                            ))
+                        }
                     },
                     Err((k, v)) => match tn.pad {
                         Some(pad) => self.eval(pad)?,
                         None => {
                             let what = format!("`{}`", tn.name);
                             let d = tn.indices[k];
-                            return Err(self.range_error(e, &what, k, d, v, self.env.extents[d.ix()]));
+                            return Err(self.range_error(
+                                e,
+                                &what,
+                                k,
+                                d,
+                                v,
+                                self.env.extents[d.ix()],
+                            ));
                         }
                     },
                 }
@@ -423,7 +473,9 @@ impl<'a> Machine<'a> {
         self.at[i.ix()] = saved;
         let reals = || vals.iter().map(|v| v.as_f64());
         Ok(match (red, ty) {
-            (Red::Sum, Ty::Int) => Value::Int(vals.iter().fold(0i64, |s, v| s.wrapping_add(v.int()))),
+            (Red::Sum, Ty::Int) => {
+                Value::Int(vals.iter().fold(0i64, |s, v| s.wrapping_add(v.int())))
+            }
             (Red::Max, Ty::Int) | (Red::Min, Ty::Int) => {
                 let it = vals.iter().map(|v| v.int());
                 let r = if red == Red::Max { it.max() } else { it.min() };
@@ -432,7 +484,11 @@ impl<'a> Machine<'a> {
                     None => {
                         return Err(Error::new(
                             ErrorKind::Range,
-                            format!("{} over index `{}`, whose extent is 0 (out of range)", red.name(), self.p.index_label(i)),
+                            format!(
+                                "{} over index `{}`, whose extent is 0 (out of range)",
+                                red.name(),
+                                self.p.index_label(i)
+                            ),
                         ))
                     }
                 }
@@ -462,17 +518,27 @@ impl<'a> Machine<'a> {
                 Bin::Mul => int_op(i64::wrapping_mul),
                 Bin::Div | Bin::Rem => {
                     if v == 0 {
-                        let mut d = Diagnostic::new(format!("integer division by zero is out of range{}", self.where_()));
+                        let mut d = Diagnostic::new(format!(
+                            "integer division by zero is out of range{}",
+                            self.where_()
+                        ));
                         if let Some(span) = self.p.spans.get(&e) {
                             d = d.primary(*span, "this division");
                         }
                         return Err(Error::from_diag(ErrorKind::Range, d));
                     }
-                    if op == Bin::Div { Value::Int(floor_div(u, v)) } else { Value::Int(floor_mod(u, v)) }
+                    if op == Bin::Div {
+                        Value::Int(floor_div(u, v))
+                    } else {
+                        Value::Int(floor_mod(u, v))
+                    }
                 }
                 Bin::Pow => {
                     if v < 0 {
-                        return Err(Error::new(ErrorKind::Range, format!("negative int exponent {v} is out of range")));
+                        return Err(Error::new(
+                            ErrorKind::Range,
+                            format!("negative int exponent {v} is out of range"),
+                        ));
                     }
                     Value::Int(u.wrapping_pow(v.min(u32::MAX as i64) as u32))
                 }
@@ -488,7 +554,9 @@ impl<'a> Machine<'a> {
                 Bin::Eq => u == v,
                 _ => u != v,
             }),
-            (Value::Real(u), Value::Int(v)) if op == Bin::Pow => self.r(u.powi(v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)),
+            (Value::Real(u), Value::Int(v)) if op == Bin::Pow => {
+                self.r(u.powi(v.clamp(i32::MIN as i64, i32::MAX as i64) as i32))
+            }
             _ => {
                 let (u, v) = (x.as_f64(), y.as_f64());
                 match op {
@@ -556,7 +624,10 @@ impl<'a> Machine<'a> {
             Func::Floor => x.floor(),
             Func::Ceil => x.ceil(),
             Func::Min => v.iter().map(|a| a.as_f64()).fold(f64::INFINITY, nan_min),
-            Func::Max => v.iter().map(|a| a.as_f64()).fold(f64::NEG_INFINITY, nan_max),
+            Func::Max => v
+                .iter()
+                .map(|a| a.as_f64())
+                .fold(f64::NEG_INFINITY, nan_max),
             Func::LogSumExp => logsumexp(&v.iter().map(|a| a.as_f64()).collect::<Vec<_>>()),
             Func::Clamp => nan_min(nan_max(x, y()), v[2].as_f64()),
             Func::Xlogy => {

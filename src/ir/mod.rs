@@ -169,7 +169,11 @@ impl Func {
         (Func::IsInf, "isinf"),
     ];
     pub fn name(self) -> &'static str {
-        Func::ALL.iter().find(|(f, _)| *f == self).map(|(_, n)| *n).unwrap_or("?")
+        Func::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
     }
     pub fn from_name(name: &str) -> Option<Func> {
         Func::ALL.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
@@ -257,7 +261,11 @@ impl ExprPool {
     fn compute_free(&self, e: &Expr) -> Vec<IndexId> {
         let mut out: Vec<IndexId> = match e {
             Expr::Index(i) => vec![*i],
-            Expr::Reduce(_, i, body) => self.free[body.ix()].iter().copied().filter(|x| x != i).collect(),
+            Expr::Reduce(_, i, body) => self.free[body.ix()]
+                .iter()
+                .copied()
+                .filter(|x| x != i)
+                .collect(),
             _ => {
                 let mut v = Vec::new();
                 e.for_each_child(|c| v.extend_from_slice(&self.free[c.ix()]));
@@ -301,7 +309,9 @@ impl Expr {
             | Expr::Index(_)
             | Expr::Extent(_)
             | Expr::Param(_) => {}
-            Expr::Input(_, a) | Expr::Tensor(_, a) | Expr::Call(_, a) => a.iter().for_each(|x| f(*x)),
+            Expr::Input(_, a) | Expr::Tensor(_, a) | Expr::Call(_, a) => {
+                a.iter().for_each(|x| f(*x))
+            }
             Expr::Unary(_, a) | Expr::Reduce(_, _, a) | Expr::StopGrad(a) => f(*a),
             Expr::Binary(_, a, b) => {
                 f(*a);
@@ -414,10 +424,16 @@ pub struct Program {
 
 impl Program {
     pub fn input(&self, name: &str) -> Option<InputId> {
-        self.inputs.iter().position(|i| i.name == name).map(|i| InputId(i as u32))
+        self.inputs
+            .iter()
+            .position(|i| i.name == name)
+            .map(|i| InputId(i as u32))
     }
     pub fn param(&self, name: &str) -> Option<ParamId> {
-        self.params.iter().position(|p| p.name == name).map(|i| ParamId(i as u32))
+        self.params
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| ParamId(i as u32))
     }
     /// The output's type.
     pub fn output_ty(&self) -> Ty {
@@ -430,7 +446,11 @@ impl Program {
             .iter()
             .map(|i| {
                 let dims: Vec<String> = i.dims.iter().map(|d| self.index_label(*d)).collect();
-                let ty = if i.ty == Ty::Real { String::new() } else { format!(": {}", i.ty) };
+                let ty = if i.ty == Ty::Real {
+                    String::new()
+                } else {
+                    format!(": {}", i.ty)
+                };
                 if dims.is_empty() {
                     format!("{}{ty}", i.name)
                 } else {
@@ -438,8 +458,17 @@ impl Program {
                 }
             })
             .collect();
-        let params: Vec<String> = self.params.iter().map(|p| format!("{} = {}", p.name, p.default_src)).collect();
-        let out: Vec<String> = self.output.indices.iter().map(|d| self.index_label(*d)).collect();
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("{} = {}", p.name, p.default_src))
+            .collect();
+        let out: Vec<String> = self
+            .output
+            .indices
+            .iter()
+            .map(|d| self.index_label(*d))
+            .collect();
         let mut s = format!("{}({}", self.name, inputs.join(", "));
         if !params.is_empty() {
             s += &format!("; {}", params.join(", "));

@@ -9,7 +9,11 @@ pub fn real_literal(v: f64) -> String {
     if v.is_nan() {
         "nan".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "inf".into() } else { "-inf".into() }
+        if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else {
         format!("{v:?}")
     }
@@ -26,7 +30,12 @@ impl<'a> Printer<'a> {
     fn is_leaf(&self, id: ExprId) -> bool {
         matches!(
             self.p.pool.get(id),
-            Expr::Real(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Index(_) | Expr::Extent(_) | Expr::Param(_)
+            Expr::Real(_)
+                | Expr::Int(_)
+                | Expr::Bool(_)
+                | Expr::Index(_)
+                | Expr::Extent(_)
+                | Expr::Param(_)
         )
     }
 
@@ -68,7 +77,10 @@ impl<'a> Printer<'a> {
     }
 
     fn args(&mut self, a: &[ExprId]) -> String {
-        a.iter().map(|x| self.expr(*x)).collect::<Vec<_>>().join(", ")
+        a.iter()
+            .map(|x| self.expr(*x))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn expr_inner(&mut self, id: ExprId) -> String {
@@ -85,12 +97,21 @@ impl<'a> Printer<'a> {
             Expr::Unary(Un::Not, a) => format!("!{}", self.expr(a)),
             Expr::Unary(Un::ToReal, a) => format!("real({})", self.expr(a)),
             Expr::Unary(Un::ToInt, a) => format!("int({})", self.expr(a)),
-            Expr::Binary(op, a, b) => format!("({} {} {})", self.expr(a), op.symbol(), self.expr(b)),
+            Expr::Binary(op, a, b) => {
+                format!("({} {} {})", self.expr(a), op.symbol(), self.expr(b))
+            }
             Expr::Call(f, a) => format!("{}({})", f.name(), self.args(&a)),
             Expr::Select(c, a, b) => {
-                format!("if {} {{ {} }} else {{ {} }}", self.expr(c), self.expr(a), self.expr(b))
+                format!(
+                    "if {} {{ {} }} else {{ {} }}",
+                    self.expr(c),
+                    self.expr(a),
+                    self.expr(b)
+                )
             }
-            Expr::Reduce(r, i, body) => format!("{}({}: {})", r.name(), self.index_name(i), self.expr(body)),
+            Expr::Reduce(r, i, body) => {
+                format!("{}({}: {})", r.name(), self.index_name(i), self.expr(body))
+            }
             Expr::StopGrad(a) => format!("stop_grad({})", self.expr(a)),
         }
     }
@@ -98,7 +119,12 @@ impl<'a> Printer<'a> {
 
 /// The whole program as text.
 pub fn print_program(p: &Program) -> String {
-    let mut pr = Printer { p, uses: vec![0; p.pool.len()], named: HashMap::new(), lines: vec![] };
+    let mut pr = Printer {
+        p,
+        uses: vec![0; p.pool.len()],
+        named: HashMap::new(),
+        lines: vec![],
+    };
     let mut roots: Vec<ExprId> = p.params.iter().map(|x| x.default).collect();
     for ix in &p.indices {
         if let Extent::Computed(e) = ix.extent {
@@ -127,7 +153,11 @@ pub fn print_program(p: &Program) -> String {
                 s
             }
         };
-        let _ = writeln!(out, "index {} in 0..{from}", pr.index_name(IndexId(k as u32)));
+        let _ = writeln!(
+            out,
+            "index {} in 0..{from}",
+            pr.index_name(IndexId(k as u32))
+        );
     }
     for prm in &p.params {
         let s = pr.expr(prm.default);
@@ -136,15 +166,29 @@ pub fn print_program(p: &Program) -> String {
     }
     for t in &p.tensors {
         let idx: Vec<String> = t.indices.iter().map(|i| pr.index_name(*i)).collect();
-        let pad = t.pad.map(|x| format!(" pad {}", pr.expr(x))).unwrap_or_default();
+        let pad = t
+            .pad
+            .map(|x| format!(" pad {}", pr.expr(x)))
+            .unwrap_or_default();
         let body = pr.expr(t.body);
         out.extend(pr.lines.drain(..).map(|l| l + "\n"));
         let kind = if t.recurrent { "recurrence" } else { "tensor" };
-        let _ = writeln!(out, "{kind} {}[{}]: {}{pad} = {body}", t.name, idx.join(", "), t.ty);
+        let _ = writeln!(
+            out,
+            "{kind} {}[{}]: {}{pad} = {body}",
+            t.name,
+            idx.join(", "),
+            t.ty
+        );
     }
     let idx: Vec<String> = p.output.indices.iter().map(|i| pr.index_name(*i)).collect();
     let body = pr.expr(p.output.body);
     out.extend(pr.lines.drain(..).map(|l| l + "\n"));
-    let _ = writeln!(out, "output[{}]: {} = {body}", idx.join(", "), p.output_ty());
+    let _ = writeln!(
+        out,
+        "output[{}]: {} = {body}",
+        idx.join(", "),
+        p.output_ty()
+    );
     out
 }

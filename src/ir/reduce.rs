@@ -22,10 +22,17 @@ impl Reduction {
         (Reduction::SumByNonzeroWeights, "sum_by_nonzero_weights"),
     ];
     pub fn name(self) -> &'static str {
-        Reduction::ALL.iter().find(|(r, _)| *r == self).map(|(_, n)| *n).unwrap_or("?")
+        Reduction::ALL
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
     }
     pub fn from_name(s: &str) -> Option<Reduction> {
-        Reduction::ALL.iter().find(|(_, n)| *n == s).map(|(r, _)| *r)
+        Reduction::ALL
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(r, _)| *r)
     }
 }
 
@@ -41,8 +48,15 @@ pub fn with_reduction(p: &Program, r: Reduction, weighted: bool) -> Program {
     let loss = q.output.body;
     let w = if weighted {
         let iid = InputId(q.inputs.len() as u32);
-        q.inputs.push(Input { name: WEIGHTS.into(), ty: Ty::Real, dims: out_ix.clone() });
-        let args: Vec<ExprId> = out_ix.iter().map(|i| q.pool.add(Expr::Index(*i), Ty::Int)).collect();
+        q.inputs.push(Input {
+            name: WEIGHTS.into(),
+            ty: Ty::Real,
+            dims: out_ix.clone(),
+        });
+        let args: Vec<ExprId> = out_ix
+            .iter()
+            .map(|i| q.pool.add(Expr::Index(*i), Ty::Int))
+            .collect();
         Some(q.pool.add(Expr::Input(iid, args), Ty::Real))
     } else {
         None
@@ -57,14 +71,21 @@ pub fn with_reduction(p: &Program, r: Reduction, weighted: bool) -> Program {
         return q;
     }
     let sum_all = |pool: &mut ExprPool, e: ExprId, ty: Ty| {
-        out_ix.iter().rev().fold(e, |acc, i| pool.add(Expr::Reduce(Red::Sum, *i, acc), ty))
+        out_ix
+            .iter()
+            .rev()
+            .fold(e, |acc, i| pool.add(Expr::Reduce(Red::Sum, *i, acc), ty))
     };
     // The number of output elements, as a real.
     let count = {
         let mut n = pool.int(1);
         for i in &out_ix {
             let x = pool.add(Expr::Extent(*i), Ty::Int);
-            n = if matches!(pool.get(n), Expr::Int(1)) { x } else { pool.add(Expr::Binary(Bin::Mul, n, x), Ty::Int) };
+            n = if matches!(pool.get(n), Expr::Int(1)) {
+                x
+            } else {
+                pool.add(Expr::Binary(Bin::Mul, n, x), Ty::Int)
+            };
         }
         n
     };
@@ -79,15 +100,19 @@ pub fn with_reduction(p: &Program, r: Reduction, weighted: bool) -> Program {
             }
             _ => pool.add(Expr::Binary(Bin::Eq, d, zero), Ty::Bool),
         };
-        let d = if pool.ty(d) == Ty::Int { pool.add(Expr::Unary(Un::ToReal, d), Ty::Real) } else { d };
+        let d = if pool.ty(d) == Ty::Int {
+            pool.add(Expr::Unary(Un::ToReal, d), Ty::Real)
+        } else {
+            d
+        };
         let q = pool.add(Expr::Binary(Bin::Div, total, d), Ty::Real);
         pool.add(Expr::Select(d_is_zero, zero, q), Ty::Real)
     };
     q.output.body = match (r, w) {
         (Reduction::Sum, _) => total,
-        (Reduction::Mean, _) | (Reduction::WeightedMean, None) | (Reduction::SumByNonzeroWeights, None) => {
-            guarded_div(pool, count)
-        }
+        (Reduction::Mean, _)
+        | (Reduction::WeightedMean, None)
+        | (Reduction::SumByNonzeroWeights, None) => guarded_div(pool, count),
         (Reduction::WeightedMean, Some(w)) => {
             let sw = sum_all(pool, w, Ty::Real);
             guarded_div(pool, sw)

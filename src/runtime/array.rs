@@ -45,10 +45,16 @@ pub const MAX_ELEMENTS: usize = 1 << 30;
 
 impl Array {
     pub fn real(shape: Vec<usize>, data: Vec<f64>) -> Array {
-        Array { shape, data: Data::Real(data) }
+        Array {
+            shape,
+            data: Data::Real(data),
+        }
     }
     pub fn int(shape: Vec<usize>, data: Vec<i64>) -> Array {
-        Array { shape, data: Data::Int(data) }
+        Array {
+            shape,
+            data: Data::Int(data),
+        }
     }
     pub fn scalar(v: f64) -> Array {
         Array::real(vec![], vec![v])
@@ -78,37 +84,63 @@ impl Array {
                 if n != self.len() {
                     return Err(Error::new(
                         ErrorKind::Shape,
-                        format!("{what}: shape {:?} has {n} elements but {} values were given", self.shape, self.len()),
+                        format!(
+                            "{what}: shape {:?} has {n} elements but {} values were given",
+                            self.shape,
+                            self.len()
+                        ),
                     ));
                 }
                 Ok(())
             }
             _ => Err(Error::new(
                 ErrorKind::Limit,
-                format!("{what}: shape {:?} is too large (the limit is {MAX_ELEMENTS} elements)", self.shape),
+                format!(
+                    "{what}: shape {:?} is too large (the limit is {MAX_ELEMENTS} elements)",
+                    self.shape
+                ),
             )),
         }
     }
 
     /// Reads an `.npy` file's bytes (f32, f64, and signed or unsigned integers; C or Fortran order).
     pub fn from_npy(bytes: &[u8], what: &str) -> Result<Array> {
-        let bad = |m: String| Error::new(ErrorKind::Data, format!("{what}: not a valid .npy file: {m}"));
+        let bad = |m: String| {
+            Error::new(
+                ErrorKind::Data,
+                format!("{what}: not a valid .npy file: {m}"),
+            )
+        };
         let npy = npyz::NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
         let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
         let fortran = npy.order() == npyz::Order::Fortran;
         let dtype = npy.dtype();
         let ts = match &dtype {
             npyz::DType::Plain(ts) => ts.clone(),
-            other => return Err(Error::new(ErrorKind::Type, format!("{what}: unsupported .npy dtype {}", other.descr()))),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Type,
+                    format!("{what}: unsupported .npy dtype {}", other.descr()),
+                ))
+            }
         };
-        let n = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).filter(|n| *n <= MAX_ELEMENTS);
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, d| a.checked_mul(*d))
+            .filter(|n| *n <= MAX_ELEMENTS);
         let Some(n) = n else {
-            return Err(Error::new(ErrorKind::Limit, format!("{what}: shape {shape:?} is too large")));
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!("{what}: shape {shape:?} is too large"),
+            ));
         };
         // Refuse before allocating when the file is shorter than its header claims.
         let item = ts.num_bytes().unwrap_or(0);
         if n.saturating_mul(item) > bytes.len() {
-            return Err(bad(format!("the header promises {n} elements of {item} bytes, the file is {} bytes", bytes.len())));
+            return Err(bad(format!(
+                "the header promises {n} elements of {item} bytes, the file is {} bytes",
+                bytes.len()
+            )));
         }
         let descr = ts.to_string();
         let kind = descr.get(1..).unwrap_or("");
@@ -134,12 +166,12 @@ impl Array {
             return Err(bad(format!("expected {n} elements, read {}", a.len())));
         }
         if fortran && a.shape.len() > 1 {
-            a = a.from_fortran();
+            a = a.fortran_to_c();
         }
         Ok(a)
     }
 
-    fn from_fortran(self) -> Array {
+    fn fortran_to_c(self) -> Array {
         let shape = self.shape.clone();
         let n = self.len();
         let perm = |src_index: usize| -> usize {
@@ -178,17 +210,32 @@ impl Array {
         let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("writing .npy: {e}"));
         match (&self.data, dtype) {
             (Data::Real(v), DType::F64) => {
-                let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd().map_err(io)?;
+                let mut w = npyz::WriteOptions::new()
+                    .default_dtype()
+                    .shape(&shape)
+                    .writer(&mut buf)
+                    .begin_nd()
+                    .map_err(io)?;
                 w.extend(v.iter().copied()).map_err(io)?;
                 w.finish().map_err(io)?;
             }
             (Data::Real(v), DType::F32) => {
-                let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd().map_err(io)?;
+                let mut w = npyz::WriteOptions::new()
+                    .default_dtype()
+                    .shape(&shape)
+                    .writer(&mut buf)
+                    .begin_nd()
+                    .map_err(io)?;
                 w.extend(v.iter().map(|x| *x as f32)).map_err(io)?;
                 w.finish().map_err(io)?;
             }
             (Data::Int(v), _) => {
-                let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd().map_err(io)?;
+                let mut w = npyz::WriteOptions::new()
+                    .default_dtype()
+                    .shape(&shape)
+                    .writer(&mut buf)
+                    .begin_nd()
+                    .map_err(io)?;
                 w.extend(v.iter().copied()).map_err(io)?;
                 w.finish().map_err(io)?;
             }
@@ -200,8 +247,12 @@ impl Array {
     /// `-inf` and `nan` allowed as bare words or strings).
     pub fn parse_literal(text: &str, what: &str) -> Result<Array> {
         let cleaned = bare_specials(text);
-        let v: serde_json::Value = serde_json::from_str(&cleaned)
-            .map_err(|e| Error::new(ErrorKind::Data, format!("{what}: `{text}` is not an array literal: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&cleaned).map_err(|e| {
+            Error::new(
+                ErrorKind::Data,
+                format!("{what}: `{text}` is not an array literal: {e}"),
+            )
+        })?;
         Array::from_nested_json(&v, what)
     }
 
@@ -220,7 +271,12 @@ impl Array {
         flatten(v, 0, &shape, &mut flat, what)?;
         let all_int = flat.iter().all(|x| matches!(x, Num::Int(_)));
         Ok(if all_int {
-            Array::int(shape, flat.into_iter().map(|x| if let Num::Int(i) = x { i } else { 0 }).collect())
+            Array::int(
+                shape,
+                flat.into_iter()
+                    .map(|x| if let Num::Int(i) = x { i } else { 0 })
+                    .collect(),
+            )
         } else {
             Array::real(shape, flat.into_iter().map(|x| x.f64()).collect())
         })
@@ -270,7 +326,12 @@ fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
         if shape.len() == 1 {
             out.push_str(&vals[*i]);
         } else {
-            nest(out, &shape[1..], &vals[i * inner..(i + 1) * inner], depth + 1);
+            nest(
+                out,
+                &shape[1..],
+                &vals[i * inner..(i + 1) * inner],
+                depth + 1,
+            );
         }
     }
     out.push(']');
@@ -281,7 +342,11 @@ pub fn fmt_real(x: f64) -> String {
     if x.is_nan() {
         "nan".into()
     } else if x.is_infinite() {
-        if x > 0.0 { "inf".into() } else { "-inf".into() }
+        if x > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else {
         format!("{x:?}")
     }
@@ -301,8 +366,19 @@ impl Num {
     }
 }
 
-fn flatten(v: &serde_json::Value, depth: usize, shape: &[usize], out: &mut Vec<Num>, what: &str) -> Result<()> {
-    let ragged = || Error::new(ErrorKind::Shape, format!("{what}: ragged array literal (rows of different lengths)"));
+fn flatten(
+    v: &serde_json::Value,
+    depth: usize,
+    shape: &[usize],
+    out: &mut Vec<Num>,
+    what: &str,
+) -> Result<()> {
+    let ragged = || {
+        Error::new(
+            ErrorKind::Shape,
+            format!("{what}: ragged array literal (rows of different lengths)"),
+        )
+    };
     match v {
         serde_json::Value::Array(items) => {
             if depth >= shape.len() || items.len() != shape[depth] {
@@ -361,5 +437,6 @@ fn bare_specials(text: &str) -> String {
         }
     }
     flush(&mut word, &mut out);
-    out.replace("-\"inf\"", "\"-inf\"").replace("-\"Infinity\"", "\"-inf\"")
+    out.replace("-\"inf\"", "\"-inf\"")
+        .replace("-\"Infinity\"", "\"-inf\"")
 }

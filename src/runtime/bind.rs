@@ -108,13 +108,20 @@ pub fn validate_grad(p: &Program, grad: &[String]) -> Result<()> {
             let names: Vec<&str> = p.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(Error::new(
                 ErrorKind::Unknown,
-                format!("unknown input `{g}` for `{}`{}", p.name, did_you_mean(g, names.iter().copied())),
+                format!(
+                    "unknown input `{g}` for `{}`{}",
+                    p.name,
+                    did_you_mean(g, names.iter().copied())
+                ),
             ));
         };
         if p.inputs[i.ix()].ty != Ty::Real {
             return Err(Error::new(
                 ErrorKind::NotDifferentiable,
-                format!("input `{g}` of `{}` is int: it is not differentiable", p.name),
+                format!(
+                    "input `{g}` of `{}` is int: it is not differentiable",
+                    p.name
+                ),
             ));
         }
     }
@@ -140,7 +147,10 @@ fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
     let bad = || {
         Error::new(
             ErrorKind::Shape,
-            format!("weights of shape {:?} do not broadcast to the output's shape {:?}", w.shape, shape),
+            format!(
+                "weights of shape {:?} do not broadcast to the output's shape {:?}",
+                w.shape, shape
+            ),
         )
     };
     if w.shape.len() > shape.len() {
@@ -150,7 +160,14 @@ fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
             return Err(bad());
         }
     }
-    let ws: Vec<usize> = w.shape.iter().rev().take(shape.len()).rev().copied().collect();
+    let ws: Vec<usize> = w
+        .shape
+        .iter()
+        .rev()
+        .take(shape.len())
+        .rev()
+        .copied()
+        .collect();
     let off = shape.len() - ws.len();
     for (k, d) in ws.iter().enumerate() {
         if *d != 1 && *d != shape[off + k] {
@@ -183,14 +200,19 @@ fn param_value(p: &Program, k: usize, v: ParamValue) -> Result<Value> {
     let bad = |what: String| {
         Error::new(
             ErrorKind::Type,
-            format!("parameter `{}` of `{}` is {}, but was given {what}", prm.name, p.name, prm.ty),
+            format!(
+                "parameter `{}` of `{}` is {}, but was given {what}",
+                prm.name, p.name, prm.ty
+            ),
         )
     };
     Ok(match (prm.ty, v) {
         (Ty::Real, ParamValue::Real(x)) => Value::Real(x),
         (Ty::Real, ParamValue::Int(x)) => Value::Real(x as f64),
         (Ty::Int, ParamValue::Int(x)) => Value::Int(x),
-        (Ty::Int, ParamValue::Real(x)) if x.fract() == 0.0 && x.abs() < 9e15 => Value::Int(x as i64),
+        (Ty::Int, ParamValue::Real(x)) if x.fract() == 0.0 && x.abs() < 9e15 => {
+            Value::Int(x as i64)
+        }
         (Ty::Bool, ParamValue::Bool(b)) => Value::Bool(b),
         (_, ParamValue::Real(x)) => return Err(bad(format!("the real {x}"))),
         (_, ParamValue::Int(x)) => return Err(bad(format!("the int {x}"))),
@@ -215,16 +237,27 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
             ));
         }
         if call.inputs[..k].iter().any(|(n, _)| n == name) {
-            return Err(Error::new(ErrorKind::Data, format!("input `{name}` is given twice")));
+            return Err(Error::new(
+                ErrorKind::Data,
+                format!("input `{name}` is given twice"),
+            ));
         }
     }
     for (name, _) in &call.params {
         if p.param(name).is_none() {
             let names: Vec<&str> = p.params.iter().map(|x| x.name.as_str()).collect();
-            let list = if names.is_empty() { "it has none".to_string() } else { format!("its parameters are {}", names.join(", ")) };
+            let list = if names.is_empty() {
+                "it has none".to_string()
+            } else {
+                format!("its parameters are {}", names.join(", "))
+            };
             return Err(Error::new(
                 ErrorKind::Unknown,
-                format!("unknown parameter `{name}` for `{}`{}; {list}", p.name, did_you_mean(name, names.iter().copied())),
+                format!(
+                    "unknown parameter `{name}` for `{}`{}; {list}",
+                    p.name,
+                    did_you_mean(name, names.iter().copied())
+                ),
             ));
         }
     }
@@ -240,7 +273,12 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
             let decl: Vec<String> = inp.dims.iter().map(|d| p.index_label(*d)).collect();
             return Err(Error::new(
                 ErrorKind::Missing,
-                format!("missing input `{}[{}]` for `{}`", inp.name, decl.join(", "), p.name),
+                format!(
+                    "missing input `{}[{}]` for `{}`",
+                    inp.name,
+                    decl.join(", "),
+                    p.name
+                ),
             ));
         };
         arr.validate(&format!("input `{}`", inp.name))?;
@@ -252,7 +290,13 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         if arr.shape.len() < rank || (rank == 0 && !arr.shape.is_empty() && arr.len() != 1) {
             return Err(Error::new(
                 ErrorKind::Shape,
-                format!("input `{}` has shape {:?}, but `{}` declares it {}", inp.name, arr.shape, p.name, decl()),
+                format!(
+                    "input `{}` has shape {:?}, but `{}` declares it {}",
+                    inp.name,
+                    arr.shape,
+                    p.name,
+                    decl()
+                ),
             ));
         }
         // Fold leading dimensions into the first index.
@@ -336,7 +380,11 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                     Data::Real(v) => v.clone(),
                     Data::Int(v) => v.iter().map(|x| *x as f64).collect(),
                 };
-                let v = if call.dtype == DType::F32 { v.into_iter().map(|x| x as f32 as f64).collect() } else { v };
+                let v = if call.dtype == DType::F32 {
+                    v.into_iter().map(|x| x as f32 as f64).collect()
+                } else {
+                    v
+                };
                 (v, vec![])
             }
         };
@@ -346,12 +394,23 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         .inputs
         .iter()
         .zip(&datas)
-        .map(|(i, d)| if i.ty == Ty::Int { InputData::Int(&d.1) } else { InputData::Real(&d.0) })
+        .map(|(i, d)| {
+            if i.ty == Ty::Int {
+                InputData::Int(&d.1)
+            } else {
+                InputData::Real(&d.0)
+            }
+        })
         .collect();
 
     // Parameters: given, or their defaults (which may read the inputs).
     let f32 = call.dtype == DType::F32;
-    let mut env = interp::Env { f32, extents: extents.clone(), inputs: inputs.clone(), params: vec![] };
+    let mut env = interp::Env {
+        f32,
+        extents: extents.clone(),
+        inputs: inputs.clone(),
+        params: vec![],
+    };
     for k in 0..p.params.len() {
         let given = call.params.iter().find(|(n, _)| *n == p.params[k].name);
         let v = match given {
@@ -372,7 +431,10 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                 if v < 0 {
                     return Err(Error::new(
                         ErrorKind::Range,
-                        format!("the extent of index `{}` comes out as {v}, which is out of range", ix.name),
+                        format!(
+                            "the extent of index `{}` comes out as {v}, which is out of range",
+                            ix.name
+                        ),
                     ));
                 }
                 env.extents[k] = v;
@@ -384,7 +446,12 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
 
     // Reduction and weights.
     let out_shape = output_shape(p, &env.extents, &lead);
-    if p.output.indices.is_empty() && !matches!(call.reduction, Reduction::None | Reduction::Sum | Reduction::Mean) {
+    if p.output.indices.is_empty()
+        && !matches!(
+            call.reduction,
+            Reduction::None | Reduction::Sum | Reduction::Mean
+        )
+    {
         return Err(Error::new(
             ErrorKind::Reduction,
             format!(
@@ -399,26 +466,48 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         None => None,
     };
     let q = ir::with_reduction(p, call.reduction, wdata.is_some());
-    let wdata = wdata.map(|w| if f32 { w.into_iter().map(|x| x as f32 as f64).collect() } else { w });
+    let wdata = wdata.map(|w| {
+        if f32 {
+            w.into_iter().map(|x| x as f32 as f64).collect()
+        } else {
+            w
+        }
+    });
     if let Some(w) = &wdata {
         inputs.push(InputData::Real(w));
     }
     env.inputs = inputs;
 
     let wrt: Vec<ir::InputId> = call.grad.iter().filter_map(|g| p.input(g)).collect();
-    let q = if wrt.is_empty() { q } else { crate::grad::differentiate(&q, &wrt)? };
+    let q = if wrt.is_empty() {
+        q
+    } else {
+        crate::grad::differentiate(&q, &wrt)?
+    };
     let (values, grads) = match call.backend {
         Backend::Interp => interp::run_with_grads(&q, &env)?,
     };
-    let shape = if call.reduction == Reduction::None { out_shape } else { vec![] };
+    let shape = if call.reduction == Reduction::None {
+        out_shape
+    } else {
+        vec![]
+    };
     let grads = wrt
         .iter()
         .zip(grads)
         .map(|(w, g)| {
             let name = p.inputs[w.ix()].name.clone();
-            let shape = call.inputs.iter().find(|(n, _)| *n == name).map(|(_, a)| a.shape.clone()).unwrap_or_default();
+            let shape = call
+                .inputs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| a.shape.clone())
+                .unwrap_or_default();
             (name, Array::real(shape, g))
         })
         .collect();
-    Ok(Output { value: Array::real(shape, values), grads })
+    Ok(Output {
+        value: Array::real(shape, values),
+        grads,
+    })
 }

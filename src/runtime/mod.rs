@@ -7,9 +7,9 @@
 mod array;
 mod bind;
 
+pub use crate::ir::Reduction;
 pub use array::{fmt_real, Array, DType, Data, MAX_ELEMENTS};
 pub use bind::{validate_grad, Call, Output, ParamValue};
-pub use crate::ir::Reduction;
 
 use crate::diag::{Error, ErrorKind, Result, Sources};
 use crate::ir::{Module, Program};
@@ -65,7 +65,10 @@ impl Library {
             for item in &f.items {
                 if let ast::Item::Import(i) = item {
                     if !stdlib_files()?.iter().any(|(n, _)| *n == i.path) {
-                        return Err(Error::new(ErrorKind::Unknown, format!("stdlib import of unknown file `{}`", i.path)));
+                        return Err(Error::new(
+                            ErrorKind::Unknown,
+                            format!("stdlib import of unknown file `{}`", i.path),
+                        ));
                     }
                 }
             }
@@ -82,8 +85,12 @@ impl Library {
 
     /// Losses from a file. Imports resolve relative to the file, then against the standard library.
     pub fn from_file(path: &Path) -> Result<Library> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+        })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Library::load(path.display().to_string(), text, Origin::Dir(dir))
     }
@@ -96,13 +103,17 @@ impl Library {
         // Parse every file once; collect parse errors against the sources read so far.
         while let Some((name, text, origin)) = queue.pop() {
             let id = sources.add(name, text);
-            let file = crate::syntax::parse(id, sources.text(id)).map_err(|e| e.rendered_with(&sources))?;
+            let file = crate::syntax::parse(id, sources.text(id))
+                .map_err(|e| e.rendered_with(&sources))?;
             for item in &file.items {
-                let ast::Item::Import(imp) = item else { continue };
+                let ast::Item::Import(imp) = item else {
+                    continue;
+                };
                 let (key, next) = resolve_import(&imp.path, &origin).map_err(|e| {
                     Error::from_diag(
                         e.kind,
-                        crate::diag::Diagnostic::new(e.message()).primary(imp.span, "imported here"),
+                        crate::diag::Diagnostic::new(e.message())
+                            .primary(imp.span, "imported here"),
                     )
                     .rendered_with(&sources)
                 })?;
@@ -110,7 +121,10 @@ impl Library {
                     continue;
                 }
                 if seen.len() >= MAX_IMPORTS {
-                    return Err(Error::new(ErrorKind::Limit, format!("more than {MAX_IMPORTS} imported files")));
+                    return Err(Error::new(
+                        ErrorKind::Limit,
+                        format!("more than {MAX_IMPORTS} imported files"),
+                    ));
                 }
                 seen.push(key.clone());
                 queue.push((key, next.0, next.1));
@@ -161,7 +175,10 @@ impl Library {
 /// The standard library's files: embedded, or read from `$LOSSC_STDLIB_DIR` when it is set.
 fn stdlib_files() -> Result<Vec<(String, String)>> {
     let Ok(dir) = std::env::var("LOSSC_STDLIB_DIR") else {
-        return Ok(STDLIB_FILES.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect());
+        return Ok(STDLIB_FILES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect());
     };
     let rd = std::fs::read_dir(&dir)
         .map_err(|e| Error::new(ErrorKind::Io, format!("LOSSC_STDLIB_DIR `{dir}`: {e}")))?;
@@ -169,8 +186,12 @@ fn stdlib_files() -> Result<Vec<(String, String)>> {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".loss") {
-            let text = std::fs::read_to_string(e.path())
-                .map_err(|err| Error::new(ErrorKind::Io, format!("cannot read `{}`: {err}", e.path().display())))?;
+            let text = std::fs::read_to_string(e.path()).map_err(|err| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot read `{}`: {err}", e.path().display()),
+                )
+            })?;
             out.push((name, text));
         }
     }
@@ -183,10 +204,21 @@ fn resolve_import(path: &str, origin: &Origin) -> Result<(String, (String, Origi
     if let Origin::Dir(dir) = origin {
         let candidate = dir.join(path);
         if candidate.is_file() {
-            let text = std::fs::read_to_string(&candidate)
-                .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{}`: {e}", candidate.display())))?;
-            let next_dir = candidate.parent().map(Path::to_path_buf).unwrap_or_default();
-            let key = candidate.canonicalize().unwrap_or(candidate).display().to_string();
+            let text = std::fs::read_to_string(&candidate).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot read `{}`: {e}", candidate.display()),
+                )
+            })?;
+            let next_dir = candidate
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let key = candidate
+                .canonicalize()
+                .unwrap_or(candidate)
+                .display()
+                .to_string();
             return Ok((key, (text, Origin::Dir(next_dir))));
         }
     }
@@ -194,7 +226,10 @@ fn resolve_import(path: &str, origin: &Origin) -> Result<(String, (String, Origi
     if let Some((n, text)) = stdlib_files()?.iter().find(|(n, _)| *n == base) {
         return Ok((format!("stdlib/{n}"), (text.to_string(), Origin::Stdlib)));
     }
-    Err(Error::new(ErrorKind::Unknown, format!("cannot find the imported file `{path}` (unknown file)")))
+    Err(Error::new(
+        ErrorKind::Unknown,
+        format!("cannot find the imported file `{path}` (unknown file)"),
+    ))
 }
 
 impl Error {

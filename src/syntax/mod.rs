@@ -39,7 +39,9 @@ pub fn parse(file: u32, text: &str) -> Result<File> {
             Ok(f)
         });
     match worker {
-        Ok(h) => h.join().unwrap_or_else(|_| Err(Error::new(ErrorKind::Limit, "the parser ran out of stack"))),
+        Ok(h) => h
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Limit, "the parser ran out of stack"))),
         Err(_) => {
             let f = parse_here(file, text)?;
             check_depth(file, &f)?;
@@ -64,7 +66,9 @@ fn check_depth(file: u32, f: &File) -> Result<()> {
             ExprKind::Access(_, a) | ExprKind::Call(_, a) => a.iter().find_map(|x| expr(x, d + 1)),
             ExprKind::Reduce(_, _, b) | ExprKind::Unary(_, b) => expr(b, d + 1),
             ExprKind::Binary(_, a, b) => expr(a, d + 1).or_else(|| expr(b, d + 1)),
-            ExprKind::If(c, a, b) => expr(c, d + 1).or_else(|| block(a, d + 1)).or_else(|| block(b, d + 1)),
+            ExprKind::If(c, a, b) => expr(c, d + 1)
+                .or_else(|| block(a, d + 1))
+                .or_else(|| block(b, d + 1)),
         }
     }
     let _ = file;
@@ -72,13 +76,23 @@ fn check_depth(file: u32, f: &File) -> Result<()> {
         let found = match item {
             Item::Import(_) => None,
             Item::Fn(d) => block(&d.body, 0),
-            Item::Loss(d) => d.params.iter().find_map(|p| expr(&p.default, 0)).or_else(|| block(&d.body, 0)),
+            Item::Loss(d) => d
+                .params
+                .iter()
+                .find_map(|p| expr(&p.default, 0))
+                .or_else(|| block(&d.body, 0)),
         };
         if let Some(span) = found {
             return Err(Error::from_diag(
                 ErrorKind::Limit,
                 Diagnostic::new(format!("expression nested more than {MAX_DEPTH} deep"))
-                    .primary(Span { end: span.start + 1, ..span }, "too deep here")
+                    .primary(
+                        Span {
+                            end: span.start + 1,
+                            ..span
+                        },
+                        "too deep here",
+                    )
                     .note("split it with `let` definitions"),
             ));
         }
@@ -90,7 +104,10 @@ fn parse_here(file: u32, text: &str) -> Result<File> {
     if text.len() > MAX_SOURCE_LEN {
         return Err(Error::new(
             ErrorKind::Limit,
-            format!("source is {} bytes; the limit is {MAX_SOURCE_LEN}", text.len()),
+            format!(
+                "source is {} bytes; the limit is {MAX_SOURCE_LEN}",
+                text.len()
+            ),
         ));
     }
     check_nesting(file, text)?;
@@ -118,8 +135,10 @@ pub fn parse_expr(file: u32, text: &str) -> Result<Expr> {
         let at = p.as_span().end();
         return Err(Error::from_diag(
             ErrorKind::Syntax,
-            Diagnostic::new("unexpected text after the expression")
-                .primary(Span::new(file, at, text.len()), "not part of the expression"),
+            Diagnostic::new("unexpected text after the expression").primary(
+                Span::new(file, at, text.len()),
+                "not part of the expression",
+            ),
         ));
     }
     Builder { file }.expr(p)
@@ -136,10 +155,8 @@ fn check_nesting(file: u32, text: &str) -> Result<()> {
                 if depth > MAX_NESTING {
                     return Err(Error::from_diag(
                         ErrorKind::Limit,
-                        Diagnostic::new(format!(
-                            "brackets nested more than {MAX_NESTING} deep"
-                        ))
-                        .primary(Span::new(file, i, i + 1), "too deep"),
+                        Diagnostic::new(format!("brackets nested more than {MAX_NESTING} deep"))
+                            .primary(Span::new(file, i, i + 1), "too deep"),
                     ));
                 }
             }
@@ -201,7 +218,11 @@ fn syntax_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Error {
     let end = if end > start {
         end
     } else {
-        text[start..].chars().next().map(|c| start + c.len_utf8()).unwrap_or(start)
+        text[start..]
+            .chars()
+            .next()
+            .map(|c| start + c.len_utf8())
+            .unwrap_or(start)
     };
     let found = match text[start..].chars().next() {
         None => "end of input".to_string(),
@@ -228,7 +249,10 @@ fn syntax_error(file: u32, text: &str, e: pest::error::Error<Rule>) -> Error {
                 1 => format!("syntax error: expected {}, found {found}", names[0]),
                 _ => {
                     let last = names.pop().unwrap_or_default();
-                    format!("syntax error: expected {} or {last}, found {found}", names.join(", "))
+                    format!(
+                        "syntax error: expected {} or {last}, found {found}",
+                        names.join(", ")
+                    )
                 }
             }
         }
@@ -272,7 +296,10 @@ impl Builder {
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
-        Ident { name: p.as_str().to_string(), span: self.span(&p) }
+        Ident {
+            name: p.as_str().to_string(),
+            span: self.span(&p),
+        }
     }
 
     fn docs(&self, p: Pair<Rule>) -> String {
@@ -298,15 +325,23 @@ impl Builder {
         p.as_str().parse::<i64>().map_err(|_| {
             Error::from_diag(
                 ErrorKind::Syntax,
-                Diagnostic::new("integer literal too large").primary(self.span(p), "does not fit in 64 bits"),
+                Diagnostic::new("integer literal too large")
+                    .primary(self.span(p), "does not fit in 64 bits"),
             )
         })
     }
 
     fn import(&self, p: Pair<Rule>) -> Import {
         let span = self.span(&p);
-        let s = p.into_inner().next().map(|s| s.as_str().to_string()).unwrap_or_default();
-        Import { path: s.trim_matches('"').to_string(), span }
+        let s = p
+            .into_inner()
+            .next()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        Import {
+            path: s.trim_matches('"').to_string(),
+            span,
+        }
     }
 
     fn loss(&self, p: Pair<Rule>) -> Result<LossDef> {
@@ -340,7 +375,16 @@ impl Builder {
                 _ => {}
             }
         }
-        Ok(LossDef { doc, name, inputs, params, output, output_span, body: body.expect("loss body"), span })
+        Ok(LossDef {
+            doc,
+            name,
+            inputs,
+            params,
+            output,
+            output_span,
+            body: body.expect("loss body"),
+            span,
+        })
     }
 
     fn input(&self, p: Pair<Rule>) -> Result<InputDecl> {
@@ -363,7 +407,12 @@ impl Builder {
                 _ => {}
             }
         }
-        Ok(InputDecl { name, dims, ty, span })
+        Ok(InputDecl {
+            name,
+            dims,
+            ty,
+            span,
+        })
     }
 
     fn param(&self, p: Pair<Rule>) -> Result<ParamDecl> {
@@ -379,7 +428,12 @@ impl Builder {
                 _ => {}
             }
         }
-        Ok(ParamDecl { name, ty, default: default.expect("param default"), span })
+        Ok(ParamDecl {
+            name,
+            ty,
+            default: default.expect("param default"),
+            span,
+        })
     }
 
     fn fn_def(&self, p: Pair<Rule>) -> Result<FnDef> {
@@ -388,16 +442,31 @@ impl Builder {
         let doc = self.docs(it.next().expect("docs"));
         let _kw = it.next();
         let name = self.ident(it.next().expect("fn name"));
-        let params = it.next().expect("fn params").into_inner().map(|i| self.ident(i)).collect();
+        let params = it
+            .next()
+            .expect("fn params")
+            .into_inner()
+            .map(|i| self.ident(i))
+            .collect();
         let body_pair = it.next().expect("fn body");
         let body = match body_pair.as_rule() {
             Rule::block => self.block(body_pair)?,
             _ => {
                 let e = self.expr(body_pair)?;
-                Block { span: e.span, lets: vec![], result: Box::new(e) }
+                Block {
+                    span: e.span,
+                    lets: vec![],
+                    result: Box::new(e),
+                }
             }
         };
-        Ok(FnDef { doc, name, params, body, span })
+        Ok(FnDef {
+            doc,
+            name,
+            params,
+            body,
+            span,
+        })
     }
 
     fn block(&self, p: Pair<Rule>) -> Result<Block> {
@@ -411,7 +480,11 @@ impl Builder {
                 _ => {}
             }
         }
-        Ok(Block { lets, result: Box::new(result.expect("block result")), span })
+        Ok(Block {
+            lets,
+            result: Box::new(result.expect("block result")),
+            span,
+        })
     }
 
     fn let_stmt(&self, p: Pair<Rule>) -> Result<Let> {
@@ -433,19 +506,31 @@ impl Builder {
                             Some(e) => Some(self.expr(e)?),
                             None => None,
                         };
-                        v.push(TensorIndex { name: iname, extent });
+                        v.push(TensorIndex {
+                            name: iname,
+                            extent,
+                        });
                     }
                     indices = Some(v);
                 }
                 Rule::pad => {
-                    let e = part.into_inner().find(|x| x.as_rule() == Rule::expr).expect("pad expr");
+                    let e = part
+                        .into_inner()
+                        .find(|x| x.as_rule() == Rule::expr)
+                        .expect("pad expr");
                     pad = Some(self.expr(e)?);
                 }
                 Rule::expr => value = Some(self.expr(part)?),
                 _ => {}
             }
         }
-        Ok(Let { name, indices, pad, value: value.expect("let value"), span })
+        Ok(Let {
+            name,
+            indices,
+            pad,
+            value: value.expect("let value"),
+            span,
+        })
     }
 
     fn expr(&self, p: Pair<Rule>) -> Result<Expr> {
@@ -458,8 +543,15 @@ impl Builder {
             .map_prefix(|op, rhs| {
                 let rhs = rhs?;
                 let span = self.span(&op).to(rhs.span);
-                let u = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
-                Ok(Expr { kind: ExprKind::Unary(u, Box::new(rhs)), span })
+                let u = if op.as_rule() == Rule::neg {
+                    UnOp::Neg
+                } else {
+                    UnOp::Not
+                };
+                Ok(Expr {
+                    kind: ExprKind::Unary(u, Box::new(rhs)),
+                    span,
+                })
             })
             .map_infix(|lhs, op, rhs| {
                 let (lhs, rhs) = (lhs?, rhs?);
@@ -480,7 +572,10 @@ impl Builder {
                     _ => BinOp::Pow,
                 };
                 let span = lhs.span.to(rhs.span);
-                Ok(Expr { kind: ExprKind::Binary(b, Box::new(lhs), Box::new(rhs)), span })
+                Ok(Expr {
+                    kind: ExprKind::Binary(b, Box::new(lhs), Box::new(rhs)),
+                    span,
+                })
             })
             .parse(pairs)
     }
@@ -491,7 +586,10 @@ impl Builder {
             Rule::paren => {
                 let inner = self.expr(p.into_inner().next().expect("paren expr"))?;
                 // Keep the parenthesised span so carets cover the brackets.
-                return Ok(Expr { kind: inner.kind, span });
+                return Ok(Expr {
+                    kind: inner.kind,
+                    span,
+                });
             }
             Rule::number => {
                 let s = p.as_str();
@@ -509,7 +607,9 @@ impl Builder {
                     None => ExprKind::Name(name),
                     Some(args) => ExprKind::Access(
                         name,
-                        args.into_inner().map(|a| self.expr(a)).collect::<Result<_>>()?,
+                        args.into_inner()
+                            .map(|a| self.expr(a))
+                            .collect::<Result<_>>()?,
                     ),
                 }
             }
@@ -542,7 +642,11 @@ impl Builder {
                     Rule::block => self.block(other)?,
                     _ => {
                         let e = self.primary(other)?;
-                        Block { span: e.span, lets: vec![], result: Box::new(e) }
+                        Block {
+                            span: e.span,
+                            lets: vec![],
+                            result: Box::new(e),
+                        }
                     }
                 };
                 ExprKind::If(Box::new(cond), Box::new(then), Box::new(other))
@@ -552,4 +656,3 @@ impl Builder {
         Ok(Expr { kind, span })
     }
 }
-
