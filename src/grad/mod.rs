@@ -429,10 +429,16 @@ impl Diff {
                         vec![(body, term(vv, t.guards.clone()))]
                     }
                     Red::LogSumExp => {
+                        // A -inf term has weight 0, also when every term is -inf (where
+                        // exp(-inf - -inf) would be NaN): unreachable CTC states stay at 0.
                         let d = self.sub(body, e);
                         let w = self.call(Func::Exp, vec![d]);
                         let vv = self.mul(v, w);
-                        vec![(body, term(vv, t.guards.clone()))]
+                        let ninf = self.real(f64::NEG_INFINITY);
+                        let finite = self.cmp(Bin::Ne, body, ninf);
+                        let mut g = t.guards.clone();
+                        g.push(finite);
+                        vec![(body, term(vv, g))]
                     }
                     Red::Max | Red::Min => {
                         // One-hot at the first index where the body attains the extremum.
@@ -619,12 +625,14 @@ impl Diff {
                 out
             }
             Func::LogSumExp => {
+                let ninf = self.real(f64::NEG_INFINITY);
                 let mut out = Vec::new();
                 for x in args {
                     let d = self.sub(*x, e);
                     let w = self.call(Func::Exp, vec![d]);
                     let m = self.mul(v, w);
-                    out.push((*x, with(m)));
+                    let finite = self.cmp(Bin::Ne, *x, ninf);
+                    out.push((*x, guarded(m, finite)));
                 }
                 out
             }
