@@ -101,6 +101,8 @@ struct Current {
     id: TensorId,
     indices: Vec<IndexId>,
     recurrent: bool,
+    /// reads itself at later cells only: filled in reverse order
+    reverse: Option<bool>,
 }
 
 struct Lower<'a> {
@@ -451,6 +453,7 @@ impl<'a> Lower<'a> {
             body: ExprId(0),
             pad: None,
             recurrent: false,
+            reverse: false,
             accumulated: false,
         });
         self.define(&l.name, Binding::Tensor(tid))?;
@@ -458,11 +461,16 @@ impl<'a> Lower<'a> {
             id: tid,
             indices: indices.clone(),
             recurrent: false,
+            reverse: None,
         });
         self.active = indices.clone();
         let body = self.expr(&l.value);
         self.active.clear();
-        let recurrent = self.current.take().map(|c| c.recurrent).unwrap_or(false);
+        let (recurrent, reverse) = self
+            .current
+            .take()
+            .map(|c| (c.recurrent, c.reverse.unwrap_or(false)))
+            .unwrap_or((false, false));
         let mut body = body?;
         if recurrent {
             if self.ty(body) == Ty::Bool {
@@ -514,6 +522,7 @@ impl<'a> Lower<'a> {
         t.body = body;
         t.pad = pad;
         t.recurrent = recurrent;
+        t.reverse = reverse;
         Ok(())
     }
 
@@ -908,21 +917,34 @@ impl<'a> Lower<'a> {
                 }
             }
         }
-        match offsets.iter().find(|o| **o != 0) {
-            Some(o) if *o < 0 => {
-                if let Some(c) = self.current.as_mut() {
-                    c.recurrent = true;
-                }
-                Ok(())
+        let later = match offsets.iter().find(|o| **o != 0) {
+            Some(o) => *o > 0,
+            None => {
+                return Err(Diagnostic::new(format!(
+                    "the recurrence `{}` reads ahead of itself",
+                    id.name
+                ))
+                .primary(span, "this is the cell being computed")
+                .note("a recurrence reads other cells of itself, e.g. `t[i - 1]`"))
             }
-            _ => {
+        };
+        let Some(c) = self.current.as_mut() else {
+            return Ok(());
+        };
+        match c.reverse {
+            Some(r) if r != later => {
                 let own_names: Vec<String> = own.iter().map(|i| self.index_name(*i)).collect();
                 Err(Diagnostic::new(format!("the recurrence `{}` reads ahead of itself", id.name))
                     .primary(span, "this cell is not computed yet")
                     .note(format!(
-                        "cells are computed in order of [{}], last index fastest; a read must be at an earlier cell",
+                        "cells are computed in order of [{}], last index fastest (or all in reverse, when every read is at a later cell); reads must all be earlier, or all later",
                         own_names.join(", ")
                     )))
+            }
+            _ => {
+                c.recurrent = true;
+                c.reverse = Some(later);
+                Ok(())
             }
         }
     }

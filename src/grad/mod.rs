@@ -110,6 +110,7 @@ impl Diff {
                     body: zero,
                     pad: None,
                     recurrent: false,
+                    reverse: false,
                     accumulated: true,
                 };
                 d.q.tensors.push(adj);
@@ -126,6 +127,7 @@ impl Diff {
                 body: zero,
                 pad: None,
                 recurrent: false,
+                reverse: false,
                 accumulated: true,
             };
             d.q.tensors.push(adj);
@@ -177,7 +179,8 @@ impl Diff {
                 .map(|i| self.q.pool.add(Expr::Index(*i), Ty::Int))
                 .collect();
             let seed = self.q.pool.add(Expr::Tensor(adj, args), Ty::Real);
-            passes.push(self.pass(t.indices.clone(), t.recurrent, t.body, seed));
+            // A recurrence's adjoint runs against its fill order.
+            passes.push(self.pass(t.indices.clone(), t.recurrent && !t.reverse, t.body, seed));
         }
         passes.retain(|p| !p.contributions.is_empty());
         self.q.passes = passes;

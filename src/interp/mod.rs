@@ -81,9 +81,9 @@ pub fn run(p: &Program, env: &Env) -> Result<Vec<f64>> {
 pub fn run_with_grads(p: &Program, env: &Env) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
     let mut m = Machine::new(p, env);
     for (k, t) in p.tensors.iter().enumerate() {
-        m.fill(Some(k), &t.indices, t.body)?;
+        m.fill(Some(k), &t.indices, t.body, t.reverse)?;
     }
-    let out = m.fill(None, &p.output.indices, p.output.body)?;
+    let out = m.fill(None, &p.output.indices, p.output.body, false)?;
     for pass in &p.passes {
         m.run_pass(pass)?;
     }
@@ -274,6 +274,7 @@ impl<'a> Machine<'a> {
         slot: Option<usize>,
         indices: &[IndexId],
         body: ExprId,
+        reverse: bool,
     ) -> Result<Vec<Value>> {
         let n = table_size(self.p, &self.env.extents, indices)?;
         let ext: Vec<i64> = indices.iter().map(|i| self.env.extents[i.ix()]).collect();
@@ -282,10 +283,13 @@ impl<'a> Machine<'a> {
             self.tensors[k] = Some(out);
             out = Vec::new();
         }
-        let mut cur = vec![0i64; indices.len()];
-        for flat in 0..n {
-            for (k, i) in indices.iter().enumerate() {
-                self.at[i.ix()] = cur[k];
+        for step in 0..n {
+            let flat = if reverse { n - 1 - step } else { step };
+            let mut rest = flat;
+            for k in (0..ext.len()).rev() {
+                let e = ext[k].max(1) as usize;
+                self.at[indices[k].ix()] = (rest % e) as i64;
+                rest /= e;
             }
             let v = self.eval(body)?;
             match slot {
@@ -295,13 +299,6 @@ impl<'a> Machine<'a> {
                     }
                 }
                 None => out[flat] = v,
-            }
-            for k in (0..cur.len()).rev() {
-                cur[k] += 1;
-                if cur[k] < ext[k] {
-                    break;
-                }
-                cur[k] = 0;
             }
         }
         Ok(out)

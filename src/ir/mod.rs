@@ -10,8 +10,9 @@
 //! - every node has a type ([`Ty`]); int->real promotion is explicit (`Un::ToReal`);
 //! - a tensor body's free indices are among the tensor's indices; the output's among the
 //!   output's; parameter defaults and extents have none;
-//! - a recurrent tensor reads itself only at constant, lexicographically earlier offsets of its
-//!   own indices, and has a pad;
+//! - a recurrent tensor reads itself only at constant offsets of its own indices that are all
+//!   lexicographically earlier (filled in row-major order) or all later (`reverse`: filled in
+//!   reverse order), and has a pad;
 //! - `Select`, `And` and `Or` are lazy: only the taken side is evaluated (and differentiated).
 
 mod print;
@@ -368,6 +369,8 @@ pub struct Tensor {
     /// the value of reads outside the table (recurrences only)
     pub pad: Option<ExprId>,
     pub recurrent: bool,
+    /// a recurrence that reads later cells: filled in reverse row-major order
+    pub reverse: bool,
     /// an adjoint: starts at zero (its body), then accumulates contributions from passes
     pub accumulated: bool,
 }

@@ -172,7 +172,12 @@ pub fn print_program(p: &Program) -> String {
             .unwrap_or_default();
         let body = pr.expr(t.body);
         out.extend(pr.lines.drain(..).map(|l| l + "\n"));
-        let kind = if t.recurrent { "recurrence" } else { "tensor" };
+        let kind = match (t.recurrent, t.reverse, t.accumulated) {
+            (_, _, true) => "accumulated",
+            (true, true, _) => "reverse recurrence",
+            (true, false, _) => "recurrence",
+            _ => "tensor",
+        };
         let _ = writeln!(
             out,
             "{kind} {}[{}]: {}{pad} = {body}",
