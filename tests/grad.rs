@@ -252,3 +252,94 @@ fn int_inputs_and_edit_distance_are_not_differentiable() {
         e.message()
     );
 }
+
+/// `lossc grad` prints the gradient as a loss; that loss checks and evaluates to the gradient.
+#[test]
+fn printed_gradients_parse_check_and_agree() {
+    let lib = Library::with_stdlib().unwrap();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for f in case_files() {
+        let case = cases::load(&f).unwrap();
+        if case.expected_error().is_some() {
+            continue;
+        }
+        let call = case.call(Backend::Interp).unwrap();
+        let name = lossc::cases::loss_name(&case).unwrap();
+        let out = match lib.call(&name, &call) {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{}: {}", case.name, e.message()));
+                continue;
+            }
+        };
+        let p = lib.loss(&name).unwrap();
+        for (wrt, want) in &out.grads {
+            // Weights enter the printed program as an input of the output's shape.
+            let weights = match &call.weights {
+                None => None,
+                Some(w) if w.shape == out_shape(&lib, &name, &call) => Some(w.clone()),
+                Some(_) => continue,
+            };
+            let src =
+                lossc::cli::grad_source(&lib, &name, wrt, call.reduction.name(), weights.is_some())
+                    .unwrap();
+            let printed = match Library::from_source("grad.loss", &src) {
+                Ok(l) => l,
+                Err(e) => {
+                    failures.push(format!(
+                        "{} d/d{wrt}: printed source does not check: {}\n{src}",
+                        case.name,
+                        e.message()
+                    ));
+                    continue;
+                }
+            };
+            let mut c = Call::new();
+            c.dtype = call.dtype;
+            for inp in &p.inputs {
+                if let Some((n, a)) = call.inputs.iter().find(|(n, _)| *n == inp.name) {
+                    c.inputs.push((n.clone(), a.clone()));
+                }
+            }
+            for (k, v) in &call.params {
+                c.params.push((k.clone(), *v));
+            }
+            if let Some(w) = weights {
+                c.inputs.push(("weights".into(), w));
+            }
+            let entry = printed.losses()[0].name.clone();
+            match printed.call(&entry, &c) {
+                Ok(o) => {
+                    checked += 1;
+                    let (got, want) = (o.value.to_f64(), want.to_f64());
+                    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                        if !((a - b).abs() <= 1e-9 * (1.0 + b.abs()) || (a.is_nan() && b.is_nan()))
+                        {
+                            failures.push(format!(
+                                "{} d/d{wrt}[{k}]: printed {a} vs derived {b}",
+                                case.name
+                            ));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!(
+                    "{} d/d{wrt}: printed program fails: {}",
+                    case.name,
+                    e.message()
+                )),
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} printed gradients checked");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn out_shape(lib: &Library, name: &str, call: &Call) -> Vec<usize> {
+    let mut c = call.clone();
+    c.grad.clear();
+    c.weights = None;
+    c.reduction = Reduction::None;
+    lib.call(name, &c).unwrap().value.shape
+}

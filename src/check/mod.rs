@@ -768,7 +768,7 @@ impl<'a> Lower<'a> {
                 .primary(a.span, format!("this is {t}")));
             }
             if let Expr::Index(j) = self.prog.pool.get(e) {
-                if j != d {
+                if self.same_range(*j) != self.same_range(*d) {
                     let (jn, dn) = (self.index_name(*j), self.index_name(*d));
                     return Err(Diagnostic::new(format!(
                         "index mismatch: `{jn}` used for dimension `{dn}` of `{what}`"
@@ -792,6 +792,22 @@ impl<'a> Lower<'a> {
             out.push(e);
         }
         Ok(out)
+    }
+
+    /// The index whose range an index shares: `t2: T` ranges like `t` (and may stand in `t`'s
+    /// dimensions).
+    fn same_range(&self, i: IndexId) -> IndexId {
+        let mut cur = i;
+        for _ in 0..self.prog.indices.len() {
+            match &self.prog.indices[cur.ix()].extent {
+                Extent::Computed(e) => match self.prog.pool.get(*e) {
+                    Expr::Extent(k) if *k != cur => cur = *k,
+                    _ => break,
+                },
+                _ => break,
+            }
+        }
+        cur
     }
 
     fn access(&mut self, id: &Ident, args: &[ast::Expr], span: Span) -> DResult<ExprId> {

@@ -42,6 +42,20 @@ enum Command {
         /// a standard-library loss, or FILE.loss[:ENTRY]
         name: String,
     },
+    /// Print the derived gradient of a loss as a loss of its own, in the language's syntax
+    Grad {
+        /// a standard-library loss, or FILE.loss[:ENTRY]
+        name: String,
+        /// the input to differentiate
+        #[arg(long)]
+        wrt: String,
+        /// the call's reduction, part of what is differentiated (none: the sum of the outputs)
+        #[arg(long, default_value = "none")]
+        reduction: String,
+        /// the call has weights: the gradient takes a `weights` input of the output's shape
+        #[arg(long)]
+        weighted: bool,
+    },
     /// Run reference cases (files or directories of .json)
     Run {
         /// compare with each case's expectation; print one line per case and a closing tally
@@ -252,6 +266,21 @@ fn run(cli: Cli) -> CliResult {
                 Err(e) => Err((e, Some(lib))),
             }
         }
+        Command::Grad {
+            name,
+            wrt,
+            reduction,
+            weighted,
+        } => {
+            let (lib, entry) = plain(resolve(&name))?;
+            match grad_source(&lib, &entry, &wrt, &reduction, weighted) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(0)
+                }
+                Err(e) => Err((e, Some(lib))),
+            }
+        }
         Command::Run {
             check,
             backend: b,
@@ -338,6 +367,38 @@ fn run(cli: Cli) -> CliResult {
             }
         }
     }
+}
+
+/// The gradient of `entry` with respect to `wrt`, as loss-language source.
+pub fn grad_source(
+    lib: &Library,
+    entry: &str,
+    wrt: &str,
+    reduction: &str,
+    weighted: bool,
+) -> Result<String> {
+    let p = lib.loss(entry)?;
+    let r = Reduction::from_name(reduction).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Reduction,
+            format!("unknown reduction `{reduction}`"),
+        )
+    })?;
+    crate::runtime::validate_grad(p, &[wrt.to_string()])?;
+    let input = p.input(wrt).expect("validated");
+    let q = ir::with_reduction(p, r, weighted);
+    let g = crate::grad::differentiate(&q, &[input])?;
+    let target = g.grads[0].1;
+    let doc = format!(
+        "The gradient of `{entry}` (reduction {}) with respect to `{wrt}`, derived by lossc.",
+        r.name()
+    );
+    Ok(ir::to_source(
+        &g,
+        &format!("{entry}_grad_{wrt}"),
+        Some(target),
+        &doc,
+    ))
 }
 
 /// Reads NAME=VALUE.

@@ -17,11 +17,13 @@
 
 mod print;
 mod reduce;
+mod source;
 
 use std::collections::HashMap;
 
 pub use print::{print_program, real_literal};
 pub use reduce::{with_reduction, Reduction, WEIGHTS};
+pub use source::to_source;
 
 macro_rules! id_type {
     ($name:ident) => {

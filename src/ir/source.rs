@@ -1,0 +1,670 @@
+//! Prints a program as loss-language source that parses, checks and evaluates to the same
+//! numbers. Backward passes (scatter-adds) are turned into definitions in pull form: each
+//! accumulated tensor becomes a sum, over the cells that contribute to it, of their
+//! contributions; a data-dependent target index becomes an equality condition, a constant
+//! offset (a recurrence reading its neighbours) a shifted read, so the adjoint of a recurrence
+//! prints as a backward recurrence.
+
+use super::*;
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write;
+
+/// The source of a loss named `name` whose output is `output` (an accumulated tensor of `p`, or
+/// `None` for `p`'s own output).
+pub fn to_source(p: &Program, name: &str, output: Option<TensorId>, doc: &str) -> String {
+    let mut q = p.clone();
+    let mut s = Src::new(&mut q);
+    s.pull_passes();
+    s.print(name, output, doc)
+}
+
+struct Src<'a> {
+    q: &'a mut Program,
+    /// printable names of indices
+    index_names: Vec<String>,
+    used_names: HashSet<String>,
+    /// alias definitions, in order, and the alias each shared node became
+    lines: Vec<String>,
+    alias: HashMap<(ExprId, Vec<IndexId>), String>,
+    uses: HashMap<ExprId, u32>,
+    /// accumulated tensors, their pull-form bodies
+    pulled: HashMap<TensorId, ExprId>,
+    /// computed indices not declared yet: aliases can't mention them
+    undeclared: HashSet<IndexId>,
+    /// indices made to rename a sum apart from its target's indices
+    fresh_indices: Vec<IndexId>,
+}
+
+fn ident_ok(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+impl<'a> Src<'a> {
+    fn new(q: &'a mut Program) -> Src<'a> {
+        let mut used: HashSet<String> = HashSet::new();
+        for i in &q.inputs {
+            used.insert(i.name.clone());
+        }
+        for p in &q.params {
+            used.insert(p.name.clone());
+        }
+        for t in &q.tensors {
+            used.insert(t.name.clone());
+        }
+        let mut s = Src {
+            q,
+            index_names: vec![],
+            used_names: used,
+            lines: vec![],
+            alias: HashMap::new(),
+            uses: HashMap::new(),
+            pulled: HashMap::new(),
+            undeclared: HashSet::new(),
+            fresh_indices: vec![],
+        };
+        s.name_indices();
+        // `#weights` is not an identifier.
+        for k in 0..s.q.inputs.len() {
+            if !ident_ok(&s.q.inputs[k].name) {
+                let base = s.q.inputs[k].name.trim_start_matches('#').to_string();
+                let n = s.fresh(&base);
+                s.q.inputs[k].name = n;
+            }
+        }
+        s
+    }
+
+    fn fresh(&mut self, base: &str) -> String {
+        let mut n = base.to_string();
+        let mut k = 2;
+        while self.used_names.contains(&n)
+            || [
+                "loss", "fn", "let", "pad", "if", "else", "import", "true", "false", "pi", "inf",
+                "nan",
+            ]
+            .contains(&n.as_str())
+        {
+            n = format!("{base}{k}");
+            k += 1;
+        }
+        self.used_names.insert(n.clone());
+        n
+    }
+
+    fn name_indices(&mut self) {
+        self.index_names.clear();
+        let mut names = Vec::new();
+        for k in 0..self.q.indices.len() {
+            let n = self.q.indices[k].name.clone();
+            let n = if ident_ok(&n) && !names.contains(&n) && !self.used_names.contains(&n) {
+                self.used_names.insert(n.clone());
+                n
+            } else {
+                self.fresh("d")
+            };
+            names.push(n);
+        }
+        self.index_names = names;
+    }
+
+    fn new_index(&mut self, like: IndexId) -> IndexId {
+        let e = self.q.pool.add(Expr::Extent(like), Ty::Int);
+        self.q.indices.push(Index {
+            name: format!("{}_", self.q.indices[like.ix()].name),
+            extent: Extent::Computed(e),
+        });
+        let base = format!("{}2", self.index_names[like.ix()]);
+        let n = self.fresh(&base);
+        self.index_names.push(n);
+        let id = IndexId((self.q.indices.len() - 1) as u32);
+        self.fresh_indices.push(id);
+        id
+    }
+
+    // ---- substitution of indices in expressions ----
+
+    fn subst(
+        &mut self,
+        e: ExprId,
+        map: &HashMap<IndexId, ExprId>,
+        memo: &mut HashMap<ExprId, ExprId>,
+    ) -> ExprId {
+        if map.is_empty() || !self.q.pool.free(e).iter().any(|i| map.contains_key(i)) {
+            return e;
+        }
+        if let Some(r) = memo.get(&e) {
+            return *r;
+        }
+        let ty = self.q.pool.ty(e);
+        let node = self.q.pool.get(e).clone();
+        let r = match node {
+            Expr::Index(i) => map[&i],
+            Expr::Reduce(red, i, body) => {
+                let mut inner = map.clone();
+                inner.remove(&i);
+                let mut m2 = HashMap::new();
+                let b = self.subst(body, &inner, &mut m2);
+                self.q.pool.add(Expr::Reduce(red, i, b), ty)
+            }
+            Expr::Input(i, a) => {
+                let a = a.iter().map(|x| self.subst(*x, map, memo)).collect();
+                self.q.pool.add(Expr::Input(i, a), ty)
+            }
+            Expr::Tensor(t, a) => {
+                let a = a.iter().map(|x| self.subst(*x, map, memo)).collect();
+                self.q.pool.add(Expr::Tensor(t, a), ty)
+            }
+            Expr::Call(f, a) => {
+                let a = a.iter().map(|x| self.subst(*x, map, memo)).collect();
+                self.q.pool.add(Expr::Call(f, a), ty)
+            }
+            Expr::Unary(op, a) => {
+                let a = self.subst(a, map, memo);
+                self.q.pool.add(Expr::Unary(op, a), ty)
+            }
+            Expr::Binary(op, a, b) => {
+                let a = self.subst(a, map, memo);
+                let b = self.subst(b, map, memo);
+                self.q.pool.add(Expr::Binary(op, a, b), ty)
+            }
+            Expr::Select(c, a, b) => {
+                let c = self.subst(c, map, memo);
+                let a = self.subst(a, map, memo);
+                let b = self.subst(b, map, memo);
+                self.q.pool.add(Expr::Select(c, a, b), ty)
+            }
+            Expr::StopGrad(a) => {
+                let a = self.subst(a, map, memo);
+                self.q.pool.add(Expr::StopGrad(a), ty)
+            }
+            other => self.q.pool.add(other, ty),
+        };
+        memo.insert(e, r);
+        r
+    }
+
+    // ---- passes -> pull-form definitions ----
+
+    fn pull_passes(&mut self) {
+        let passes = std::mem::take(&mut self.q.passes);
+        let mut sums: HashMap<TensorId, ExprId> = HashMap::new();
+        for pass in &passes {
+            for c in &pass.contributions {
+                let term = self.pull(pass, c);
+                let e = match sums.get(&c.target) {
+                    Some(prev) => self
+                        .q
+                        .pool
+                        .add(Expr::Binary(Bin::Add, *prev, term), Ty::Real),
+                    None => term,
+                };
+                sums.insert(c.target, e);
+            }
+        }
+        self.pulled = sums;
+    }
+
+    fn pull(&mut self, pass: &Pass, c: &Contribution) -> ExprId {
+        let dims = self.q.tensors[c.target.ix()].indices.clone();
+        let mut ctx: Vec<IndexId> = pass.space.clone();
+        ctx.extend(c.extra.iter().copied());
+        let mut map: HashMap<IndexId, ExprId> = HashMap::new();
+        let mut conds: Vec<ExprId> = Vec::new();
+        let mut eqs: Vec<(ExprId, IndexId)> = Vec::new();
+        for (a, d) in c.index.iter().zip(&dims) {
+            let (s, off) = match self.q.pool.get(*a).clone() {
+                Expr::Index(s) => (Some(s), 0),
+                Expr::Binary(op @ (Bin::Add | Bin::Sub), x, k) => {
+                    match (self.q.pool.get(x).clone(), self.q.pool.get(k).clone()) {
+                        (Expr::Index(s), Expr::Int(v)) => {
+                            (Some(s), if op == Bin::Add { v } else { -v })
+                        }
+                        _ => (None, 0),
+                    }
+                }
+                _ => (None, 0),
+            };
+            match s {
+                Some(s) if ctx.contains(&s) && !map.contains_key(&s) => {
+                    // target d = s + off  =>  s = d - off, which must be a cell of s
+                    let dv = self.q.pool.add(Expr::Index(*d), Ty::Int);
+                    let val = if off == 0 {
+                        dv
+                    } else {
+                        let k = self.q.pool.int(off.abs());
+                        let op = if off > 0 { Bin::Sub } else { Bin::Add };
+                        self.q.pool.add(Expr::Binary(op, dv, k), Ty::Int)
+                    };
+                    if off != 0
+                        || self.q.indices[s.ix()].extent != self.q.indices[d.ix()].extent && s != *d
+                    {
+                        let zero = self.q.pool.int(0);
+                        let lo = self.q.pool.add(Expr::Binary(Bin::Ge, val, zero), Ty::Bool);
+                        let ext = self.q.pool.add(Expr::Extent(s), Ty::Int);
+                        let hi = self.q.pool.add(Expr::Binary(Bin::Lt, val, ext), Ty::Bool);
+                        conds.push(lo);
+                        conds.push(hi);
+                    }
+                    map.insert(s, val);
+                }
+                _ => eqs.push((*a, *d)),
+            }
+        }
+        // Summed context indices must not be target indices: rename them apart.
+        let summed: Vec<IndexId> = ctx
+            .iter()
+            .copied()
+            .filter(|s| !map.contains_key(s))
+            .collect();
+        let mut rename: HashMap<IndexId, ExprId> = HashMap::new();
+        let mut summed_final = Vec::new();
+        for s in summed {
+            if dims.contains(&s) {
+                let f = self.new_index(s);
+                rename.insert(s, self.q.pool.add(Expr::Index(f), Ty::Int));
+                summed_final.push(f);
+            } else {
+                summed_final.push(s);
+            }
+        }
+        let mut full = map.clone();
+        full.extend(rename.iter().map(|(k, v)| (*k, *v)));
+        let mut memo = HashMap::new();
+        let mut all = conds;
+        for (a, d) in eqs {
+            let a2 = self.subst(a, &full, &mut memo);
+            let dv = self.q.pool.add(Expr::Index(d), Ty::Int);
+            all.push(self.q.pool.add(Expr::Binary(Bin::Eq, a2, dv), Ty::Bool));
+        }
+        for g in &c.guards {
+            all.push(self.subst(*g, &full, &mut memo));
+        }
+        let value = self.subst(c.value, &full, &mut memo);
+        let mut body = value;
+        if let Some(cond) = all
+            .into_iter()
+            .reduce(|a, b| self.q.pool.add(Expr::Binary(Bin::And, a, b), Ty::Bool))
+        {
+            let zero = self.q.pool.real(0.0);
+            body = self.q.pool.add(Expr::Select(cond, value, zero), Ty::Real);
+        }
+        for s in summed_final.iter().rev() {
+            body = self.q.pool.add(Expr::Reduce(Red::Sum, *s, body), Ty::Real);
+        }
+        body
+    }
+
+    // ---- printing ----
+
+    fn count(&mut self, e: ExprId, seen: &mut HashSet<ExprId>) {
+        *self.uses.entry(e).or_insert(0) += 1;
+        if !seen.insert(e) {
+            return;
+        }
+        let node = self.q.pool.get(e).clone();
+        node.for_each_child(|c| self.count(c, seen));
+    }
+
+    fn is_leaf(&self, e: ExprId) -> bool {
+        matches!(
+            self.q.pool.get(e),
+            Expr::Real(_)
+                | Expr::Int(_)
+                | Expr::Bool(_)
+                | Expr::Index(_)
+                | Expr::Extent(_)
+                | Expr::Param(_)
+        )
+    }
+
+    /// An expression's text where the indices in `bound` are in use (so reducing over them
+    /// would be rejected: such reductions become aliases, which the checker lowers unbound).
+    fn expr(&mut self, e: ExprId, bound: &BTreeSet<IndexId>) -> String {
+        let shared = self.uses.get(&e).copied().unwrap_or(0) > 1
+            && !self.is_leaf(e)
+            && !self.mentions_undeclared(e);
+        let conflict = matches!(self.q.pool.get(e), Expr::Reduce(_, i, _) if bound.contains(i));
+        if shared || conflict {
+            let key = (e, vec![]);
+            if let Some(n) = self.alias.get(&key) {
+                return n.clone();
+            }
+            let text = self.inner(e, &BTreeSet::new());
+            let n = self.fresh("v");
+            self.lines.push(format!("    let {n} = {text};"));
+            self.alias.insert(key, n.clone());
+            return n;
+        }
+        self.inner(e, bound)
+    }
+
+    fn mentions_undeclared(&self, e: ExprId) -> bool {
+        if self.undeclared.is_empty() {
+            return false;
+        }
+        match self.q.pool.get(e) {
+            Expr::Index(i) | Expr::Extent(i) => self.undeclared.contains(i),
+            Expr::Reduce(_, i, _) if self.undeclared.contains(i) => true,
+            other => {
+                let mut found = false;
+                other.for_each_child(|c| found = found || self.mentions_undeclared(c));
+                found
+            }
+        }
+    }
+
+    fn args(&mut self, a: &[ExprId], bound: &BTreeSet<IndexId>) -> String {
+        a.iter()
+            .map(|x| self.expr(*x, bound))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn extent_text(&self, i: IndexId) -> String {
+        match self.q.indices[i.ix()].extent {
+            Extent::Fixed(n) => n.to_string(),
+            _ => self.index_names[i.ix()].to_uppercase(),
+        }
+    }
+
+    fn inner(&mut self, e: ExprId, bound: &BTreeSet<IndexId>) -> String {
+        match self.q.pool.get(e).clone() {
+            Expr::Real(b) => {
+                let v = f64::from_bits(b);
+                let t = super::print::real_literal(v);
+                if v < 0.0 || (v == 0.0 && v.is_sign_negative()) {
+                    format!("({t})")
+                } else {
+                    t
+                }
+            }
+            Expr::Int(v) => {
+                if v < 0 {
+                    format!("({v})")
+                } else {
+                    v.to_string()
+                }
+            }
+            Expr::Bool(v) => v.to_string(),
+            Expr::Index(i) => self.index_names[i.ix()].clone(),
+            Expr::Extent(i) => self.extent_text(i),
+            Expr::Param(p) => self.q.params[p.ix()].name.clone(),
+            Expr::Input(i, a) => {
+                let n = self.q.inputs[i.ix()].name.clone();
+                if a.is_empty() {
+                    n
+                } else {
+                    format!("{n}[{}]", self.args(&a, bound))
+                }
+            }
+            Expr::Tensor(t, a) => {
+                let n = self.q.tensors[t.ix()].name.clone();
+                format!("{n}[{}]", self.args(&a, bound))
+            }
+            Expr::Unary(Un::Neg, a) => format!("-({})", self.expr(a, bound)),
+            Expr::Unary(Un::Not, a) => format!("!({})", self.expr(a, bound)),
+            Expr::Unary(Un::ToReal, a) => format!("real({})", self.expr(a, bound)),
+            Expr::Unary(Un::ToInt, a) => format!("int({})", self.expr(a, bound)),
+            Expr::Binary(op, a, b) => {
+                let (x, y) = (self.expr(a, bound), self.expr(b, bound));
+                format!("({x} {} {y})", op.symbol())
+            }
+            Expr::Call(f, a) => format!("{}({})", f.name(), self.args(&a, bound)),
+            Expr::Select(c, a, b) => {
+                let (c, a, b) = (
+                    self.expr(c, bound),
+                    self.expr(a, bound),
+                    self.expr(b, bound),
+                );
+                format!("if {c} {{ {a} }} else {{ {b} }}")
+            }
+            Expr::Reduce(r, i, body) => {
+                let mut inner = bound.clone();
+                inner.insert(i);
+                let b = self.expr(body, &inner);
+                format!("{}({}: {b})", r.name(), self.index_names[i.ix()])
+            }
+            Expr::StopGrad(a) => format!("stop_grad({})", self.expr(a, bound)),
+        }
+    }
+
+    fn print(&mut self, name: &str, output: Option<TensorId>, doc: &str) -> String {
+        // Use counts over everything that will be printed.
+        let mut roots: Vec<ExprId> = self.q.params.iter().map(|p| p.default).collect();
+        let order = self.definition_order(output);
+        for t in &order {
+            roots.push(self.body_of(*t));
+            roots.extend(self.q.tensors[t.ix()].pad);
+        }
+        if output.is_none() {
+            roots.push(self.q.output.body);
+        }
+        let mut seen = HashSet::new();
+        for r in roots {
+            self.count(r, &mut seen);
+        }
+
+        let mut out = String::new();
+        for line in doc.lines() {
+            let _ = writeln!(out, "/// {line}");
+        }
+        let inputs: Vec<String> = self
+            .q
+            .inputs
+            .clone()
+            .iter()
+            .map(|i| {
+                let dims: Vec<String> = i
+                    .dims
+                    .iter()
+                    .map(|d| match self.q.indices[d.ix()].extent {
+                        Extent::Fixed(n) if self.q.indices[d.ix()].name.starts_with('#') => {
+                            n.to_string()
+                        }
+                        _ => self.index_names[d.ix()].clone(),
+                    })
+                    .collect();
+                let ty = if i.ty == Ty::Int { ": int" } else { "" };
+                if dims.is_empty() {
+                    format!("{}{ty}", i.name)
+                } else {
+                    format!("{}[{}]{ty}", i.name, dims.join(", "))
+                }
+            })
+            .collect();
+        let mut params = Vec::new();
+        for k in 0..self.q.params.len() {
+            let d = self.q.params[k].default;
+            let text = self.expr(d, &BTreeSet::new());
+            let ty = self.q.params[k].ty;
+            params.push(format!("{}: {ty} = {text}", self.q.params[k].name));
+        }
+        let out_ix: Vec<IndexId> = match output {
+            Some(t) => self.q.tensors[t.ix()].indices.clone(),
+            None => self.q.output.indices.clone(),
+        };
+        // Fixed anonymous dimensions of the output need names of their own.
+        let mut body_lines = Vec::new();
+        let mut declared: HashSet<IndexId> = HashSet::new();
+        for inp in self.q.inputs.clone() {
+            declared.extend(inp.dims.iter().copied());
+        }
+        let params_lines = std::mem::take(&mut self.lines);
+        self.undeclared = (0..self.q.indices.len())
+            .filter(|k| matches!(self.q.indices[*k].extent, Extent::Computed(_)))
+            .map(|k| IndexId(k as u32))
+            .collect();
+        let mut fresh_declared = false;
+        for t in order {
+            let tn = self.q.tensors[t.ix()].clone();
+            if tn.accumulated && !fresh_declared {
+                // A new index is declared by a definition over it; these only name the range.
+                fresh_declared = true;
+                for f in self.fresh_indices.clone() {
+                    let Extent::Computed(e) = self.q.indices[f.ix()].extent.clone() else {
+                        continue;
+                    };
+                    let x = self.expr(e, &BTreeSet::new());
+                    let n = self.index_names[f.ix()].clone();
+                    let decl = self.fresh(&format!("{n}_range"));
+                    body_lines.append(&mut self.lines);
+                    body_lines.push(format!("    let {decl}[{n}: {x}] = 0;"));
+                    declared.insert(f);
+                }
+            }
+            let idx: Vec<String> = tn
+                .indices
+                .iter()
+                .map(|i| {
+                    if declared.insert(*i) {
+                        match self.q.indices[i.ix()].extent.clone() {
+                            Extent::Computed(e) => {
+                                let x = self.expr(e, &BTreeSet::new());
+                                format!("{}: {x}", self.index_names[i.ix()])
+                            }
+                            Extent::Fixed(n) => format!("{}: {n}", self.index_names[i.ix()]),
+                            Extent::Input { .. } => self.index_names[i.ix()].clone(),
+                        }
+                    } else {
+                        self.index_names[i.ix()].clone()
+                    }
+                })
+                .collect();
+            let pad = tn
+                .pad
+                .map(|p| format!(" pad {}", self.expr(p, &BTreeSet::new())));
+            let pulled_recurrent = tn.accumulated
+                && self
+                    .pulled
+                    .get(&t)
+                    .map(|b| self.reads(*b, t))
+                    .unwrap_or(false);
+            let pad = pad.unwrap_or_else(|| {
+                if pulled_recurrent {
+                    " pad 0.0".into()
+                } else {
+                    String::new()
+                }
+            });
+            let body = self.body_of(t);
+            let bound: BTreeSet<IndexId> = tn.indices.iter().copied().collect();
+            let text = self.expr(body, &bound);
+            body_lines.append(&mut self.lines);
+            body_lines.push(format!(
+                "    let {}[{}]{pad} = {text};",
+                tn.name,
+                idx.join(", ")
+            ));
+            for i in &tn.indices {
+                self.undeclared.remove(i);
+            }
+        }
+        let result = match output {
+            Some(t) => {
+                let idx: Vec<String> = out_ix
+                    .iter()
+                    .map(|i| self.index_names[i.ix()].clone())
+                    .collect();
+                format!("{}[{}]", self.q.tensors[t.ix()].name, idx.join(", "))
+            }
+            None => {
+                let bound: BTreeSet<IndexId> = out_ix.iter().copied().collect();
+                let b = self.q.output.body;
+                self.expr(b, &bound)
+            }
+        };
+        body_lines.append(&mut self.lines);
+        let out_names: Vec<String> = out_ix
+            .iter()
+            .map(|i| self.index_names[i.ix()].clone())
+            .collect();
+        let mut sig = format!("loss {name}({}", inputs.join(", "));
+        if !params.is_empty() {
+            sig += &format!("; {}", params.join(", "));
+        }
+        let _ = writeln!(out, "{sig}) -> [{}] {{", out_names.join(", "));
+        for l in params_lines {
+            // Aliases used by parameter defaults go first in the body (they are closed).
+            let _ = writeln!(out, "{l}");
+        }
+        for l in body_lines {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = writeln!(out, "    {result}\n}}");
+        out
+    }
+
+    fn reads(&self, e: ExprId, t: TensorId) -> bool {
+        match self.q.pool.get(e) {
+            Expr::Tensor(k, _) if *k == t => true,
+            other => {
+                let mut found = false;
+                other.for_each_child(|c| found = found || self.reads(c, t));
+                found
+            }
+        }
+    }
+
+    fn body_of(&mut self, t: TensorId) -> ExprId {
+        if self.q.tensors[t.ix()].accumulated {
+            match self.pulled.get(&t) {
+                Some(b) => *b,
+                None => self.q.pool.real(0.0),
+            }
+        } else {
+            self.q.tensors[t.ix()].body
+        }
+    }
+
+    /// Forward tensors in order, then adjoints in the order their passes complete them:
+    /// later tensors' adjoints first, inputs' last. Only what `output` needs is kept.
+    fn definition_order(&mut self, output: Option<TensorId>) -> Vec<TensorId> {
+        let n = self.q.tensors.len();
+        let forward: Vec<TensorId> = (0..n)
+            .filter(|k| !self.q.tensors[*k].accumulated)
+            .map(|k| TensorId(k as u32))
+            .collect();
+        let adj: Vec<TensorId> = (0..n)
+            .filter(|k| self.q.tensors[*k].accumulated)
+            .map(|k| TensorId(k as u32))
+            .collect();
+        let inputs_adj: Vec<TensorId> = self.q.grads.iter().map(|(_, t)| *t).collect();
+        let mut tensor_adj: Vec<TensorId> = adj
+            .iter()
+            .copied()
+            .filter(|t| !inputs_adj.contains(t))
+            .collect();
+        tensor_adj.reverse();
+        let mut order: Vec<TensorId> = forward;
+        order.extend(tensor_adj);
+        order.extend(inputs_adj);
+        // Keep only the definitions reachable from what is printed.
+        let mut need: HashSet<TensorId> = HashSet::new();
+        let mut stack: Vec<ExprId> = match output {
+            Some(t) => {
+                need.insert(t);
+                vec![self.body_of(t)]
+            }
+            None => vec![self.q.output.body],
+        };
+        let mut seen = HashSet::new();
+        while let Some(e) = stack.pop() {
+            if !seen.insert(e) {
+                continue;
+            }
+            if let Expr::Tensor(t, _) = self.q.pool.get(e).clone() {
+                if need.insert(t) {
+                    stack.push(self.body_of(t));
+                    if let Some(p) = self.q.tensors[t.ix()].pad {
+                        stack.push(p);
+                    }
+                }
+            }
+            self.q.pool.get(e).clone().for_each_child(|c| stack.push(c));
+        }
+        // Extents of computed indices can't read tensors, so they add nothing here.
+        order.into_iter().filter(|t| need.contains(t)).collect()
+    }
+}
