@@ -14,3 +14,4 @@ pub mod interp;
 pub mod ir;
 pub mod runtime;
 pub mod syntax;
+pub mod opt;

@@ -41,6 +41,9 @@ enum Command {
     Ir {
         /// a standard-library loss, or FILE.loss[:ENTRY]
         name: String,
+        /// after the simplifier (constant folding, identities, stable rewrites)
+        #[arg(long)]
+        simplified: bool,
     },
     /// Print the derived gradient of a loss as a loss of its own, in the language's syntax
     Grad {
@@ -256,11 +259,12 @@ fn run(cli: Cli) -> CliResult {
                 }
             }
         }
-        Command::Ir { name } => {
+        Command::Ir { name, simplified } => {
             let (lib, entry) = plain(resolve(&name))?;
             match lib.loss(&entry) {
                 Ok(p) => {
-                    print!("{}", ir::print_program(p));
+                    let p = if simplified { crate::opt::simplify(p) } else { p.clone() };
+                    print!("{}", ir::print_program(&p));
                     Ok(0)
                 }
                 Err(e) => Err((e, Some(lib))),
@@ -386,8 +390,8 @@ pub fn grad_source(
     })?;
     crate::runtime::validate_grad(p, &[wrt.to_string()])?;
     let input = p.input(wrt).expect("validated");
-    let q = ir::with_reduction(p, r, weighted);
-    let g = crate::grad::differentiate(&q, &[input])?;
+    let q = crate::opt::simplify(&ir::with_reduction(p, r, weighted));
+    let g = crate::opt::simplify(&crate::grad::differentiate(&q, &[input])?);
     let target = g.grads[0].1;
     let doc = format!(
         "The gradient of `{entry}` (reduction {}) with respect to `{wrt}`, derived by lossc.",

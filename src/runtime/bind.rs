@@ -465,7 +465,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         Some(w) => Some(broadcast(w, &out_shape)?),
         None => None,
     };
-    let q = ir::with_reduction(p, call.reduction, wdata.is_some());
+    let q = crate::opt::simplify(&ir::with_reduction(p, call.reduction, wdata.is_some()));
     let wdata = wdata.map(|w| {
         if f32 {
             w.into_iter().map(|x| x as f32 as f64).collect()
@@ -482,7 +482,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
     let q = if wrt.is_empty() {
         q
     } else {
-        crate::grad::differentiate(&q, &wrt)?
+        crate::opt::simplify(&crate::grad::differentiate(&q, &wrt)?)
     };
     let (values, grads) = match call.backend {
         Backend::Interp => interp::run_with_grads(&q, &env)?,

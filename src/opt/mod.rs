@@ -1,0 +1,375 @@
+//! The simplifier: IR -> IR, value for value (or more accurately).
+//!
+//! [`simplify`] rebuilds every expression of a program bottom-up through one rewrite function,
+//! [`Opt::rewrite`], in three groups, each tested on its own:
+//! - constant folding (numbers only; never across NaN-producing cases),
+//! - algebraic identities (`x + 0`, `x * 1`, `--x`, `x ^ 1`, `x + -y`, ...), and
+//! - numerically stable rewrites: `log(sigmoid(x))` -> `log_sigmoid(x)` (= -softplus(-x)),
+//!   `log(1 - sigmoid(x))` -> `log_sigmoid(-x)`, `1 - sigmoid(x)` -> `sigmoid(-x)`,
+//!   `log(1 + x)` -> `log1p(x)`, `exp(x) - 1` -> `expm1(x)`, `log(exp(x))` -> `x`,
+//!   `log(sum(c: exp(x)))` -> `logsumexp(c: x)`, `log(exp(x) / sum(c: exp(x)))` ->
+//!   `x - logsumexp(c: x)`, and `q ^ g` -> `exp(g * log q)` where `log q` has a stable form
+//!   (q a product of sigmoids and exps, or a mix `y σ(a) + w σ(b)` of two with non-negative
+//!   weights — focal loss's 1 - p_t), which keeps focal loss's gradient finite where p_t
+//!   rounds to 1.
+//! Common subexpressions are shared by construction (the pool hash-conses).
+
+use crate::ir::{Bin, Expr, ExprId, Extent, Func, Program, Red, Ty, Un};
+use std::collections::HashMap;
+
+/// Simplifies every expression of `p` (definitions, output, parameters, extents, passes).
+pub fn simplify(p: &Program) -> Program {
+    let mut q = p.clone();
+    let mut o = Opt { memo: HashMap::new() };
+    for k in 0..q.params.len() {
+        let d = q.params[k].default;
+        q.params[k].default = o.expr(&mut q, d);
+    }
+    for k in 0..q.indices.len() {
+        if let Extent::Computed(e) = q.indices[k].extent {
+            let e2 = o.expr(&mut q, e);
+            q.indices[k].extent = Extent::Computed(e2);
+        }
+    }
+    for k in 0..q.tensors.len() {
+        let b = q.tensors[k].body;
+        q.tensors[k].body = o.expr(&mut q, b);
+        if let Some(pad) = q.tensors[k].pad {
+            q.tensors[k].pad = Some(o.expr(&mut q, pad));
+        }
+    }
+    let ob = q.output.body;
+    q.output.body = o.expr(&mut q, ob);
+    let mut passes = std::mem::take(&mut q.passes);
+    for pass in &mut passes {
+        for c in &mut pass.contributions {
+            c.value = o.expr(&mut q, c.value);
+            c.guards = c.guards.iter().map(|g| o.expr(&mut q, *g)).collect();
+            c.index = c.index.iter().map(|g| o.expr(&mut q, *g)).collect();
+        }
+    }
+    q.passes = passes;
+    // Keep the spans of rebuilt loads for run-time messages.
+    let spans: Vec<(ExprId, crate::diag::Span)> = p.spans.iter().map(|(k, v)| (*k, *v)).collect();
+    for (old, span) in spans {
+        if let Some(new) = o.memo.get(&old) {
+            q.spans.entry(*new).or_insert(span);
+        }
+    }
+    q
+}
+
+struct Opt {
+    memo: HashMap<ExprId, ExprId>,
+}
+
+fn real_of(q: &Program, e: ExprId) -> Option<f64> {
+    match q.pool.get(e) {
+        Expr::Real(b) => Some(f64::from_bits(*b)),
+        _ => None,
+    }
+}
+
+fn int_of(q: &Program, e: ExprId) -> Option<i64> {
+    match q.pool.get(e) {
+        Expr::Int(v) => Some(*v),
+        _ => None,
+    }
+}
+
+impl Opt {
+    /// Rebuilds `e` with simplified children, then rewrites it.
+    fn expr(&mut self, q: &mut Program, e: ExprId) -> ExprId {
+        if let Some(r) = self.memo.get(&e) {
+            return *r;
+        }
+        let ty = q.pool.ty(e);
+        let node = q.pool.get(e).clone();
+        let rebuilt = match node {
+            Expr::Input(i, a) => {
+                let a = a.iter().map(|x| self.expr(q, *x)).collect();
+                Expr::Input(i, a)
+            }
+            Expr::Tensor(t, a) => {
+                let a = a.iter().map(|x| self.expr(q, *x)).collect();
+                Expr::Tensor(t, a)
+            }
+            Expr::Call(f, a) => {
+                let a = a.iter().map(|x| self.expr(q, *x)).collect();
+                Expr::Call(f, a)
+            }
+            Expr::Unary(op, a) => Expr::Unary(op, self.expr(q, a)),
+            Expr::Binary(op, a, b) => Expr::Binary(op, self.expr(q, a), self.expr(q, b)),
+            Expr::Select(c, a, b) => Expr::Select(self.expr(q, c), self.expr(q, a), self.expr(q, b)),
+            Expr::Reduce(r, i, b) => Expr::Reduce(r, i, self.expr(q, b)),
+            Expr::StopGrad(a) => Expr::StopGrad(self.expr(q, a)),
+            leaf => leaf,
+        };
+        let id = q.pool.add(rebuilt, ty);
+        let r = self.rewrite(q, id);
+        self.memo.insert(e, r);
+        r
+    }
+
+    fn real(&self, q: &mut Program, v: f64) -> ExprId {
+        q.pool.real(v)
+    }
+    fn add_node(&mut self, q: &mut Program, e: Expr, ty: Ty) -> ExprId {
+        let id = q.pool.add(e, ty);
+        self.rewrite(q, id)
+    }
+    fn call(&mut self, q: &mut Program, f: Func, args: Vec<ExprId>) -> ExprId {
+        self.add_node(q, Expr::Call(f, args), Ty::Real)
+    }
+    fn bin(&mut self, q: &mut Program, op: Bin, a: ExprId, b: ExprId) -> ExprId {
+        self.add_node(q, Expr::Binary(op, a, b), Ty::Real)
+    }
+    fn neg(&mut self, q: &mut Program, a: ExprId) -> ExprId {
+        let ty = q.pool.ty(a);
+        self.add_node(q, Expr::Unary(Un::Neg, a), ty)
+    }
+
+    /// One rewrite step at the root of an already simplified expression.
+    fn rewrite(&mut self, q: &mut Program, e: ExprId) -> ExprId {
+        let ty = q.pool.ty(e);
+        if let Some(f) = self.fold(q, e) {
+            return f;
+        }
+        match q.pool.get(e).clone() {
+            Expr::Unary(Un::Neg, a) => {
+                if let Expr::Unary(Un::Neg, x) = q.pool.get(a) {
+                    return *x;
+                }
+                e
+            }
+            Expr::Binary(op, a, b) if ty == Ty::Real => self.binary(q, e, op, a, b),
+            Expr::Call(f, args) => self.call_rule(q, e, f, &args),
+            _ => e,
+        }
+    }
+
+    fn fold(&mut self, q: &mut Program, e: ExprId) -> Option<ExprId> {
+        match q.pool.get(e).clone() {
+            Expr::Unary(Un::Neg, a) => {
+                if let Some(v) = real_of(q, a) {
+                    return Some(self.real(q, -v));
+                }
+                int_of(q, a).map(|v| q.pool.int(v.wrapping_neg()))
+            }
+            Expr::Unary(Un::ToReal, a) => int_of(q, a).map(|v| q.pool.real(v as f64)),
+            Expr::Binary(op, a, b) => {
+                if let (Some(x), Some(y)) = (real_of(q, a), real_of(q, b)) {
+                    let v = match op {
+                        Bin::Add => x + y,
+                        Bin::Sub => x - y,
+                        Bin::Mul => x * y,
+                        Bin::Div => x / y,
+                        _ => return None,
+                    };
+                    return Some(self.real(q, v));
+                }
+                if let (Some(x), Some(y)) = (int_of(q, a), int_of(q, b)) {
+                    let v = match op {
+                        Bin::Add => x.checked_add(y)?,
+                        Bin::Sub => x.checked_sub(y)?,
+                        Bin::Mul => x.checked_mul(y)?,
+                        _ => return None,
+                    };
+                    return Some(q.pool.int(v));
+                }
+                None
+            }
+            Expr::Select(c, a, b) => match q.pool.get(c) {
+                Expr::Bool(true) => Some(a),
+                Expr::Bool(false) => Some(b),
+                _ if a == b => Some(a),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn binary(&mut self, q: &mut Program, e: ExprId, op: Bin, a: ExprId, b: ExprId) -> ExprId {
+        let (ra, rb) = (real_of(q, a), real_of(q, b));
+        match op {
+            Bin::Add => {
+                if ra == Some(0.0) {
+                    return b;
+                }
+                if rb == Some(0.0) {
+                    return a;
+                }
+                // x + -y -> x - y ; -x + y -> y - x
+                if let Expr::Unary(Un::Neg, y) = q.pool.get(b).clone() {
+                    return self.bin(q, Bin::Sub, a, y);
+                }
+                if let Expr::Unary(Un::Neg, x) = q.pool.get(a).clone() {
+                    return self.bin(q, Bin::Sub, b, x);
+                }
+                // 1 + x (or x + 1) stays for log1p below; nothing else here.
+                e
+            }
+            Bin::Sub => {
+                if rb == Some(0.0) {
+                    return a;
+                }
+                if ra == Some(0.0) {
+                    return self.neg(q, b);
+                }
+                if let Expr::Unary(Un::Neg, y) = q.pool.get(b).clone() {
+                    return self.bin(q, Bin::Add, a, y);
+                }
+                // 1 - sigmoid(x) -> sigmoid(-x)
+                if ra == Some(1.0) {
+                    if let Expr::Call(Func::Sigmoid, args) = q.pool.get(b).clone() {
+                        let n = self.neg(q, args[0]);
+                        return self.call(q, Func::Sigmoid, vec![n]);
+                    }
+                }
+                // exp(x) - 1 -> expm1(x)
+                if rb == Some(1.0) {
+                    if let Expr::Call(Func::Exp, args) = q.pool.get(a).clone() {
+                        return self.call(q, Func::Expm1, args);
+                    }
+                }
+                e
+            }
+            Bin::Mul => {
+                if ra == Some(1.0) {
+                    return b;
+                }
+                if rb == Some(1.0) {
+                    return a;
+                }
+                if ra == Some(-1.0) {
+                    return self.neg(q, b);
+                }
+                if rb == Some(-1.0) {
+                    return self.neg(q, a);
+                }
+                e
+            }
+            Bin::Div => {
+                if rb == Some(1.0) {
+                    return a;
+                }
+                e
+            }
+            Bin::Pow => {
+                if int_of(q, b) == Some(1) || rb == Some(1.0) {
+                    return a;
+                }
+                if rb == Some(2.0) {
+                    return self.bin(q, Bin::Mul, a, a);
+                }
+                // q ^ g -> exp(g * log q) where log q is stable.
+                if q.pool.ty(b) == Ty::Real && rb.is_none() {
+                    if let Some((log_q, valid)) = self.stable_log(q, a) {
+                        let gl = self.bin(q, Bin::Mul, b, log_q);
+                        let ex = self.call(q, Func::Exp, vec![gl]);
+                        // g = 0 gives 1 even where log q is -inf (0 * -inf would be NaN).
+                        let zero = self.real(q, 0.0);
+                        let one = self.real(q, 1.0);
+                        let g0 = q.pool.add(Expr::Binary(Bin::Eq, b, zero), Ty::Bool);
+                        let safe = q.pool.add(Expr::Select(g0, one, ex), Ty::Real);
+                        return match valid {
+                            Some(v) => q.pool.add(Expr::Select(v, safe, e), Ty::Real),
+                            None => safe,
+                        };
+                    }
+                }
+                e
+            }
+            _ => e,
+        }
+    }
+
+    /// A stable expression for `log q`, and the condition under which it is valid (None:
+    /// always).
+    fn stable_log(&mut self, q: &mut Program, e: ExprId) -> Option<(ExprId, Option<ExprId>)> {
+        match q.pool.get(e).clone() {
+            Expr::Call(Func::Sigmoid, a) => Some((self.call(q, Func::LogSigmoid, a), None)),
+            Expr::Call(Func::Exp, a) => Some((a[0], None)),
+            Expr::Binary(Bin::Mul, a, b) => {
+                let (la, va) = self.stable_log(q, a)?;
+                let (lb, vb) = self.stable_log(q, b)?;
+                let sum = self.bin(q, Bin::Add, la, lb);
+                Some((sum, self.both(q, va, vb)))
+            }
+            Expr::Binary(Bin::Add, a, b) => {
+                // y s1 + w s2 with stable log s1, log s2 and y, w >= 0
+                let (y, s1) = self.weighted(q, a)?;
+                let (w, s2) = self.weighted(q, b)?;
+                let (l1, v1) = self.stable_log(q, s1)?;
+                let (l2, v2) = self.stable_log(q, s2)?;
+                let zero = self.real(q, 0.0);
+                let y_ok = q.pool.add(Expr::Binary(Bin::Ge, y, zero), Ty::Bool);
+                let w_ok = q.pool.add(Expr::Binary(Bin::Ge, w, zero), Ty::Bool);
+                let ly = self.call(q, Func::Log, vec![y]);
+                let lw = self.call(q, Func::Log, vec![w]);
+                let t1 = self.bin(q, Bin::Add, ly, l1);
+                let t2 = self.bin(q, Bin::Add, lw, l2);
+                let lse = self.call(q, Func::LogSumExp, vec![t1, t2]);
+                let v = self.both(q, Some(y_ok), Some(w_ok));
+                let v = self.both(q, v, v1);
+                let v = self.both(q, v, v2);
+                Some((lse, v))
+            }
+            _ => None,
+        }
+    }
+
+    fn weighted(&self, q: &Program, e: ExprId) -> Option<(ExprId, ExprId)> {
+        match q.pool.get(e) {
+            Expr::Binary(Bin::Mul, a, b) if q.pool.ty(*a) == Ty::Real => Some((*a, *b)),
+            _ => None,
+        }
+    }
+
+    fn both(&mut self, q: &mut Program, a: Option<ExprId>, b: Option<ExprId>) -> Option<ExprId> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(q.pool.add(Expr::Binary(Bin::And, x, y), Ty::Bool)),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+
+    fn call_rule(&mut self, q: &mut Program, e: ExprId, f: Func, args: &[ExprId]) -> ExprId {
+        if f != Func::Log {
+            return e;
+        }
+        let a = args[0];
+        match q.pool.get(a).clone() {
+            Expr::Call(Func::Sigmoid, x) => self.call(q, Func::LogSigmoid, x),
+            Expr::Call(Func::Exp, x) => x[0],
+            Expr::Binary(Bin::Add, x, y) => {
+                if real_of(q, x) == Some(1.0) {
+                    return self.call(q, Func::Log1p, vec![y]);
+                }
+                if real_of(q, y) == Some(1.0) {
+                    return self.call(q, Func::Log1p, vec![x]);
+                }
+                e
+            }
+            Expr::Reduce(Red::Sum, i, body) => {
+                if let Expr::Call(Func::Exp, x) = q.pool.get(body).clone() {
+                    return self.add_node(q, Expr::Reduce(Red::LogSumExp, i, x[0]), Ty::Real);
+                }
+                e
+            }
+            Expr::Binary(Bin::Div, num, den) => {
+                // log softmax: log(exp(x) / sum(c: exp(x))) -> x - logsumexp(c: x)
+                if let (Expr::Call(Func::Exp, x), Expr::Reduce(Red::Sum, i, body)) =
+                    (q.pool.get(num).clone(), q.pool.get(den).clone())
+                {
+                    if body == num {
+                        let lse = self.add_node(q, Expr::Reduce(Red::LogSumExp, i, x[0]), Ty::Real);
+                        return self.bin(q, Bin::Sub, x[0], lse);
+                    }
+                }
+                e
+            }
+            _ => e,
+        }
+    }
+}
