@@ -12,6 +12,6 @@ pub mod diag;
 pub mod grad;
 pub mod interp;
 pub mod ir;
+pub mod opt;
 pub mod runtime;
 pub mod syntax;
-pub mod opt;

@@ -263,7 +263,11 @@ fn run(cli: Cli) -> CliResult {
             let (lib, entry) = plain(resolve(&name))?;
             match lib.loss(&entry) {
                 Ok(p) => {
-                    let p = if simplified { crate::opt::simplify(p) } else { p.clone() };
+                    let p = if simplified {
+                        crate::opt::simplify(p)
+                    } else {
+                        p.clone()
+                    };
                     print!("{}", ir::print_program(&p));
                     Ok(0)
                 }

@@ -123,6 +123,19 @@ struct Machine<'a> {
     at: Vec<i64>,
     /// reductions already computed, by node and the values of their free indices
     memo: HashMap<(ExprId, Vec<i64>), Value>,
+    /// the indices being iterated, outermost first (for messages)
+    live: Vec<IndexId>,
+}
+
+/// `i`, `i + 2`, `t - 1`: a constant offset of an index.
+fn is_offset(p: &Program, e: ExprId) -> bool {
+    match p.pool.get(e) {
+        Expr::Index(_) => true,
+        Expr::Binary(Bin::Add | Bin::Sub, x, c) => {
+            matches!(p.pool.get(*x), Expr::Index(_)) && matches!(p.pool.get(*c), Expr::Int(_))
+        }
+        _ => false,
+    }
 }
 
 fn floor_div(a: i64, b: i64) -> i64 {
@@ -194,6 +207,7 @@ impl<'a> Machine<'a> {
             tensors: vec![None; p.tensors.len()],
             at: vec![0; p.indices.len()],
             memo: HashMap::new(),
+            live: vec![],
         }
     }
 
@@ -231,10 +245,12 @@ impl<'a> Machine<'a> {
     fn contribute(&mut self, c: &Contribution, k: usize) -> Result<()> {
         if let Some(i) = c.extra.get(k) {
             let saved = self.at[i.ix()];
+            self.live.push(*i);
             for v in 0..self.env.extents[i.ix()].max(0) {
                 self.at[i.ix()] = v;
                 self.contribute(c, k + 1)?;
             }
+            self.live.pop();
             self.at[i.ix()] = saved;
             return Ok(());
         }
@@ -283,6 +299,7 @@ impl<'a> Machine<'a> {
             self.tensors[k] = Some(out);
             out = Vec::new();
         }
+        self.live = indices.to_vec();
         for step in 0..n {
             let flat = if reverse { n - 1 - step } else { step };
             let mut rest = flat;
@@ -306,12 +323,12 @@ impl<'a> Machine<'a> {
 
     fn where_(&self) -> String {
         // The values of the indices in play, for messages: "at n = 2, c = 0".
-        let mut parts = Vec::new();
-        for (k, ix) in self.p.indices.iter().enumerate() {
-            if !ix.name.starts_with('#') && self.at[k] != 0 {
-                parts.push(format!("{} = {}", ix.name, self.at[k]));
-            }
-        }
+        let parts: Vec<String> = self
+            .live
+            .iter()
+            .filter(|i| !self.p.indices[i.ix()].name.starts_with('#'))
+            .map(|i| format!("{} = {}", self.p.indices[i.ix()].name, self.at[i.ix()]))
+            .collect();
         if parts.is_empty() {
             String::new()
         } else {
@@ -401,9 +418,11 @@ impl<'a> Machine<'a> {
                             ))
                         }
                     },
+                    // The pad answers reads at constant offsets of indices (`t - 1`); a
+                    // data-dependent index (a length, a class id) is always range-checked.
                     Err((k, v)) => match tn.pad {
-                        Some(pad) => self.eval(pad)?,
-                        None => {
+                        Some(pad) if is_offset(p, args[k]) => self.eval(pad)?,
+                        _ => {
                             let what = format!("`{}`", tn.name);
                             let d = tn.indices[k];
                             return Err(self.range_error(
@@ -463,10 +482,12 @@ impl<'a> Machine<'a> {
         let n = self.env.extents[i.ix()].max(0);
         let saved = self.at[i.ix()];
         let mut vals = Vec::with_capacity(n as usize);
+        self.live.push(i);
         for k in 0..n {
             self.at[i.ix()] = k;
             vals.push(self.eval(body)?);
         }
+        self.live.pop();
         self.at[i.ix()] = saved;
         let reals = || vals.iter().map(|v| v.as_f64());
         Ok(match (red, ty) {

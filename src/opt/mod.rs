@@ -20,7 +20,9 @@ use std::collections::HashMap;
 /// Simplifies every expression of `p` (definitions, output, parameters, extents, passes).
 pub fn simplify(p: &Program) -> Program {
     let mut q = p.clone();
-    let mut o = Opt { memo: HashMap::new() };
+    let mut o = Opt {
+        memo: HashMap::new(),
+    };
     for k in 0..q.params.len() {
         let d = q.params[k].default;
         q.params[k].default = o.expr(&mut q, d);
@@ -100,7 +102,9 @@ impl Opt {
             }
             Expr::Unary(op, a) => Expr::Unary(op, self.expr(q, a)),
             Expr::Binary(op, a, b) => Expr::Binary(op, self.expr(q, a), self.expr(q, b)),
-            Expr::Select(c, a, b) => Expr::Select(self.expr(q, c), self.expr(q, a), self.expr(q, b)),
+            Expr::Select(c, a, b) => {
+                Expr::Select(self.expr(q, c), self.expr(q, a), self.expr(q, b))
+            }
             Expr::Reduce(r, i, b) => Expr::Reduce(r, i, self.expr(q, b)),
             Expr::StopGrad(a) => Expr::StopGrad(self.expr(q, a)),
             leaf => leaf,
