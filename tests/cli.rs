@@ -180,9 +180,13 @@ fn eval_takes_literals_params_reduction_and_writes_npy() {
         "eval",
         "mean_squared_error",
         "--input",
-        &format!("labels={}", out_dir.join("value.npy").display()),
+        "labels=[1,2]",
         "--input",
-        "predictions=0",
+        "predictions=[0,0]",
+        "--reduction",
+        "sum",
+        "--weights",
+        &out_dir.join("value.npy").display().to_string(),
     ]);
     assert!(o2.status.success(), "{}", stderr(&o2));
     let _ = std::fs::remove_dir_all(out_dir);
