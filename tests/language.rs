@@ -398,7 +398,7 @@ fn checker_rejects_with_the_right_message() {
             "an extent must be an int",
         ),
         (
-            "loss f(x[i]) -> [i] { let t[i, u: I * 2] = x[i]; t[i, 0] }",
+            "loss f(x[i]) -> [i] { let t[i, u: I * 2] = x[i]; t[i, i] }",
             "index mismatch",
         ),
         ("loss f(x[i]) -> [i] { median(i: x[i]) }", "not a reduction"),

@@ -794,20 +794,23 @@ impl<'a> Lower<'a> {
         Ok(out)
     }
 
-    /// The index whose range an index shares: `t2: T` ranges like `t` (and may stand in `t`'s
-    /// dimensions).
-    fn same_range(&self, i: IndexId) -> IndexId {
+    /// What an index ranges over, up to renaming: `t2: T` ranges like `t`, and every index of
+    /// extent 4 (`boxes[n, 4]`, `j: 4`) like every other. Such indices may stand in each
+    /// other's dimensions.
+    fn same_range(&self, i: IndexId) -> (Option<IndexId>, i64) {
         let mut cur = i;
         for _ in 0..self.prog.indices.len() {
             match &self.prog.indices[cur.ix()].extent {
+                Extent::Fixed(n) => return (None, *n),
                 Extent::Computed(e) => match self.prog.pool.get(*e) {
                     Expr::Extent(k) if *k != cur => cur = *k,
+                    Expr::Int(n) => return (None, *n),
                     _ => break,
                 },
                 _ => break,
             }
         }
-        cur
+        (Some(cur), 0)
     }
 
     fn access(&mut self, id: &Ident, args: &[ast::Expr], span: Span) -> DResult<ExprId> {

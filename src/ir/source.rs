@@ -33,6 +33,8 @@ struct Src<'a> {
     undeclared: HashSet<IndexId>,
     /// indices made to rename a sum apart from its target's indices
     fresh_indices: Vec<IndexId>,
+    /// print without aliases (parameter defaults sit in the signature, before any `let`)
+    inline: bool,
 }
 
 fn ident_ok(s: &str) -> bool {
@@ -63,6 +65,7 @@ impl<'a> Src<'a> {
             pulled: HashMap::new(),
             undeclared: HashSet::new(),
             fresh_indices: vec![],
+            inline: false,
         };
         s.name_indices();
         // `#weights` is not an identifier.
@@ -322,7 +325,8 @@ impl<'a> Src<'a> {
     /// An expression's text where the indices in `bound` are in use (so reducing over them
     /// would be rejected: such reductions become aliases, which the checker lowers unbound).
     fn expr(&mut self, e: ExprId, bound: &BTreeSet<IndexId>) -> String {
-        let shared = self.uses.get(&e).copied().unwrap_or(0) > 1
+        let shared = !self.inline
+            && self.uses.get(&e).copied().unwrap_or(0) > 1
             && !self.is_leaf(e)
             && !self.mentions_undeclared(e);
         let conflict = matches!(self.q.pool.get(e), Expr::Reduce(_, i, _) if bound.contains(i));
@@ -475,12 +479,14 @@ impl<'a> Src<'a> {
             })
             .collect();
         let mut params = Vec::new();
+        self.inline = true;
         for k in 0..self.q.params.len() {
             let d = self.q.params[k].default;
             let text = self.expr(d, &BTreeSet::new());
             let ty = self.q.params[k].ty;
             params.push(format!("{}: {ty} = {text}", self.q.params[k].name));
         }
+        self.inline = false;
         let out_ix: Vec<IndexId> = match output {
             Some(t) => self.q.tensors[t.ix()].indices.clone(),
             None => self.q.output.indices.clone(),
@@ -489,11 +495,17 @@ impl<'a> Src<'a> {
         let mut body_lines = Vec::new();
         let mut declared: HashSet<IndexId> = HashSet::new();
         for inp in self.q.inputs.clone() {
-            declared.extend(inp.dims.iter().copied());
+            // Anonymous fixed dimensions (`boxes[n, 4]`) get a named index where first used.
+            declared.extend(
+                inp.dims
+                    .iter()
+                    .copied()
+                    .filter(|d| !self.q.indices[d.ix()].name.starts_with('#')),
+            );
         }
         let params_lines = std::mem::take(&mut self.lines);
         self.undeclared = (0..self.q.indices.len())
-            .filter(|k| matches!(self.q.indices[*k].extent, Extent::Computed(_)))
+            .filter(|k| !declared.contains(&IndexId(*k as u32)))
             .map(|k| IndexId(k as u32))
             .collect();
         let mut fresh_declared = false;

@@ -12,6 +12,7 @@
 //!   (q a product of sigmoids and exps, or a mix `y σ(a) + w σ(b)` of two with non-negative
 //!   weights — focal loss's 1 - p_t), which keeps focal loss's gradient finite where p_t
 //!   rounds to 1.
+//!
 //! Common subexpressions are shared by construction (the pool hash-conses).
 
 use crate::ir::{Bin, Expr, ExprId, Extent, Func, Program, Red, Ty, Un};
