@@ -387,3 +387,75 @@ fn deriving_the_whole_stdlib_is_fast() {
     assert!(n >= 25);
     assert!(start.elapsed().as_secs_f64() < 10.0);
 }
+
+/// The simplifier, one rewrite at a time: the rewritten form appears, and the value is finite
+/// (and right) where the naive form overflows or cancels.
+#[test]
+fn simplifier_rewrites_each_on_its_own() {
+    let cases: &[(&str, &str, f64, f64)] = &[
+        // (body over x[i], expected function in the simplified IR, input, expected value)
+        ("log(sigmoid(x[i]))", "log_sigmoid(", -800.0, -800.0),
+        ("log(1 - sigmoid(x[i]))", "log_sigmoid(", 800.0, -800.0),
+        ("log(1 + x[i])", "log1p(", 1e-20, 1e-20),
+        ("log(x[i] + 1)", "log1p(", 1e-20, 1e-20),
+        ("exp(x[i]) - 1", "expm1(", 1e-20, 1e-20),
+        ("log(exp(x[i]))", "", 1e5, 1e5),
+        ("1 - sigmoid(x[i])", "sigmoid(-", 40.0, 4.248354255291589e-18),
+        ("x[i] * 1 + 0 - 0", "", 3.0, 3.0),
+        ("2.0 * 3.0 + x[i]", "(6.0 + ", 1.0, 7.0),
+        ("-(-x[i])", "", 2.0, 2.0),
+    ];
+    for (body, want, x, v) in cases {
+        let src = format!("loss f(x[i]) -> [i] {{ {body} }}");
+        let l = lib(&src);
+        let p = l.loss("f").unwrap();
+        let printed = lossc::ir::print_program(&lossc::opt::simplify(p));
+        assert!(printed.contains(want), "{body}: expected `{want}` in\n{printed}");
+        let out = l.call("f", &Call::new().input("x", real(&[*x]))).unwrap().value.to_f64()[0];
+        assert!((out - v).abs() <= 1e-12 * v.abs().max(1e-300), "{body} at {x}: {out} vs {v}");
+    }
+    // log softmax and log-sum-exp of exps, at logits where exp overflows
+    let l = lib(
+        "loss ls(x[n, c]) -> [n] { log(exp(x[n, 0]) / sum(c: exp(x[n, c]))) }
+         loss lse(x[n, c]) -> [n] { log(sum(c: exp(x[n, c]))) }",
+    );
+    let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
+    let v = l.call("lse", &Call::new().input("x", x.clone())).unwrap().value.to_f64();
+    assert_eq!(v, vec![1000.0]);
+    let printed = lossc::ir::print_program(&lossc::opt::simplify(l.loss("lse").unwrap()));
+    assert!(printed.contains("logsumexp(c:"), "{printed}");
+}
+
+#[test]
+fn log_softmax_pattern_becomes_x_minus_logsumexp() {
+    // Written naively with aliases: exp overflows at 1000 unless rewritten.
+    let l = lib(
+        "loss ls(x[n, c]) -> [n, c] {
+            let e = exp(x[n, c]);
+            let z = sum(c: e);
+            let t[n, c] = log(e / z);
+            t[n, c]
+        }",
+    );
+    let printed = lossc::ir::print_program(&lossc::opt::simplify(l.loss("ls").unwrap()));
+    assert!(printed.contains("logsumexp(c:"), "{printed}");
+    let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
+    let v = l.call("ls", &Call::new().input("x", x)).unwrap().value.to_f64();
+    assert_eq!(v, vec![0.0, -1000.0]);
+}
+
+#[test]
+fn focal_gradient_is_finite_at_extreme_logits_with_small_gamma() {
+    let l = Library::with_stdlib().unwrap();
+    for dtype in [lossc::runtime::DType::F32, lossc::runtime::DType::F64] {
+        for x in [100.0, -100.0, 200.0, -200.0, 1e4] {
+            let c = Call::new()
+                .input("labels", real(&[1.0, 0.0, 0.5]))
+                .input("logits", real(&[x, x, x]))
+                .param("gamma", 0.5)
+                .dtype(dtype);
+            let g = grad(&l, "focal_loss", c, "logits");
+            assert!(g.iter().all(|v| v.is_finite()), "{dtype:?} x = {x}: {g:?}");
+        }
+    }
+}
