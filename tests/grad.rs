@@ -400,7 +400,12 @@ fn simplifier_rewrites_each_on_its_own() {
         ("log(x[i] + 1)", "log1p(", 1e-20, 1e-20),
         ("exp(x[i]) - 1", "expm1(", 1e-20, 1e-20),
         ("log(exp(x[i]))", "", 1e5, 1e5),
-        ("1 - sigmoid(x[i])", "sigmoid(-", 40.0, 4.248354255291589e-18),
+        (
+            "1 - sigmoid(x[i])",
+            "sigmoid(-",
+            40.0,
+            4.248354255291589e-18,
+        ),
         ("x[i] * 1 + 0 - 0", "", 3.0, 3.0),
         ("2.0 * 3.0 + x[i]", "(6.0 + ", 1.0, 7.0),
         ("-(-x[i])", "", 2.0, 2.0),
@@ -410,9 +415,19 @@ fn simplifier_rewrites_each_on_its_own() {
         let l = lib(&src);
         let p = l.loss("f").unwrap();
         let printed = lossc::ir::print_program(&lossc::opt::simplify(p));
-        assert!(printed.contains(want), "{body}: expected `{want}` in\n{printed}");
-        let out = l.call("f", &Call::new().input("x", real(&[*x]))).unwrap().value.to_f64()[0];
-        assert!((out - v).abs() <= 1e-12 * v.abs().max(1e-300), "{body} at {x}: {out} vs {v}");
+        assert!(
+            printed.contains(want),
+            "{body}: expected `{want}` in\n{printed}"
+        );
+        let out = l
+            .call("f", &Call::new().input("x", real(&[*x])))
+            .unwrap()
+            .value
+            .to_f64()[0];
+        assert!(
+            (out - v).abs() <= 1e-12 * v.abs().max(1e-300),
+            "{body} at {x}: {out} vs {v}"
+        );
     }
     // log softmax and log-sum-exp of exps, at logits where exp overflows
     let l = lib(
@@ -420,7 +435,11 @@ fn simplifier_rewrites_each_on_its_own() {
          loss lse(x[n, c]) -> [n] { log(sum(c: exp(x[n, c]))) }",
     );
     let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
-    let v = l.call("lse", &Call::new().input("x", x.clone())).unwrap().value.to_f64();
+    let v = l
+        .call("lse", &Call::new().input("x", x.clone()))
+        .unwrap()
+        .value
+        .to_f64();
     assert_eq!(v, vec![1000.0]);
     let printed = lossc::ir::print_program(&lossc::opt::simplify(l.loss("lse").unwrap()));
     assert!(printed.contains("logsumexp(c:"), "{printed}");
@@ -429,18 +448,20 @@ fn simplifier_rewrites_each_on_its_own() {
 #[test]
 fn log_softmax_pattern_becomes_x_minus_logsumexp() {
     // Written naively with aliases: exp overflows at 1000 unless rewritten.
-    let l = lib(
-        "loss ls(x[n, c]) -> [n, c] {
+    let l = lib("loss ls(x[n, c]) -> [n, c] {
             let e = exp(x[n, c]);
             let z = sum(c: e);
             let t[n, c] = log(e / z);
             t[n, c]
-        }",
-    );
+        }");
     let printed = lossc::ir::print_program(&lossc::opt::simplify(l.loss("ls").unwrap()));
     assert!(printed.contains("logsumexp(c:"), "{printed}");
     let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
-    let v = l.call("ls", &Call::new().input("x", x)).unwrap().value.to_f64();
+    let v = l
+        .call("ls", &Call::new().input("x", x))
+        .unwrap()
+        .value
+        .to_f64();
     assert_eq!(v, vec![0.0, -1000.0]);
 }
 

@@ -40,7 +40,7 @@ pub struct Call {
     pub reduction: Reduction,
     pub weights: Option<Array>,
     pub dtype: DType,
-    /// inputs to differentiate (validated; gradients themselves are not derived yet)
+    /// inputs to differentiate; their gradients come back in `Output::grads`
     pub grad: Vec<String>,
     pub backend: Backend,
 }
@@ -81,6 +81,11 @@ impl Call {
     }
     pub fn dtype(mut self, d: DType) -> Call {
         self.dtype = d;
+        self
+    }
+    /// Also differentiate with respect to this input.
+    pub fn grad(mut self, input: &str) -> Call {
+        self.grad.push(input.to_string());
         self
     }
 }
