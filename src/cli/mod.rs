@@ -74,29 +74,8 @@ enum Command {
     Eval {
         /// a standard-library loss, or FILE.loss[:ENTRY]
         name: String,
-        /// NAME=FILE.npy or NAME=[1,2,3]
-        #[arg(long = "input", short = 'i', value_name = "NAME=ARRAY")]
-        inputs: Vec<String>,
-        /// K=V, e.g. gamma=1.5, normalize=false
-        #[arg(long = "param", short = 'p', value_name = "K=V")]
-        params: Vec<String>,
-        /// none, sum, mean, weighted_mean or sum_by_nonzero_weights
-        #[arg(long, default_value = "none")]
-        reduction: String,
-        /// FILE.npy or a literal, broadcast to the output's shape
-        #[arg(long)]
-        weights: Option<String>,
-        #[arg(long, default_value = "f64")]
-        dtype: String,
-        /// evaluator: interp
-        #[arg(long, default_value = "interp")]
-        backend: String,
-        /// differentiate with respect to this input (repeatable); prints the gradient
-        #[arg(long = "grad", short = 'g', value_name = "INPUT")]
-        grad: Vec<String>,
-        /// write value.npy (and INPUT_grad.npy for each --grad) here
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        args: EvalArgs,
     },
 }
 
@@ -346,28 +325,8 @@ fn run(cli: Cli) -> CliResult {
             }
             Ok(0)
         }
-        Command::Eval {
-            name,
-            inputs,
-            params,
-            reduction,
-            weights,
-            dtype,
-            backend: b,
-            grad,
-            out,
-        } => {
+        Command::Eval { name, args } => {
             let (lib, entry) = plain(resolve(&name))?;
-            let args = EvalArgs {
-                inputs,
-                params,
-                reduction,
-                weights,
-                dtype,
-                backend: b,
-                grad,
-                out,
-            };
             let r = eval(&lib, &entry, &args);
             match r {
                 Ok(()) => Ok(0),
@@ -446,14 +405,30 @@ pub fn parse_param(k: &str, v: &str) -> Result<ParamValue> {
     })
 }
 
+#[derive(clap::Args, Debug)]
 struct EvalArgs {
+    /// NAME=FILE.npy or NAME=[1,2,3]
+    #[arg(long = "input", short = 'i', value_name = "NAME=ARRAY")]
     inputs: Vec<String>,
+    /// K=V, e.g. gamma=1.5, normalize=false
+    #[arg(long = "param", short = 'p', value_name = "K=V")]
     params: Vec<String>,
+    /// none, sum, mean, weighted_mean or sum_by_nonzero_weights
+    #[arg(long, default_value = "none")]
     reduction: String,
+    /// FILE.npy or a literal, broadcast to the output's shape
+    #[arg(long)]
     weights: Option<String>,
+    #[arg(long, default_value = "f64")]
     dtype: String,
+    /// evaluator: interp
+    #[arg(long, default_value = "interp")]
     backend: String,
+    /// differentiate with respect to this input (repeatable); prints the gradient
+    #[arg(long = "grad", short = 'g', value_name = "INPUT")]
     grad: Vec<String>,
+    /// write value.npy (and INPUT_grad.npy for each --grad) here
+    #[arg(long)]
     out: Option<PathBuf>,
 }
 

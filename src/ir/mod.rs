@@ -304,6 +304,19 @@ impl ExprPool {
 }
 
 impl Expr {
+    /// Constants, indices, extents and parameters: nodes with no children.
+    pub fn is_leaf(&self) -> bool {
+        matches!(
+            self,
+            Expr::Real(_)
+                | Expr::Int(_)
+                | Expr::Bool(_)
+                | Expr::Index(_)
+                | Expr::Extent(_)
+                | Expr::Param(_)
+        )
+    }
+
     pub fn for_each_child(&self, mut f: impl FnMut(ExprId)) {
         match self {
             Expr::Real(_)

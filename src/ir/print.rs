@@ -28,15 +28,7 @@ struct Printer<'a> {
 
 impl<'a> Printer<'a> {
     fn is_leaf(&self, id: ExprId) -> bool {
-        matches!(
-            self.p.pool.get(id),
-            Expr::Real(_)
-                | Expr::Int(_)
-                | Expr::Bool(_)
-                | Expr::Index(_)
-                | Expr::Extent(_)
-                | Expr::Param(_)
-        )
+        self.p.pool.get(id).is_leaf()
     }
 
     fn count(&mut self, id: ExprId, seen: &mut Vec<bool>) {

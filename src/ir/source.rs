@@ -311,15 +311,7 @@ impl<'a> Src<'a> {
     }
 
     fn is_leaf(&self, e: ExprId) -> bool {
-        matches!(
-            self.q.pool.get(e),
-            Expr::Real(_)
-                | Expr::Int(_)
-                | Expr::Bool(_)
-                | Expr::Index(_)
-                | Expr::Extent(_)
-                | Expr::Param(_)
-        )
+        self.q.pool.get(e).is_leaf()
     }
 
     /// An expression's text where the indices in `bound` are in use (so reducing over them
