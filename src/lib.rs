@@ -13,5 +13,6 @@ pub mod grad;
 pub mod interp;
 pub mod ir;
 pub mod opt;
+pub mod repl;
 pub mod runtime;
 pub mod syntax;

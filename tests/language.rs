@@ -458,3 +458,11 @@ fn imports_resolve_next_to_the_file_then_in_the_stdlib() {
     assert!(e.message().contains("nowhere.loss"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn long_arrays_print_elided_like_numpy() {
+    let a = Array::real(vec![2000], (0..2000).map(f64::from).collect());
+    assert_eq!(a.display(), "[0.0, 1.0, 2.0, ..., 1997.0, 1998.0, 1999.0]");
+    let short = Array::int(vec![2, 2], vec![1, 2, 3, 4]);
+    assert_eq!(short.display(), "[[1, 2],\n [3, 4]]");
+}

@@ -59,6 +59,8 @@ enum Command {
         #[arg(long)]
         weighted: bool,
     },
+    /// An interactive session: try losses on numbers, define new ones, look at gradients
+    Repl,
     /// Run reference cases (files or directories of .json)
     Run {
         /// compare with each case's expectation; print one line per case and a closing tally
@@ -165,6 +167,7 @@ fn backend(s: &str) -> Result<Backend> {
 
 fn run(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Repl => Ok(crate::repl::main()),
         Command::List => {
             let lib = plain(Library::with_stdlib())?;
             let width = lib.losses().iter().map(|l| l.name.len()).max().unwrap_or(0);
@@ -181,18 +184,7 @@ fn run(cli: Cli) -> CliResult {
                 Ok(p) => p,
                 Err(e) => return Err((e, Some(lib))),
             };
-            println!("{}\n", p.signature());
-            if !p.params.is_empty() {
-                println!("parameters:");
-                for prm in &p.params {
-                    println!("  {}: {} = {}", prm.name, prm.ty, prm.default_src);
-                }
-                println!();
-            }
-            if !p.doc.is_empty() {
-                println!("{}\n", p.doc);
-            }
-            println!("source:\n{}", p.source.trim_end());
+            print!("{}", show_text(p));
             Ok(0)
         }
         Command::Check { files } => {
@@ -334,6 +326,23 @@ fn run(cli: Cli) -> CliResult {
             }
         }
     }
+}
+
+/// What `lossc show` prints: signature, parameters with defaults, doc, source.
+pub fn show_text(p: &crate::ir::Program) -> String {
+    let mut out = format!("{}\n\n", p.signature());
+    if !p.params.is_empty() {
+        out += "parameters:\n";
+        for prm in &p.params {
+            out += &format!("  {}: {} = {}\n", prm.name, prm.ty, prm.default_src);
+        }
+        out += "\n";
+    }
+    if !p.doc.is_empty() {
+        out += &format!("{}\n\n", p.doc);
+    }
+    out += &format!("source:\n{}\n", p.source.trim_end());
+    out
 }
 
 /// The gradient of `entry` with respect to `wrt`, as loss-language source.

@@ -83,6 +83,58 @@ impl Library {
         Library::load(name.to_string(), text.to_string(), Origin::Stdlib)
     }
 
+    /// Losses from several named sources that see each other's definitions (the REPL's
+    /// session). Imports resolve against the standard library; diagnostics point into each
+    /// source by its own name.
+    pub fn from_sources(sources_in: &[(String, String)]) -> Result<Library> {
+        let mut sources = Sources::new();
+        let mut files = Vec::new();
+        for (name, text) in sources_in {
+            let id = sources.add(name.clone(), text.clone());
+            let f = crate::syntax::parse(id, text).map_err(|e| e.rendered_with(&sources))?;
+            for item in &f.items {
+                if let ast::Item::Import(imp) = item {
+                    resolve_import(&imp.path, &Origin::Stdlib).map_err(|e| {
+                        Error::from_diag(
+                            e.kind,
+                            crate::diag::Diagnostic::new(e.message())
+                                .primary(imp.span, "imported here"),
+                        )
+                        .rendered_with(&sources)
+                    })?;
+                }
+            }
+            files.push(f);
+        }
+        // Imported stdlib helper files join the unit once each.
+        let mut imported: Vec<String> = Vec::new();
+        for k in 0..files.len() {
+            let paths: Vec<String> = files[k]
+                .items
+                .iter()
+                .filter_map(|i| {
+                    if let ast::Item::Import(imp) = i {
+                        Some(imp.path.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            for path in paths {
+                let (key, (text, _)) = resolve_import(&path, &Origin::Stdlib)?;
+                if imported.contains(&key) {
+                    continue;
+                }
+                imported.push(key.clone());
+                let id = sources.add(key, text.clone());
+                files.push(crate::syntax::parse(id, &text).map_err(|e| e.rendered_with(&sources))?);
+            }
+        }
+        let refs: Vec<&ast::File> = files.iter().collect();
+        let module = crate::check::check(&refs, &sources).map_err(|e| e.rendered_with(&sources))?;
+        Ok(Library { sources, module })
+    }
+
     /// Losses from a file. Imports resolve relative to the file, then against the standard library.
     pub fn from_file(path: &Path) -> Result<Library> {
         let text = std::fs::read_to_string(path).map_err(|e| {
