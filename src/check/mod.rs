@@ -789,6 +789,10 @@ impl<'a> Lower<'a> {
                     );
                 }
             }
+            // Data-dependent indices keep their source, for run-time range errors.
+            if !matches!(self.prog.pool.get(e), Expr::Index(_) | Expr::Int(_)) {
+                self.prog.spans.entry(e).or_insert(a.span);
+            }
             out.push(e);
         }
         Ok(out)

@@ -351,8 +351,25 @@ impl<'a> Machine<'a> {
             self.where_()
         );
         let mut d = Diagnostic::new(msg);
-        if let Some(span) = self.p.spans.get(&e) {
-            d = d.primary(*span, "this read");
+        // Point at the index that is out of range when its source is known, else at the read.
+        let arg_span = match self.p.pool.get(e) {
+            Expr::Input(_, args) | Expr::Tensor(_, args) => {
+                args.get(dim).and_then(|a| self.p.spans.get(a))
+            }
+            _ => None,
+        };
+        match (arg_span, self.p.spans.get(&e)) {
+            // (a shared node keeps its first span, which may be another occurrence)
+            (Some(a), Some(r))
+                if a != r && a.file == r.file && a.start >= r.start && a.end <= r.end =>
+            {
+                d = d
+                    .primary(*a, format!("this index is {v}"))
+                    .secondary(*r, "in this read");
+            }
+            (_, Some(r)) => d = d.primary(*r, format!("this read (index {v})")),
+            (Some(a), None) => d = d.primary(*a, format!("this index is {v}")),
+            (None, None) => {}
         }
         Error::from_diag(ErrorKind::Range, d)
     }
@@ -511,8 +528,9 @@ impl<'a> Machine<'a> {
                     }
                 }
             }
-            (Red::Sum, _) => self.r(reals().sum()),
-            (Red::Mean, _) => self.r(reals().sum::<f64>() / n as f64),
+            // (an empty sum is +0.0; Iterator::sum starts from -0.0)
+            (Red::Sum, _) => self.r(reals().fold(0.0, |a, b| a + b)),
+            (Red::Mean, _) => self.r(reals().fold(0.0, |a, b| a + b) / n as f64),
             (Red::Max, _) => self.r(reals().fold(f64::NEG_INFINITY, nan_max)),
             (Red::Min, _) => self.r(reals().fold(f64::INFINITY, nan_min)),
             (Red::LogSumExp, _) => self.r(logsumexp(&reals().collect::<Vec<_>>())),

@@ -188,7 +188,22 @@ impl Opt {
                 Expr::Bool(true) => Some(a),
                 Expr::Bool(false) => Some(b),
                 _ if a == b => Some(a),
-                _ => None,
+                _ => {
+                    // if c { a } else { if c { _ } else { b } } -> if c { a } else { b }, and the
+                    // mirror image: the inner test is decided by the outer one.
+                    let ty = q.pool.ty(e);
+                    if let Expr::Select(c2, _, b2) = q.pool.get(b).clone() {
+                        if c2 == c {
+                            return Some(q.pool.add(Expr::Select(c, a, b2), ty));
+                        }
+                    }
+                    if let Expr::Select(c2, a2, _) = q.pool.get(a).clone() {
+                        if c2 == c {
+                            return Some(q.pool.add(Expr::Select(c, a2, b), ty));
+                        }
+                    }
+                    None
+                }
             },
             _ => None,
         }
