@@ -120,10 +120,11 @@ struct Lower<'a> {
 }
 
 fn suggest<'n>(name: &str, candidates: impl Iterator<Item = &'n str>) -> Option<String> {
+    // Ties break by name, so the suggestion does not depend on hash-map order.
     candidates
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
         .filter(|(d, c)| *d <= 2 && *d < c.len().max(2))
-        .min_by_key(|(d, _)| *d)
+        .min()
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
 

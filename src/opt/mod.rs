@@ -53,7 +53,9 @@ pub fn simplify(p: &Program) -> Program {
     }
     q.passes = passes;
     // Keep the spans of rebuilt loads for run-time messages.
-    let spans: Vec<(ExprId, crate::diag::Span)> = p.spans.iter().map(|(k, v)| (*k, *v)).collect();
+    let mut spans: Vec<(ExprId, crate::diag::Span)> =
+        p.spans.iter().map(|(k, v)| (*k, *v)).collect();
+    spans.sort_by_key(|(k, _)| *k); // (deterministic: the earliest node's span wins)
     for (old, span) in spans {
         if let Some(new) = o.memo.get(&old) {
             q.spans.entry(*new).or_insert(span);

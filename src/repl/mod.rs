@@ -461,7 +461,7 @@ impl Session {
                     .iter()
                     .map(|c| (strsim::damerau_levenshtein(name, c), c))
                     .filter(|(d, _)| *d <= 2)
-                    .min_by_key(|(d, _)| *d)
+                    .min()
                     .map(|(_, c)| format!("; did you mean `:{c}`?"))
                     .unwrap_or_default();
                 return Err(Error::new(

@@ -101,7 +101,7 @@ fn did_you_mean<'a>(name: &str, cands: impl Iterator<Item = &'a str>) -> String 
     cands
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
         .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
+        .min()
         .map(|(_, c)| format!("; did you mean `{c}`?"))
         .unwrap_or_default()
 }

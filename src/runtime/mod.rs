@@ -207,7 +207,7 @@ impl Library {
                 .losses
                 .iter()
                 .map(|l| (strsim::damerau_levenshtein(name, &l.name), &l.name))
-                .min_by_key(|(d, _)| *d);
+                .min();
             if let Some((d, n)) = best {
                 if d <= 3 {
                     e = e.with_note(format!("did you mean `{n}`?"));
