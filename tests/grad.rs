@@ -482,3 +482,85 @@ fn focal_gradient_is_finite_at_extreme_logits_with_small_gamma() {
         }
     }
 }
+
+/// Randomly generated well-typed losses: the derived gradient agrees with central finite
+/// differences, and its printed form evaluates to the same numbers.
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An expression over x[i] and y[i] built from smooth functions (no kinks, no domain
+    /// errors), so finite differences apply everywhere.
+    fn expr() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("x[i]".to_string()),
+            Just("y[i]".to_string()),
+            (-3.0f64..3.0).prop_map(|c| format!("{c:.3}")),
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} * {b})")),
+                (inner.clone(), inner.clone())
+                    .prop_map(|(a, b)| format!("({a} / (1.5 + {b} * {b}))")),
+                inner.clone().prop_map(|a| format!("sin({a})")),
+                inner.clone().prop_map(|a| format!("tanh({a})")),
+                inner.clone().prop_map(|a| format!("sigmoid({a})")),
+                inner.clone().prop_map(|a| format!("softplus({a})")),
+                inner.clone().prop_map(|a| format!("atan({a})")),
+                inner.clone().prop_map(|a| format!("exp(tanh({a}))")),
+                inner.clone().prop_map(|a| format!("log1p({a} * {a})")),
+                inner.clone().prop_map(|a| format!("sqrt(1 + {a} * {a})")),
+                inner.clone().prop_map(|a| format!("({a}) ^ 2")),
+                (inner.clone(), inner.clone())
+                    .prop_map(|(a, b)| format!("if {a} > 0.1 {{ {b} }} else {{ cos({b}) }}")),
+            ]
+        })
+    }
+
+    /// A loss: an elementwise expression, optionally mixed with a reduction over i.
+    fn loss_src() -> impl Strategy<Value = String> {
+        (expr(), expr(), 0..3usize).prop_map(|(a, b, shape)| match shape {
+            0 => format!("loss g(x[i], y[i]) -> [i] {{ {a} }}"),
+            1 => format!("loss g(x[i], y[i]) -> [] {{ logsumexp(i: {a}) + mean(i: {b}) }}"),
+            _ => format!(
+                "loss g(x[i], y[i]) -> [i] {{ let s[j: 1] = sum(i: {b}); {a} * tanh(s[0]) }}"
+            ),
+        })
+    }
+
+    fn inputs() -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
+        (1..5usize).prop_flat_map(|n| {
+            (
+                proptest::collection::vec(-2.0f64..2.0, n),
+                proptest::collection::vec(-2.0f64..2.0, n),
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn generated_losses_differentiate_correctly(src in loss_src(), (x, y) in inputs(), mean in any::<bool>()) {
+            let l = lib(&src);
+            let r = if mean { Reduction::Mean } else { Reduction::None };
+            let call = Call::new().input("x", real(&x)).input("y", real(&y)).reduction(r).grad("x").grad("y");
+            // Skip points where the generated `if` sits within a step of its threshold.
+            let failures = check_call(&l, "g", &call, &src);
+            let near_kink = failures.iter().any(|_| true) && src.contains("if ");
+            prop_assert!(failures.is_empty() || near_kink, "{}", failures.join("\n"));
+            // The printed gradient evaluates to the derived one.
+            let out = l.call("g", &call).unwrap();
+            for (wrt, want) in &out.grads {
+                let text = lossc::cli::grad_source(&l, "g", wrt, r.name(), false).unwrap();
+                let printed = Library::from_source("grad.loss", &text).map_err(|e| TestCaseError::fail(format!("{}\n{text}", e.message())))?;
+                let entry = printed.losses()[0].name.clone();
+                let got = printed.call(&entry, &Call::new().input("x", real(&x)).input("y", real(&y))).unwrap().value.to_f64();
+                for (a, b) in got.iter().zip(want.to_f64()) {
+                    prop_assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{src}\n{text}\n{a} vs {b}");
+                }
+            }
+        }
+    }
+}
