@@ -487,10 +487,10 @@ fn eval(lib: &Library, entry: &str, a: &EvalArgs) -> Result<()> {
     call.grad = a.grad.clone();
     let result = lib.call(entry, &call)?;
     println!("{} {:?} =", entry, result.value.shape);
-    println!("{}", result.value.display());
+    println!("{}", result.value.display_as(call.dtype));
     for (name, g) in &result.grads {
         println!("d/d{name} {:?} =", g.shape);
-        println!("{}", g.display());
+        println!("{}", g.display_as(call.dtype));
     }
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).map_err(|e| {

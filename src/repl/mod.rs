@@ -17,13 +17,16 @@ use std::io::{BufRead, IsTerminal, Write};
 /// The session's state.
 pub struct Session {
     stdlib: Library,
-    /// definitions typed or loaded, by the names they define, in order
-    defs: Vec<(Vec<String>, String)>,
+    /// definitions typed or loaded, by the names they define, in order, with the directory
+    /// their imports resolve in (for `:load`ed files)
+    defs: Vec<(Vec<String>, String, Option<std::path::PathBuf>)>,
     user: Option<Library>,
     vars: BTreeMap<String, Array>,
     dtype: DType,
     backend: Backend,
     inputs_seen: usize,
+    /// how many inputs ended in an error (a script's exit code says whether any did)
+    pub errors: usize,
 }
 
 const HELP: &str = "\
@@ -55,6 +58,7 @@ impl Session {
             dtype: DType::F64,
             backend: Backend::Interp,
             inputs_seen: 0,
+            errors: 0,
         })
     }
 
@@ -153,6 +157,7 @@ impl Session {
         Some(match r {
             Ok(s) => s,
             Err(e) => {
+                self.errors += 1;
                 let msg = if e.pre_rendered {
                     e.message()
                 } else {
@@ -164,6 +169,10 @@ impl Session {
     }
 
     fn define(&mut self, text: &str) -> Result<String> {
+        self.define_in(text, None)
+    }
+
+    fn define_in(&mut self, text: &str, dir: Option<std::path::PathBuf>) -> Result<String> {
         self.inputs_seen += 1;
         let name = format!("<input {}>", self.inputs_seen);
         // What does it define? Parse it alone first, for errors that point into it.
@@ -180,22 +189,23 @@ impl Session {
             })
             .collect();
         // A redefinition replaces the old one.
-        let mut defs: Vec<(Vec<String>, String)> = self
+        let mut defs: Vec<(Vec<String>, String, Option<std::path::PathBuf>)> = self
             .defs
             .iter()
-            .filter(|(n, _)| !n.iter().any(|x| names.contains(x)))
+            .filter(|(n, _, _)| !n.iter().any(|x| names.contains(x)))
             .cloned()
             .collect();
-        defs.push((names.clone(), text.to_string()));
-        let sources: Vec<(String, String)> = defs
+        defs.push((names.clone(), text.to_string(), dir));
+        let sources: Vec<(String, String, Option<std::path::PathBuf>)> = defs
             .iter()
             .enumerate()
-            .map(|(k, (_, t))| {
-                if k + 1 == defs.len() {
-                    (name.clone(), t.clone())
+            .map(|(k, (_, t, d))| {
+                let n = if k + 1 == defs.len() {
+                    name.clone()
                 } else {
-                    (format!("<definition {}>", k + 1), t.clone())
-                }
+                    format!("<definition {}>", k + 1)
+                };
+                (n, t.clone(), d.clone())
             })
             .collect();
         let lib = Library::from_sources(&sources)?;
@@ -280,9 +290,14 @@ impl Session {
         let out = lib
             .call(&name, &call)
             .map_err(|e| pre_render(e, lib.sources()))?;
-        let mut s = format!("{name} {:?} =\n{}\n", out.value.shape, out.value.display());
+        let d = call.dtype;
+        let mut s = format!(
+            "{name} {:?} =\n{}\n",
+            out.value.shape,
+            out.value.display_as(d)
+        );
         for (g, a) in &out.grads {
-            s += &format!("d/d{g} {:?} =\n{}\n", a.shape, a.display());
+            s += &format!("d/d{g} {:?} =\n{}\n", a.shape, a.display_as(d));
         }
         Ok(s)
     }
@@ -399,7 +414,8 @@ impl Session {
                 need("a .loss file")?;
                 let text = std::fs::read_to_string(arg)
                     .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{arg}`: {e}")))?;
-                self.define(&text)?
+                let dir = std::path::Path::new(arg).parent().map(|p| p.to_path_buf());
+                self.define_in(&text, dir)?
             }
             "grad" => {
                 let mut it = arg.split_whitespace();
@@ -601,14 +617,19 @@ fn script(session: &mut Session) -> i32 {
                     return 0;
                 }
             }
-            None => return 0,
+            None => return if session.errors > 0 { 2 } else { 0 },
         }
     }
     if !buf.trim().is_empty() {
         let _ = writeln!(out, "error: the input ended inside an unclosed bracket");
         return 2;
     }
-    0
+    // A script whose inputs failed says so, for pipelines.
+    if session.errors > 0 {
+        2
+    } else {
+        0
+    }
 }
 
 mod editor;

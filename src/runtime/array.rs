@@ -284,7 +284,14 @@ impl Array {
 
     /// NumPy-like text: `[0.1, 0.2, ..., 0.9]`, long arrays elided, nested by rows.
     pub fn display(&self) -> String {
+        self.display_as(DType::F64)
+    }
+
+    /// As [`Array::display`], with reals printed as the shortest text of their `dtype` value
+    /// (an f32 result prints as `0.1`, not `0.10000000149011612`).
+    pub fn display_as(&self, dtype: DType) -> String {
         let vals: Vec<String> = match &self.data {
+            Data::Real(v) if dtype == DType::F32 => v.iter().map(|x| fmt_real32(*x)).collect(),
             Data::Real(v) => v.iter().map(|x| fmt_real(*x)).collect(),
             Data::Int(v) => v.iter().map(|x| x.to_string()).collect(),
         };
@@ -335,6 +342,16 @@ fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
         }
     }
     out.push(']');
+}
+
+/// Shortest text that reads back as the same f32.
+pub fn fmt_real32(x: f64) -> String {
+    let f = x as f32;
+    if f.is_finite() {
+        format!("{f:?}")
+    } else {
+        fmt_real(x)
+    }
 }
 
 /// Shortest text that reads back as the same f64.

@@ -8,7 +8,7 @@ mod array;
 mod bind;
 
 pub use crate::ir::Reduction;
-pub use array::{fmt_real, Array, DType, Data, MAX_ELEMENTS};
+pub use array::{fmt_real, fmt_real32, Array, DType, Data, MAX_ELEMENTS};
 pub use bind::{validate_grad, Call, Output, ParamValue};
 
 use crate::diag::{Error, ErrorKind, Result, Sources};
@@ -86,15 +86,19 @@ impl Library {
     /// Losses from several named sources that see each other's definitions (the REPL's
     /// session). Imports resolve against the standard library; diagnostics point into each
     /// source by its own name.
-    pub fn from_sources(sources_in: &[(String, String)]) -> Result<Library> {
+    pub fn from_sources(sources_in: &[(String, String, Option<PathBuf>)]) -> Result<Library> {
         let mut sources = Sources::new();
         let mut files = Vec::new();
-        for (name, text) in sources_in {
+        let origin = |dir: &Option<PathBuf>| match dir {
+            Some(d) => Origin::Dir(d.clone()),
+            None => Origin::Stdlib,
+        };
+        for (name, text, dir) in sources_in {
             let id = sources.add(name.clone(), text.clone());
             let f = crate::syntax::parse(id, text).map_err(|e| e.rendered_with(&sources))?;
             for item in &f.items {
                 if let ast::Item::Import(imp) = item {
-                    resolve_import(&imp.path, &Origin::Stdlib).map_err(|e| {
+                    resolve_import(&imp.path, &origin(dir)).map_err(|e| {
                         Error::from_diag(
                             e.kind,
                             crate::diag::Diagnostic::new(e.message())
@@ -106,9 +110,14 @@ impl Library {
             }
             files.push(f);
         }
-        // Imported stdlib helper files join the unit once each.
+        // Imported files join the unit once each (and their own imports, transitively).
         let mut imported: Vec<String> = Vec::new();
-        for k in 0..files.len() {
+        let mut queue: Vec<(usize, Origin)> = sources_in
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (k, origin(&s.2)))
+            .collect();
+        while let Some((k, from)) = queue.pop() {
             let paths: Vec<String> = files[k]
                 .items
                 .iter()
@@ -121,13 +130,20 @@ impl Library {
                 })
                 .collect();
             for path in paths {
-                let (key, (text, _)) = resolve_import(&path, &Origin::Stdlib)?;
+                let (key, (text, next)) = resolve_import(&path, &from)?;
                 if imported.contains(&key) {
                     continue;
+                }
+                if imported.len() >= MAX_IMPORTS {
+                    return Err(Error::new(
+                        ErrorKind::Limit,
+                        format!("more than {MAX_IMPORTS} imported files"),
+                    ));
                 }
                 imported.push(key.clone());
                 let id = sources.add(key, text.clone());
                 files.push(crate::syntax::parse(id, &text).map_err(|e| e.rendered_with(&sources))?);
+                queue.push((files.len() - 1, next));
             }
         }
         let refs: Vec<&ast::File> = files.iter().collect();
