@@ -80,96 +80,28 @@ impl Library {
 
     /// Losses from source text. `import "x.loss"` resolves against the standard library's files.
     pub fn from_source(name: &str, text: &str) -> Result<Library> {
-        Library::load(name.to_string(), text.to_string(), Origin::Stdlib)
+        Library::from_sources(&[(name.to_string(), text.to_string(), None)])
     }
 
     /// Losses from several named sources that see each other's definitions (the REPL's
-    /// session). Imports resolve against the standard library; diagnostics point into each
-    /// source by its own name.
-    pub fn from_sources(sources_in: &[(String, String, Option<PathBuf>)]) -> Result<Library> {
-        let mut sources = Sources::new();
-        let mut files = Vec::new();
-        let origin = |dir: &Option<PathBuf>| match dir {
-            Some(d) => Origin::Dir(d.clone()),
-            None => Origin::Stdlib,
-        };
-        for (name, text, dir) in sources_in {
-            let id = sources.add(name.clone(), text.clone());
-            let f = crate::syntax::parse(id, text).map_err(|e| e.rendered_with(&sources))?;
-            for item in &f.items {
-                if let ast::Item::Import(imp) = item {
-                    resolve_import(&imp.path, &origin(dir)).map_err(|e| {
-                        Error::from_diag(
-                            e.kind,
-                            crate::diag::Diagnostic::new(e.message())
-                                .primary(imp.span, "imported here"),
-                        )
-                        .rendered_with(&sources)
-                    })?;
-                }
-            }
-            files.push(f);
-        }
-        // Imported files join the unit once each (and their own imports, transitively).
-        let mut imported: Vec<String> = Vec::new();
-        let mut queue: Vec<(usize, Origin)> = sources_in
-            .iter()
-            .enumerate()
-            .map(|(k, s)| (k, origin(&s.2)))
-            .collect();
-        while let Some((k, from)) = queue.pop() {
-            let paths: Vec<String> = files[k]
-                .items
-                .iter()
-                .filter_map(|i| {
-                    if let ast::Item::Import(imp) = i {
-                        Some(imp.path.clone())
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            for path in paths {
-                let (key, (text, next)) = resolve_import(&path, &from)?;
-                if imported.contains(&key) {
-                    continue;
-                }
-                if imported.len() >= MAX_IMPORTS {
-                    return Err(Error::new(
-                        ErrorKind::Limit,
-                        format!("more than {MAX_IMPORTS} imported files"),
-                    ));
-                }
-                imported.push(key.clone());
-                let id = sources.add(key, text.clone());
-                files.push(crate::syntax::parse(id, &text).map_err(|e| e.rendered_with(&sources))?);
-                queue.push((files.len() - 1, next));
-            }
-        }
-        let refs: Vec<&ast::File> = files.iter().collect();
-        let module = crate::check::check(&refs, &sources).map_err(|e| e.rendered_with(&sources))?;
-        Ok(Library { sources, module })
-    }
-
-    /// Losses from a file. Imports resolve relative to the file, then against the standard library.
-    pub fn from_file(path: &Path) -> Result<Library> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("cannot read `{}`: {e}", path.display()),
-            )
-        })?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Library::load(path.display().to_string(), text, Origin::Dir(dir))
-    }
-
-    fn load(name: String, text: String, origin: Origin) -> Result<Library> {
+    /// session). Each source's imports resolve in its directory (when it has one), then
+    /// against the standard library; diagnostics point into each source by its own name.
+    pub fn from_sources(roots: &[(String, String, Option<PathBuf>)]) -> Result<Library> {
         let mut sources = Sources::new();
         let mut files: Vec<ast::File> = Vec::new();
-        let mut seen: Vec<String> = vec![name.clone()];
-        let mut queue = vec![(name, text, origin)];
-        // Parse every file once; collect parse errors against the sources read so far.
-        while let Some((name, text, origin)) = queue.pop() {
+        let mut seen: Vec<String> = roots.iter().map(|r| r.0.clone()).collect();
+        let mut queue: std::collections::VecDeque<(String, String, Origin)> = roots
+            .iter()
+            .map(|(n, t, d)| {
+                let o = match d {
+                    Some(d) => Origin::Dir(d.clone()),
+                    None => Origin::Stdlib,
+                };
+                (n.clone(), t.clone(), o)
+            })
+            .collect();
+        // Parse every file once, breadth first; parse errors render against the sources so far.
+        while let Some((name, text, origin)) = queue.pop_front() {
             let id = sources.add(name, text);
             let file = crate::syntax::parse(id, sources.text(id))
                 .map_err(|e| e.rendered_with(&sources))?;
@@ -195,13 +127,25 @@ impl Library {
                     ));
                 }
                 seen.push(key.clone());
-                queue.push((key, next.0, next.1));
+                queue.push_back((key, next.0, next.1));
             }
             files.push(file);
         }
         let refs: Vec<&ast::File> = files.iter().collect();
         let module = crate::check::check(&refs, &sources).map_err(|e| e.rendered_with(&sources))?;
         Ok(Library { sources, module })
+    }
+
+    /// Losses from a file. Imports resolve relative to the file, then against the standard library.
+    pub fn from_file(path: &Path) -> Result<Library> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Library::from_sources(&[(path.display().to_string(), text, Some(dir))])
     }
 
     /// The sources diagnostics point into (for [`Error::render`]).
