@@ -466,3 +466,38 @@ fn long_arrays_print_elided_like_numpy() {
     let short = Array::int(vec![2, 2], vec![1, 2, 3, 4]);
     assert_eq!(short.display(), "[[1, 2],\n [3, 4]]");
 }
+
+#[test]
+fn weights_as_inputs_train_a_classifier() {
+    // The softmax-regression example's loss: its weight gradient drives gradient descent.
+    let l = Library::from_file(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/linear_softmax.loss"
+    )))
+    .unwrap();
+    let x = Array::real(vec![4, 2], vec![2.0, 0.0, 1.5, 0.5, -2.0, 0.0, -1.5, -0.5]);
+    let labels = int(&[0, 0, 1, 1]);
+    let (mut w, mut b) = (vec![0.0; 4], vec![0.0; 2]);
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let call = Call::new()
+            .input("labels", labels.clone())
+            .input("x", x.clone())
+            .input("w", Array::real(vec![2, 2], w.clone()))
+            .input("b", Array::real(vec![2], b.clone()))
+            .reduction(Reduction::Mean)
+            .grad("w")
+            .grad("b");
+        let out = l.call("linear_softmax", &call).unwrap();
+        losses.push(out.value.to_f64()[0]);
+        for (name, g) in &out.grads {
+            let p = if name == "w" { &mut w } else { &mut b };
+            for (pi, gi) in p.iter_mut().zip(g.to_f64()) {
+                *pi -= 0.5 * gi;
+            }
+        }
+    }
+    assert!((losses[0] - 2f64.ln()).abs() < 1e-12);
+    assert!(losses[19] < 0.05, "{losses:?}");
+    assert!(losses.windows(2).all(|p| p[1] < p[0]));
+}
