@@ -35,8 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut y = Vec::with_capacity(n);
     for k in 0..n {
         let class = k % c;
-        for j in 0..d {
-            x.push(centres[class][j] + 0.8 * rng.normal());
+        for centre in &centres[class][..d] {
+            x.push(centre + 0.8 * rng.normal());
         }
         y.push(class as i64);
     }
