@@ -84,7 +84,6 @@ fn case_files() -> Vec<PathBuf> {
 
 #[test]
 fn gradients_match_finite_differences_on_every_case() {
-    let lib = Library::with_stdlib().unwrap();
     let mut failures = Vec::new();
     let mut checked = 0;
     let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -97,7 +96,7 @@ fn gradients_match_finite_differences_on_every_case() {
         if call.grad.is_empty() {
             continue;
         }
-        let name = lossc::cases::loss_name(&case).unwrap();
+        let (lib, name) = lossc::cases::loss_library(&case).unwrap();
         if name == "ciou_loss" {
             // Its α is stop_grad (as torchvision's): the gradient is deliberately not the
             // derivative of the value, so finite differences do not apply. The reference
@@ -262,7 +261,6 @@ fn int_inputs_and_edit_distance_are_not_differentiable() {
 /// `lossc grad` prints the gradient as a loss; that loss checks and evaluates to the gradient.
 #[test]
 fn printed_gradients_parse_check_and_agree() {
-    let lib = Library::with_stdlib().unwrap();
     let mut failures = Vec::new();
     let mut checked = 0;
     for f in case_files() {
@@ -271,7 +269,7 @@ fn printed_gradients_parse_check_and_agree() {
             continue;
         }
         let call = case.call(Backend::Interp).unwrap();
-        let name = lossc::cases::loss_name(&case).unwrap();
+        let (lib, name) = lossc::cases::loss_library(&case).unwrap();
         let out = match lib.call(&name, &call) {
             Ok(o) => o,
             Err(e) => {

@@ -25,9 +25,16 @@ pub enum Verdict {
 
 /// The loss a case names (a standard-library name, or its file's entry).
 pub fn loss_name(case: &Case) -> Result<String> {
+    Ok(loss_library(case)?.1)
+}
+
+/// The library holding a case's loss (the standard library, or the file it names) and the
+/// loss's name in it.
+pub fn loss_library(case: &Case) -> Result<(Library, String)> {
     let stdlib = Library::with_stdlib()?;
     let mut own = None;
-    Ok(case.library(&stdlib, &mut own)?.1)
+    let (lib, name) = case.library(&stdlib, &mut own)?;
+    Ok((lib.clone(), name))
 }
 
 /// Reads a case file. Malformed JSON is a `Data` error.
