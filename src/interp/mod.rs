@@ -537,6 +537,7 @@ impl<'a> Machine<'a> {
         })
     }
 
+    /// (`And`/`Or` return before the match below, so their arms there are unreachable.)
     fn binary(&mut self, e: ExprId, op: Bin, a: ExprId, b: ExprId) -> Result<Value> {
         let x = self.eval(a)?;
         match op {
