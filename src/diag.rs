@@ -67,19 +67,6 @@ impl Sources {
             .get(span.start as usize..span.end as usize)
             .unwrap_or("")
     }
-    /// 1-based line and column of a span's start.
-    pub fn line_col(&self, span: Span) -> (usize, usize) {
-        let text = self.text(span.file);
-        let upto = &text[..(span.start as usize).min(text.len())];
-        let line = upto.matches('\n').count() + 1;
-        let col = upto
-            .rsplit('\n')
-            .next()
-            .map(|l| l.chars().count())
-            .unwrap_or(0)
-            + 1;
-        (line, col)
-    }
 }
 
 /// What went wrong, coarsely: the CLI's exit code and the reference cases' error substrings
@@ -261,6 +248,22 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// The candidate closest to a misspelt `name` (Damerau-Levenshtein), for "did you mean"
+/// notes: within `max` edits and fewer edits than the candidate has characters. Ties break by
+/// name, so the answer never depends on the candidates' order.
+pub fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, c)| *d <= max && *d < c.len().max(2))
+        .min()
+        .map(|(_, c)| c)
+}
 
 /// Shorthand constructors.
 pub fn err<T>(kind: ErrorKind, message: impl Into<String>) -> Result<T> {

@@ -501,3 +501,27 @@ fn weights_as_inputs_train_a_classifier() {
     assert!(losses[19] < 0.05, "{losses:?}");
     assert!(losses.windows(2).all(|p| p[1] < p[0]));
 }
+
+#[test]
+fn npy_files_read_in_c_and_fortran_order_and_round_trip() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    // written column-major as [[1, 2, 3], [4, 5, 6]] in float32
+    let a = Array::from_npy(
+        &std::fs::read(format!("{dir}/fortran_f32.npy")).unwrap(),
+        "a",
+    )
+    .unwrap();
+    assert_eq!(a.shape, vec![2, 3]);
+    assert_eq!(a.to_f64(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    for (arr, dtype) in [
+        (
+            Array::real(vec![2, 2], vec![0.5, -1.0, 1e300, f64::INFINITY]),
+            DType::F64,
+        ),
+        (Array::real(vec![3], vec![0.25, -2.0, 3.0]), DType::F32),
+        (Array::int(vec![2], vec![-7, 1 << 40]), DType::F64),
+    ] {
+        let back = Array::from_npy(&arr.to_npy(dtype).unwrap(), "b").unwrap();
+        assert_eq!(back, arr);
+    }
+}

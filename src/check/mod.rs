@@ -120,12 +120,7 @@ struct Lower<'a> {
 }
 
 fn suggest<'n>(name: &str, candidates: impl Iterator<Item = &'n str>) -> Option<String> {
-    // Ties break by name, so the suggestion does not depend on hash-map order.
-    candidates
-        .map(|c| (strsim::damerau_levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= 2 && *d < c.len().max(2))
-        .min()
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+    crate::diag::closest(name, candidates, 2).map(|c| format!("did you mean `{c}`?"))
 }
 
 impl<'a> Lower<'a> {

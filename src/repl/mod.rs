@@ -472,13 +472,8 @@ impl Session {
                 }
             },
             _ => {
-                let cands: Vec<&str> = COMMANDS.iter().map(|c| &c[1..]).collect();
-                let hint = cands
-                    .iter()
-                    .map(|c| (strsim::damerau_levenshtein(name, c), c))
-                    .filter(|(d, _)| *d <= 2)
-                    .min()
-                    .map(|(_, c)| format!("; did you mean `:{c}`?"))
+                let hint = crate::diag::closest(name, COMMANDS.iter().map(|c| &c[1..]), 2)
+                    .map(|c| format!("; did you mean `:{c}`?"))
                     .unwrap_or_default();
                 return Err(Error::new(
                     ErrorKind::Unknown,

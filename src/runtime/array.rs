@@ -145,15 +145,15 @@ impl Array {
         let descr = ts.to_string();
         let kind = descr.get(1..).unwrap_or("");
         let data = match kind {
-            "f8" => Data::Real(npy.into_vec::<f64>().map_err(|e| bad(e.to_string()))?),
-            "f4" => Data::Real(npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?.into_iter().map(f64::from).collect()),
-            "i8" => Data::Int(npy.into_vec::<i64>().map_err(|e| bad(e.to_string()))?),
-            "i4" => Data::Int(npy.into_vec::<i32>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
-            "i2" => Data::Int(npy.into_vec::<i16>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
-            "i1" => Data::Int(npy.into_vec::<i8>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
-            "u1" => Data::Int(npy.into_vec::<u8>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
-            "u2" => Data::Int(npy.into_vec::<u16>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
-            "u4" => Data::Int(npy.into_vec::<u32>().map_err(|e| bad(e.to_string()))?.into_iter().map(i64::from).collect()),
+            "f8" => Data::Real(read_npy(npy, what, |x: f64| x)?),
+            "f4" => Data::Real(read_npy(npy, what, |x: f32| f64::from(x))?),
+            "i8" => Data::Int(read_npy(npy, what, |x: i64| x)?),
+            "i4" => Data::Int(read_npy(npy, what, |x: i32| i64::from(x))?),
+            "i2" => Data::Int(read_npy(npy, what, |x: i16| i64::from(x))?),
+            "i1" => Data::Int(read_npy(npy, what, |x: i8| i64::from(x))?),
+            "u1" => Data::Int(read_npy(npy, what, |x: u8| i64::from(x))?),
+            "u2" => Data::Int(read_npy(npy, what, |x: u16| i64::from(x))?),
+            "u4" => Data::Int(read_npy(npy, what, |x: u32| i64::from(x))?),
             _ => {
                 return Err(Error::new(
                     ErrorKind::Type,
@@ -184,63 +184,27 @@ impl Array {
             }
             idx.iter().zip(&shape).fold(0, |acc, (i, d)| acc * d + i)
         };
+        let reorder = |len: usize| {
+            let mut order = vec![0usize; len];
+            for (k, o) in order.iter_mut().enumerate() {
+                *o = perm(k);
+            }
+            order
+        };
         match self.data {
-            Data::Real(v) => {
-                let mut out = vec![0.0; n];
-                for (k, x) in v.into_iter().enumerate() {
-                    out[perm(k)] = x;
-                }
-                Array::real(shape, out)
-            }
-            Data::Int(v) => {
-                let mut out = vec![0; n];
-                for (k, x) in v.into_iter().enumerate() {
-                    out[perm(k)] = x;
-                }
-                Array::int(shape, out)
-            }
+            Data::Real(v) => Array::real(shape.clone(), scatter(v, &reorder(n))),
+            Data::Int(v) => Array::int(shape.clone(), scatter(v, &reorder(n))),
         }
     }
 
     /// The `.npy` bytes of this array: reals as the given dtype, ints as int64.
     pub fn to_npy(&self, dtype: DType) -> Result<Vec<u8>> {
-        use npyz::WriterBuilder;
         let shape: Vec<u64> = self.shape.iter().map(|d| *d as u64).collect();
-        let mut buf = Vec::new();
-        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("writing .npy: {e}"));
         match (&self.data, dtype) {
-            (Data::Real(v), DType::F64) => {
-                let mut w = npyz::WriteOptions::new()
-                    .default_dtype()
-                    .shape(&shape)
-                    .writer(&mut buf)
-                    .begin_nd()
-                    .map_err(io)?;
-                w.extend(v.iter().copied()).map_err(io)?;
-                w.finish().map_err(io)?;
-            }
-            (Data::Real(v), DType::F32) => {
-                let mut w = npyz::WriteOptions::new()
-                    .default_dtype()
-                    .shape(&shape)
-                    .writer(&mut buf)
-                    .begin_nd()
-                    .map_err(io)?;
-                w.extend(v.iter().map(|x| *x as f32)).map_err(io)?;
-                w.finish().map_err(io)?;
-            }
-            (Data::Int(v), _) => {
-                let mut w = npyz::WriteOptions::new()
-                    .default_dtype()
-                    .shape(&shape)
-                    .writer(&mut buf)
-                    .begin_nd()
-                    .map_err(io)?;
-                w.extend(v.iter().copied()).map_err(io)?;
-                w.finish().map_err(io)?;
-            }
+            (Data::Real(v), DType::F64) => write_npy(&shape, v.iter().copied()),
+            (Data::Real(v), DType::F32) => write_npy(&shape, v.iter().map(|x| *x as f32)),
+            (Data::Int(v), _) => write_npy(&shape, v.iter().copied()),
         }
-        Ok(buf)
     }
 
     /// Parses a literal such as `[1, 0, 1]`, `[[0.5, 1], [2, 3]]` or `3.5` (JSON syntax; `inf`,
@@ -344,6 +308,49 @@ fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
     out.push(']');
 }
 
+/// The elements of an `.npy` file of element type `T`, converted.
+fn read_npy<T: npyz::Deserialize, U>(
+    npy: npyz::NpyFile<&[u8]>,
+    what: &str,
+    f: impl Fn(T) -> U,
+) -> Result<Vec<U>> {
+    let v = npy.into_vec::<T>().map_err(|e| {
+        Error::new(
+            ErrorKind::Data,
+            format!("{what}: not a valid .npy file: {e}"),
+        )
+    })?;
+    Ok(v.into_iter().map(f).collect())
+}
+
+/// `.npy` bytes for a row-major array of the given shape.
+fn write_npy<T: npyz::AutoSerialize>(
+    shape: &[u64],
+    values: impl IntoIterator<Item = T>,
+) -> Result<Vec<u8>> {
+    use npyz::WriterBuilder;
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("writing .npy: {e}"));
+    let mut buf = Vec::new();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut buf)
+        .begin_nd()
+        .map_err(io)?;
+    w.extend(values).map_err(io)?;
+    w.finish().map_err(io)?;
+    Ok(buf)
+}
+
+/// `out[order[k]] = v[k]`.
+fn scatter<T: Copy + Default>(v: Vec<T>, order: &[usize]) -> Vec<T> {
+    let mut out = vec![T::default(); v.len()];
+    for (x, o) in v.into_iter().zip(order) {
+        out[*o] = x;
+    }
+    out
+}
+
 /// Shortest text that reads back as the same f32.
 pub fn fmt_real32(x: f64) -> String {
     let f = x as f32;
@@ -354,19 +361,9 @@ pub fn fmt_real32(x: f64) -> String {
     }
 }
 
-/// Shortest text that reads back as the same f64.
+/// Shortest text that reads back as the same f64 (`inf`, `-inf` and `nan` by name).
 pub fn fmt_real(x: f64) -> String {
-    if x.is_nan() {
-        "nan".into()
-    } else if x.is_infinite() {
-        if x > 0.0 {
-            "inf".into()
-        } else {
-            "-inf".into()
-        }
-    } else {
-        format!("{x:?}")
-    }
+    crate::ir::real_literal(x)
 }
 
 enum Num {

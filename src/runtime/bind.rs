@@ -98,11 +98,8 @@ pub struct Output {
 }
 
 fn did_you_mean<'a>(name: &str, cands: impl Iterator<Item = &'a str>) -> String {
-    cands
-        .map(|c| (strsim::damerau_levenshtein(name, c), c))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, c)| format!("; did you mean `{c}`?"))
+    crate::diag::closest(name, cands, 2)
+        .map(|c| format!("; did you mean `{c}`?"))
         .unwrap_or_default()
 }
 

@@ -162,16 +162,9 @@ impl Library {
     pub fn loss(&self, name: &str) -> Result<&Program> {
         self.module.get(name).ok_or_else(|| {
             let mut e = Error::new(ErrorKind::Unknown, format!("unknown loss `{name}`"));
-            let best = self
-                .module
-                .losses
-                .iter()
-                .map(|l| (strsim::damerau_levenshtein(name, &l.name), &l.name))
-                .min();
-            if let Some((d, n)) = best {
-                if d <= 3 {
-                    e = e.with_note(format!("did you mean `{n}`?"));
-                }
+            let names = self.module.losses.iter().map(|l| l.name.as_str());
+            if let Some(n) = crate::diag::closest(name, names, 3) {
+                e = e.with_note(format!("did you mean `{n}`?"));
             }
             e.with_note("`lossc list` shows the standard library")
         })

@@ -126,24 +126,6 @@ fn parse_here(file: u32, text: &str) -> Result<File> {
     Ok(File { items })
 }
 
-/// Parses a single expression (used for parameter values given on the command line).
-pub fn parse_expr(file: u32, text: &str) -> Result<Expr> {
-    check_nesting(file, text)?;
-    let mut pairs = LossParser::parse(Rule::expr, text).map_err(|e| syntax_error(file, text, e))?;
-    let p = pairs.next().expect("the expr rule yields one pair");
-    if p.as_span().end() != text.trim_end().len() {
-        let at = p.as_span().end();
-        return Err(Error::from_diag(
-            ErrorKind::Syntax,
-            Diagnostic::new("unexpected text after the expression").primary(
-                Span::new(file, at, text.len()),
-                "not part of the expression",
-            ),
-        ));
-    }
-    Builder { file }.expr(p)
-}
-
 /// Pest recurses once per nesting level; bound the depth before parsing so that hostile input
 /// (a million open parentheses) is an error instead of a stack overflow.
 fn check_nesting(file: u32, text: &str) -> Result<()> {
