@@ -55,27 +55,12 @@ impl Library {
     /// With the environment variable `LOSSC_STDLIB_DIR` set, the files are read from that
     /// directory instead (for working on the standard library without rebuilding).
     pub fn with_stdlib() -> Result<Library> {
-        let mut sources = Sources::new();
-        let mut files = Vec::new();
-        for (name, text) in stdlib_files()?.iter() {
-            let id = sources.add(format!("stdlib/{name}"), text.clone());
-            files.push(crate::syntax::parse(id, text).map_err(|e| e.rendered_with(&sources))?);
-        }
-        for f in &files {
-            for item in &f.items {
-                if let ast::Item::Import(i) = item {
-                    if !stdlib_files()?.iter().any(|(n, _)| *n == i.path) {
-                        return Err(Error::new(
-                            ErrorKind::Unknown,
-                            format!("stdlib import of unknown file `{}`", i.path),
-                        ));
-                    }
-                }
-            }
-        }
-        let refs: Vec<&ast::File> = files.iter().collect();
-        let module = crate::check::check(&refs, &sources).map_err(|e| e.rendered_with(&sources))?;
-        Ok(Library { sources, module })
+        // Every file is a root; their imports of each other resolve to the same names.
+        let roots: Vec<(String, String, Option<PathBuf>)> = stdlib_files()?
+            .into_iter()
+            .map(|(name, text)| (format!("stdlib/{name}"), text, None))
+            .collect();
+        Library::from_sources(&roots)
     }
 
     /// Losses from source text. `import "x.loss"` resolves against the standard library's files.
