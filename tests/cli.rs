@@ -195,7 +195,22 @@ fn eval_takes_literals_params_reduction_and_writes_npy() {
 /// Every kind of bad input: exit code 2 and a message naming the cause, never a panic.
 #[test]
 fn bad_input_is_a_clear_error_with_exit_code_2() {
-    let cases: &[(&[&str], &str)] = &[
+    let cases: &[(
+            &[
+                "eval",
+                "ctc_loss",
+                "--input",
+                "labels=[[1, 1]]",
+                "--input",
+                "logits=[[[0, 0, 0], [0, 0, 0], [0, 0, 0]]]",
+                "--input",
+                "label_lengths=[2]",
+                "--input",
+                "logit_lengths=[4]",
+            ],
+            "out of range",
+        ),
+        (&[&str], &str)] = &[
         (
             &[
                 "eval",
