@@ -195,7 +195,8 @@ fn eval_takes_literals_params_reduction_and_writes_npy() {
 /// Every kind of bad input: exit code 2 and a message naming the cause, never a panic.
 #[test]
 fn bad_input_is_a_clear_error_with_exit_code_2() {
-    let cases: &[(
+    let cases: &[(&[&str], &str)] = &[
+        (
             &[
                 "eval",
                 "ctc_loss",
@@ -210,7 +211,6 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
             ],
             "out of range",
         ),
-        (&[&str], &str)] = &[
         (
             &[
                 "eval",
