@@ -160,7 +160,7 @@ fn backend(s: &str) -> Result<Backend> {
     Backend::from_name(s).ok_or_else(|| {
         Error::new(
             ErrorKind::Unknown,
-            format!("unknown backend `{s}`; use interp"),
+            format!("unknown backend `{s}`; use jit or interp"),
         )
     })
 }

@@ -127,8 +127,47 @@ struct Machine<'a> {
     live: Vec<IndexId>,
 }
 
+/// The error for a read at `v` along dimension `dim` (index `dim_index`, extent `ext`) of
+/// `what`, by node `e`; `at` says where ("(at n = 2)") when known.
+#[allow(clippy::too_many_arguments)]
+pub fn range_error(
+    p: &Program,
+    e: ExprId,
+    what: &str,
+    dim: usize,
+    dim_index: IndexId,
+    v: i64,
+    ext: i64,
+    at: &str,
+) -> Error {
+    let dn = p.index_label(dim_index);
+    let msg = format!(
+        "index out of range: {what} read at {v} along `{dn}` (dimension {dim}), whose valid range is 0..{ext}{at}"
+    );
+    let mut d = Diagnostic::new(msg);
+    // Point at the index that is out of range when its source is known, else at the read.
+    let arg_span = match p.pool.get(e) {
+        Expr::Input(_, args) | Expr::Tensor(_, args) => args.get(dim).and_then(|a| p.spans.get(a)),
+        _ => None,
+    };
+    match (arg_span, p.spans.get(&e)) {
+        // (a shared node keeps its first span, which may be another occurrence)
+        (Some(a), Some(r))
+            if a != r && a.file == r.file && a.start >= r.start && a.end <= r.end =>
+        {
+            d = d
+                .primary(*a, format!("this index is {v}"))
+                .secondary(*r, "in this read");
+        }
+        (_, Some(r)) => d = d.primary(*r, format!("this read (index {v})")),
+        (Some(a), None) => d = d.primary(*a, format!("this index is {v}")),
+        (None, None) => {}
+    }
+    Error::from_diag(ErrorKind::Range, d)
+}
+
 /// `i`, `i + 2`, `t - 1`: a constant offset of an index.
-fn is_offset(p: &Program, e: ExprId) -> bool {
+pub fn is_offset(p: &Program, e: ExprId) -> bool {
     match p.pool.get(e) {
         Expr::Index(_) => true,
         Expr::Binary(Bin::Add | Bin::Sub, x, c) => {
@@ -345,33 +384,7 @@ impl<'a> Machine<'a> {
         v: i64,
         ext: i64,
     ) -> Error {
-        let dn = self.p.index_label(dim_index);
-        let msg = format!(
-            "index out of range: {what} read at {v} along `{dn}` (dimension {dim}), whose valid range is 0..{ext}{}",
-            self.where_()
-        );
-        let mut d = Diagnostic::new(msg);
-        // Point at the index that is out of range when its source is known, else at the read.
-        let arg_span = match self.p.pool.get(e) {
-            Expr::Input(_, args) | Expr::Tensor(_, args) => {
-                args.get(dim).and_then(|a| self.p.spans.get(a))
-            }
-            _ => None,
-        };
-        match (arg_span, self.p.spans.get(&e)) {
-            // (a shared node keeps its first span, which may be another occurrence)
-            (Some(a), Some(r))
-                if a != r && a.file == r.file && a.start >= r.start && a.end <= r.end =>
-            {
-                d = d
-                    .primary(*a, format!("this index is {v}"))
-                    .secondary(*r, "in this read");
-            }
-            (_, Some(r)) => d = d.primary(*r, format!("this read (index {v})")),
-            (Some(a), None) => d = d.primary(*a, format!("this index is {v}")),
-            (None, None) => {}
-        }
-        Error::from_diag(ErrorKind::Range, d)
+        range_error(self.p, e, what, dim, dim_index, v, ext, &self.where_())
     }
 
     /// The row-major offset of a load, or the out-of-range dimension.

@@ -502,6 +502,28 @@ impl Program {
             _ => ix.name.clone(),
         }
     }
+    /// Everything that determines the code compiled for this program (not its name, docs
+    /// or spans), as a string: equal fingerprints compile to the same kernel.
+    pub fn fingerprint(&self) -> String {
+        let params: Vec<(&String, Ty, ExprId)> = self
+            .params
+            .iter()
+            .map(|p| (&p.name, p.ty, p.default))
+            .collect();
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.pool.nodes,
+            self.pool.types,
+            self.inputs,
+            params,
+            self.indices,
+            self.tensors,
+            self.output,
+            self.passes,
+            self.grads
+        )
+    }
+
     /// The first line of the doc comment.
     pub fn summary(&self) -> &str {
         self.doc.lines().next().unwrap_or("")

@@ -379,9 +379,7 @@ impl Session {
         Ok(Some(match name {
             "quit" | "q" | "exit" => return Ok(None),
             "help" | "h" => {
-                let b = match self.backend {
-                    Backend::Interp => "interp",
-                };
+                let b = self.backend.name();
                 format!(
                     "{}\n",
                     HELP.replace("{dtype}", self.dtype.name())
@@ -459,15 +457,13 @@ impl Session {
                     "backend interp\n".to_string()
                 }
                 "jit" => {
-                    return Err(Error::new(
-                        ErrorKind::Unknown,
-                        "the jit backend is not built yet; the interpreter (interp) is in use",
-                    ))
+                    self.backend = Backend::Jit;
+                    "backend jit\n".to_string()
                 }
                 _ => {
                     return Err(Error::new(
                         ErrorKind::Unknown,
-                        format!("unknown backend `{arg}`; use interp"),
+                        format!("unknown backend `{arg}`; use jit or interp"),
                     ))
                 }
             },

@@ -488,6 +488,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
     };
     let (values, grads) = match call.backend {
         Backend::Interp => interp::run_with_grads(&q, &env)?,
+        Backend::Jit => super::native::run_with_grads(&q, &env)?,
     };
     let shape = if call.reduction == Reduction::None {
         out_shape

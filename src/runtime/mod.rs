@@ -6,6 +6,7 @@
 
 mod array;
 mod bind;
+pub mod native;
 
 pub use crate::ir::Reduction;
 pub use array::{fmt_real, fmt_real32, Array, DType, Data, MAX_ELEMENTS};
@@ -23,12 +24,21 @@ include!(concat!(env!("OUT_DIR"), "/stdlib.rs"));
 pub enum Backend {
     /// The reference interpreter.
     Interp,
+    /// Native code from the Cranelift JIT.
+    Jit,
 }
 
 impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Interp => "interp",
+            Backend::Jit => "jit",
+        }
+    }
     pub fn from_name(s: &str) -> Option<Backend> {
         match s {
             "interp" => Some(Backend::Interp),
+            "jit" => Some(Backend::Jit),
             _ => None,
         }
     }

@@ -1,0 +1,1467 @@
+//! Code generation: a scheduled program -> one native function, through Cranelift.
+//!
+//! [`compile`] emits every stage of a [`Schedule`] into one function
+//! `extern "C" fn(*const Args) -> i64` that fills the output and the gradients in one call,
+//! for extents and parameters given at call time (one kernel serves every size).
+//! Reals are f32 or f64 (the call's dtype) in registers and in every buffer; sums accumulate
+//! in f64 and are rounded once, as in the interpreter. Every data-dependent index is
+//! range-checked in the kernel: a failure returns an error record (what, where, which value)
+//! instead of touching memory, and the host turns it into the interpreter's message.
+//!
+//! `if`/`&&`/`||` are lazy (branches) unless both sides are cheap and safe to evaluate, when
+//! they become selects. Reductions are emitted in place as loops, hoisted to the outermost
+//! loop level where their indices are bound (see `schedule::Analysis::hoistable`).
+
+mod host;
+
+use crate::diag::{Error, ErrorKind, Result};
+use crate::interp::is_offset;
+use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Program, Red, TensorId, Ty, Un};
+use crate::schedule::{contribution_roots, Analysis, Group, Run, Schedule, Stage};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value,
+};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// What a kernel receives: buffer base pointers (inputs, then tensors, then the output),
+/// the extent of every index, every parameter (reals as f64 bits, ints as i64, bools as 0/1),
+/// and four i64 slots for an error record.
+#[repr(C)]
+pub struct Args {
+    pub bufs: *const *mut u8,
+    pub ext: *const i64,
+    pub params: *const u64,
+    pub err: *mut i64,
+}
+
+/// Error codes in the record's first slot.
+pub const ERR_RANGE: i64 = 1;
+pub const ERR_DIV_ZERO: i64 = 2;
+pub const ERR_NEG_POW: i64 = 3;
+pub const ERR_EMPTY: i64 = 4;
+
+/// A kernel's failure: code, the failing node, the dimension and the offending value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub code: i64,
+    pub node: ExprId,
+    pub dim: usize,
+    pub value: i64,
+}
+
+/// The element type of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    Real,
+    Int,
+    Bool,
+}
+
+impl Elem {
+    pub fn of(ty: Ty) -> Elem {
+        match ty {
+            Ty::Real => Elem::Real,
+            Ty::Int => Elem::Int,
+            Ty::Bool => Elem::Bool,
+        }
+    }
+    /// Bytes per element for a kernel of the given precision.
+    pub fn size(self, f32: bool) -> usize {
+        match self {
+            Elem::Real if f32 => 4,
+            Elem::Real | Elem::Int => 8,
+            Elem::Bool => 1,
+        }
+    }
+}
+
+type Entry = unsafe extern "C" fn(*const Args) -> i64;
+
+/// A compiled program: native code plus what it was generated from.
+pub struct Kernel {
+    entry: Entry,
+    module: Mutex<Option<JITModule>>,
+    pub f32: bool,
+    /// the Cranelift IR as generated (before Cranelift's own optimisation)
+    pub clif: String,
+    /// the machine code, as text
+    pub asm: String,
+}
+
+// The module is only touched on drop (behind the mutex); the code it owns is immutable once
+// finalized, so the entry point may be called from any thread.
+unsafe impl Sync for Kernel {}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.module.lock() {
+            if let Some(m) = m.take() {
+                // SAFETY: the kernel is being dropped, so no call of `entry` is running or
+                // can start; nothing else points into the module's memory.
+                unsafe { m.free_memory() };
+            }
+        }
+    }
+}
+
+impl Kernel {
+    /// Runs the kernel on raw buffers.
+    ///
+    /// # Safety
+    /// `bufs` holds one pointer per input, tensor and the output, in that order, each valid
+    /// for the number of elements its index space has under `ext` (element type per
+    /// [`Elem`], reals in the kernel's precision); `ext` has one entry per index, `params`
+    /// one per parameter.
+    pub unsafe fn run(
+        &self,
+        bufs: &[*mut u8],
+        ext: &[i64],
+        params: &[u64],
+    ) -> std::result::Result<(), Fault> {
+        let mut err = [0i64; 4];
+        let args = Args {
+            bufs: bufs.as_ptr(),
+            ext: ext.as_ptr(),
+            params: params.as_ptr(),
+            err: err.as_mut_ptr(),
+        };
+        let rc = unsafe { (self.entry)(&args) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Fault {
+                code: err[0],
+                node: ExprId(err[1] as u32),
+                dim: err[2] as usize,
+                value: err[3],
+            })
+        }
+    }
+}
+
+/// The element type of every buffer slot of a program: inputs, tensors, output.
+pub fn slots(p: &Program) -> Vec<Elem> {
+    let mut v: Vec<Elem> = p.inputs.iter().map(|i| Elem::of(i.ty)).collect();
+    v.extend(p.tensors.iter().map(|t| Elem::of(t.ty)));
+    v.push(Elem::of(p.output_ty()));
+    v
+}
+
+fn internal(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Check, format!("internal (jit): {}", msg.into()))
+}
+
+fn jit_module() -> Result<JITModule> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v)
+            .map_err(|e| internal(format!("setting {k}: {e}")))
+    };
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| internal(format!("host machine not supported: {e}")))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| internal(format!("isa: {e}")))?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    for (name, ptr) in host::symbols() {
+        jb.symbol(name, ptr);
+    }
+    Ok(JITModule::new(jb))
+}
+
+/// Compiles a scheduled program for one precision.
+pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
+    let mut module = jit_module()?;
+    let ptr = module.target_config().pointer_type();
+    let mut ctx = module.make_context();
+    ctx.func.signature.params.push(AbiParam::new(ptr));
+    ctx.func.signature.returns.push(AbiParam::new(types::I64));
+    let id: FuncId = module
+        .declare_function(&p.name, Linkage::Local, &ctx.func.signature)
+        .map_err(|e| internal(e.to_string()))?;
+    let mut fctx = FunctionBuilderContext::new();
+    let frontend = module.target_config();
+    {
+        let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let mut g = Gen::new(p, b, &mut module, f32)?;
+        g.body(s)?;
+        g.b.seal_all_blocks();
+        g.b.finalize(frontend);
+    }
+    let clif = ctx.func.display().to_string();
+    ctx.set_disasm(true);
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| internal(format!("{e:?}")))?;
+    let asm = ctx
+        .compiled_code()
+        .and_then(|c| c.vcode.clone())
+        .unwrap_or_default();
+    module.clear_context(&mut ctx);
+    module
+        .finalize_definitions()
+        .map_err(|e| internal(e.to_string()))?;
+    let code = module.get_finalized_function(id);
+    // SAFETY: `code` is the finalized function just defined with the signature
+    // `fn(*const Args) -> i64` (one pointer parameter, one i64 result, system call conv).
+    let entry: Entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
+    Ok(Kernel {
+        entry,
+        module: Mutex::new(Some(module)),
+        f32,
+        clif,
+        asm,
+    })
+}
+
+/// Per-accumulator state of a reduction carried by a loop.
+struct Carried {
+    node: ExprId,
+    red: Red,
+    body: ExprId,
+    var: Variable,
+}
+
+struct Gen<'a, 'b> {
+    p: &'a Program,
+    an: Analysis<'a>,
+    b: FunctionBuilder<'b>,
+    module: &'b mut JITModule,
+    f32: bool,
+    rt: Type,
+    bufs: Vec<Value>,
+    ext: Vec<Value>,
+    params: Vec<Value>,
+    idx: Vec<Option<Value>>,
+    scopes: Vec<HashMap<ExprId, Value>>,
+    /// the index each scope binds (a loop body's scope), parallel to `scopes`
+    binds: Vec<Option<IndexId>>,
+    err: Block,
+    funcs: HashMap<&'static str, FuncRef>,
+    /// tensors whose gradient buffer is written directly
+    trusted: MemFlagsData,
+    readonly: MemFlagsData,
+}
+
+impl<'a, 'b> Gen<'a, 'b> {
+    fn new(
+        p: &'a Program,
+        mut b: FunctionBuilder<'b>,
+        module: &'b mut JITModule,
+        f32: bool,
+    ) -> Result<Gen<'a, 'b>> {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let args = b.block_params(entry)[0];
+        let trusted = MemFlagsData::trusted();
+        let readonly = MemFlagsData::trusted().with_readonly().with_can_move();
+        let bufs_p = b.ins().load(types::I64, readonly, args, 0);
+        let ext_p = b.ins().load(types::I64, readonly, args, 8);
+        let par_p = b.ins().load(types::I64, readonly, args, 16);
+        let err_p = b.ins().load(types::I64, readonly, args, 24);
+        let nbuf = p.inputs.len() + p.tensors.len() + 1;
+        let bufs = (0..nbuf)
+            .map(|k| b.ins().load(types::I64, readonly, bufs_p, (8 * k) as i32))
+            .collect();
+        let ext = (0..p.indices.len())
+            .map(|k| b.ins().load(types::I64, readonly, ext_p, (8 * k) as i32))
+            .collect();
+        let rt = if f32 { types::F32 } else { types::F64 };
+        let params = p
+            .params
+            .iter()
+            .enumerate()
+            .map(|(k, q)| {
+                let off = (8 * k) as i32;
+                match q.ty {
+                    Ty::Real => {
+                        let v = b.ins().load(types::F64, readonly, par_p, off);
+                        if f32 {
+                            b.ins().fdemote(types::F32, v)
+                        } else {
+                            v
+                        }
+                    }
+                    Ty::Int => b.ins().load(types::I64, readonly, par_p, off),
+                    Ty::Bool => {
+                        let v = b.ins().load(types::I64, readonly, par_p, off);
+                        b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
+                    }
+                }
+            })
+            .collect();
+        // The error exit: record (code, node, dim, value) and return 1.
+        let err = b.create_block();
+        for _ in 0..4 {
+            b.append_block_param(err, types::I64);
+        }
+        let cur = b
+            .current_block()
+            .ok_or_else(|| internal("no entry block"))?;
+        b.switch_to_block(err);
+        let ps = b.block_params(err).to_vec();
+        for (k, v) in ps.iter().enumerate() {
+            b.ins().store(trusted, *v, err_p, (8 * k) as i32);
+        }
+        let one = b.ins().iconst(types::I64, 1);
+        b.ins().return_(&[one]);
+        b.switch_to_block(cur);
+        Ok(Gen {
+            p,
+            an: Analysis::new(p),
+            b,
+            module,
+            f32,
+            rt,
+            bufs,
+            ext,
+            params,
+            idx: vec![None; p.indices.len()],
+            scopes: vec![HashMap::new()],
+            binds: vec![None],
+            err,
+            funcs: HashMap::new(),
+            trusted,
+            readonly,
+        })
+    }
+
+    fn body(&mut self, s: &Schedule) -> Result<()> {
+        for st in &s.stages {
+            self.stage(st)?;
+        }
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().return_(&[zero]);
+        Ok(())
+    }
+
+    // ---- scopes and loops ----
+
+    fn lookup(&self, e: ExprId) -> Option<Value> {
+        let free = self.p.pool.free(e);
+        for (k, s) in self.scopes.iter().enumerate().rev() {
+            if let Some(v) = s.get(&e) {
+                return Some(*v);
+            }
+            // Below a scope that rebinds an index the node depends on, values are stale
+            // (a reduction over `i` inside a loop over `i`).
+            if let Some(i) = self.binds[k] {
+                if free.contains(&i) {
+                    return None;
+                }
+            }
+        }
+        None
+    }
+    fn remember(&mut self, e: ExprId, v: Value) {
+        if let Some(s) = self.scopes.last_mut() {
+            s.insert(e, v);
+        }
+    }
+    fn push(&mut self) {
+        self.scopes.push(HashMap::new());
+        self.binds.push(None);
+    }
+    fn pop(&mut self) {
+        self.scopes.pop();
+        self.binds.pop();
+    }
+    fn bound(&self) -> Vec<IndexId> {
+        (0..self.idx.len())
+            .filter(|k| self.idx[*k].is_some())
+            .map(|k| IndexId(k as u32))
+            .collect()
+    }
+
+    /// Emits the reductions worth computing here (see `Analysis::hoistable`).
+    fn hoist(&mut self, roots: &[ExprId], new: Option<IndexId>, deeper: bool) -> Result<()> {
+        let bound = self.bound();
+        for r in self.an.hoistable(roots, &bound, new, deeper) {
+            self.emit(r)?;
+        }
+        Ok(())
+    }
+
+    /// A counted loop over index `ix` (down from the top when `reverse`), do-while form.
+    fn for_each(
+        &mut self,
+        ix: IndexId,
+        reverse: bool,
+        f: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let n = self.ext[ix.ix()];
+        let var = self.b.declare_var(types::I64);
+        let start = if reverse {
+            self.b.ins().iadd_imm_s(n, -1)
+        } else {
+            self.b.ins().iconst(types::I64, 0)
+        };
+        self.b.def_var(var, start);
+        let body = self.b.create_block();
+        let exit = self.b.create_block();
+        let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
+        self.b.ins().brif(nonempty, body, &[], exit, &[]);
+        self.b.switch_to_block(body);
+        let k = self.b.use_var(var);
+        let saved = self.idx[ix.ix()].replace(k);
+        self.push();
+        if let Some(b) = self.binds.last_mut() {
+            *b = Some(ix);
+        }
+        let r = f(self);
+        self.pop();
+        self.idx[ix.ix()] = saved;
+        r?;
+        let k = self.b.use_var(var);
+        let (next, more) = if reverse {
+            let next = self.b.ins().iadd_imm_s(k, -1);
+            (
+                next,
+                self.b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, next, 0),
+            )
+        } else {
+            let next = self.b.ins().iadd_imm_s(k, 1);
+            (next, self.b.ins().icmp(IntCC::SignedLessThan, next, n))
+        };
+        self.b.def_var(var, next);
+        self.b.ins().brif(more, body, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// Nested loops over `loops` (row-major, or reverse row-major), hoisting reductions of
+    /// `roots` at each level, accumulating `carried` reductions (one list per level), with
+    /// `inner` at the innermost level.
+    fn nest(
+        &mut self,
+        loops: &[IndexId],
+        reverse: bool,
+        roots: &[ExprId],
+        carried: &[Vec<ExprId>],
+        inner: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let Some((&ix, rest)) = loops.split_first() else {
+            return inner(self);
+        };
+        let level_carried = carried.first().cloned().unwrap_or_default();
+        let deeper_carried = if carried.is_empty() {
+            carried
+        } else {
+            &carried[1..]
+        };
+        let mut accs = Vec::new();
+        for node in level_carried {
+            let Expr::Reduce(red, _, body) = self.p.pool.get(node).clone() else {
+                return Err(internal("carried node is not a reduction"));
+            };
+            let (ty, init) = match red {
+                Red::Sum | Red::Mean => (types::F64, self.b.ins().f64const(0.0)),
+                Red::Max => (self.rt, self.real_const(f64::NEG_INFINITY)),
+                Red::Min => (self.rt, self.real_const(f64::INFINITY)),
+                Red::LogSumExp => return Err(internal("logsumexp is not carried")),
+            };
+            let var = self.b.declare_var(ty);
+            self.b.def_var(var, init);
+            accs.push(Carried {
+                node,
+                red,
+                body,
+                var,
+            });
+        }
+        self.for_each(ix, reverse, &mut |g: &mut Self| {
+            g.hoist(roots, Some(ix), !rest.is_empty())?;
+            g.nest(rest, reverse, roots, deeper_carried, inner)?;
+            for c in &accs {
+                let v = g.emit(c.body)?;
+                let acc = g.b.use_var(c.var);
+                let nv = match c.red {
+                    Red::Sum | Red::Mean => {
+                        let v = g.to_f64(v);
+                        g.b.ins().fadd(acc, v)
+                    }
+                    Red::Max => g.b.ins().fmax(acc, v),
+                    _ => g.b.ins().fmin(acc, v),
+                };
+                g.b.def_var(c.var, nv);
+            }
+            Ok(())
+        })?;
+        for c in &accs {
+            let acc = self.b.use_var(c.var);
+            let v = match c.red {
+                Red::Sum => self.from_f64(acc),
+                Red::Mean => {
+                    let n = self.ext[self.reduce_index(c.node)?.ix()];
+                    let nf = self.b.ins().fcvt_from_sint(types::F64, n);
+                    let m = self.b.ins().fdiv(acc, nf);
+                    self.from_f64(m)
+                }
+                _ => acc,
+            };
+            self.remember(c.node, v);
+        }
+        Ok(())
+    }
+
+    fn reduce_index(&self, e: ExprId) -> Result<IndexId> {
+        match self.p.pool.get(e) {
+            Expr::Reduce(_, i, _) => Ok(*i),
+            _ => Err(internal("not a reduction")),
+        }
+    }
+
+    // ---- stages ----
+
+    fn stage(&mut self, st: &Stage) -> Result<()> {
+        match st {
+            Stage::Zero(t) => {
+                let dims = self.p.tensors[t.ix()].indices.clone();
+                let zero = self.real_const(0.0);
+                let slot = self.p.inputs.len() + t.ix();
+                let dims2 = dims.clone();
+                self.nest(&dims, false, &[], &[], &mut |g: &mut Self| {
+                    let off = g.row_major(&dims2)?;
+                    g.store(slot, Elem::Real, off, zero);
+                    Ok(())
+                })
+            }
+            Stage::Fill {
+                tensor,
+                indices,
+                body,
+                reverse,
+            } => {
+                let (slot, elem) = match tensor {
+                    Some(t) => (
+                        self.p.inputs.len() + t.ix(),
+                        Elem::of(self.p.tensors[t.ix()].ty),
+                    ),
+                    None => (
+                        self.p.inputs.len() + self.p.tensors.len(),
+                        Elem::of(self.p.output_ty()),
+                    ),
+                };
+                let body = *body;
+                self.hoist(&[body], None, !indices.is_empty())?;
+                let dims = indices.clone();
+                self.nest(indices, *reverse, &[body], &[], &mut |g: &mut Self| {
+                    let v = g.emit(body)?;
+                    let off = g.row_major(&dims)?;
+                    g.store(slot, elem, off, v);
+                    Ok(())
+                })
+            }
+            Stage::Scatter {
+                space,
+                reverse,
+                groups,
+            } => {
+                let roots: Vec<ExprId> = groups
+                    .iter()
+                    .flat_map(|g| g.runs.iter())
+                    .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
+                    .collect();
+                self.hoist(&roots, None, true)?;
+                self.nest(space, *reverse, &roots, &[], &mut |g: &mut Self| {
+                    for grp in groups {
+                        g.group(grp)?;
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    fn group(&mut self, grp: &Group) -> Result<()> {
+        let roots: Vec<ExprId> = grp
+            .runs
+            .iter()
+            .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
+            .collect();
+        self.nest(
+            &grp.extra,
+            false,
+            &roots,
+            &grp.carried,
+            &mut |g: &mut Self| {
+                for r in &grp.runs {
+                    g.run(r)?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Emits the nodes at least two terms of a run share and that are safe to compute
+    /// before their guards, so each is computed once.
+    fn shared(&mut self, r: &Run) -> Result<()> {
+        if r.terms.len() < 2 {
+            return Ok(());
+        }
+        let mut count = vec![0u32; self.p.pool.len()];
+        for t in &r.terms {
+            let seen = self.an.reach(&contribution_roots(t));
+            for (k, s) in seen.iter().enumerate() {
+                if *s {
+                    count[k] += 1;
+                }
+            }
+        }
+        for (k, c) in count.iter().enumerate() {
+            let e = ExprId(k as u32);
+            if *c >= 2 && self.an.safe(e) && !self.p.pool.get(e).is_leaf() {
+                let free = self.p.pool.free(e);
+                if free.iter().all(|f| self.idx[f.ix()].is_some()) {
+                    self.emit(e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, r: &Run) -> Result<()> {
+        let slot = self.p.inputs.len() + r.target.ix();
+        let index_safe = r.index.iter().all(|e| self.an.safe(*e));
+        if !index_safe {
+            // Interpreter order for each term: guards, then the index, then the value.
+            for t in &r.terms {
+                let single = Run {
+                    target: r.target,
+                    index: t.index.clone(),
+                    direct: false,
+                    terms: vec![t.clone()],
+                };
+                self.push();
+                let done = self.b.create_block();
+                self.guards(&t.guards, done)?;
+                let off = self.target_offset(&single, done)?;
+                let v = self.emit(t.value)?;
+                self.accumulate(slot, off, v);
+                self.b.ins().jump(done, &[]);
+                self.b.switch_to_block(done);
+                self.pop();
+            }
+            return Ok(());
+        }
+        self.push();
+        self.shared(r)?;
+        let done = self.b.create_block();
+        let off = self.target_offset(r, done)?;
+        let mut acc: Option<Value> = None;
+        for t in &r.terms {
+            self.push();
+            let skip = self.b.create_block();
+            let join = self.b.create_block();
+            self.b.append_block_param(join, self.rt);
+            let before = match acc {
+                Some(a) => a,
+                None => self.real_const(0.0),
+            };
+            self.guards_to(&t.guards, skip)?;
+            let v = self.emit(t.value)?;
+            let sum = match acc {
+                Some(a) => self.b.ins().fadd(a, v),
+                None => v,
+            };
+            self.b.ins().jump(join, &[BlockArg::Value(sum)]);
+            self.b.switch_to_block(skip);
+            self.b.ins().jump(join, &[BlockArg::Value(before)]);
+            self.b.switch_to_block(join);
+            self.pop();
+            acc = Some(self.b.block_params(join)[0]);
+        }
+        let v = match acc {
+            Some(a) => a,
+            None => self.real_const(0.0),
+        };
+        if r.direct {
+            self.store(slot, Elem::Real, off, v);
+        } else {
+            self.accumulate(slot, off, v);
+        }
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        self.pop();
+        Ok(())
+    }
+
+    /// Branches to `skip` unless every guard holds (evaluated in order, lazily).
+    fn guards_to(&mut self, guards: &[ExprId], skip: Block) -> Result<()> {
+        for g in guards {
+            let c = self.emit(*g)?;
+            let next = self.b.create_block();
+            self.b.ins().brif(c, next, &[], skip, &[]);
+            self.b.switch_to_block(next);
+        }
+        Ok(())
+    }
+
+    fn guards(&mut self, guards: &[ExprId], skip: Block) -> Result<()> {
+        self.guards_to(guards, skip)
+    }
+
+    /// The target cell's offset; branches to `skip` when the index is out of the table
+    /// (where the forward pass read a pad, which has no gradient).
+    fn target_offset(&mut self, r: &Run, skip: Block) -> Result<Value> {
+        let dims = self.p.tensors[r.target.ix()].indices.clone();
+        let mut off = self.b.ins().iconst(types::I64, 0);
+        for (a, d) in r.index.iter().zip(&dims) {
+            let v = self.emit(*a)?;
+            let n = self.ext[d.ix()];
+            if !matches!(self.p.pool.get(*a), Expr::Index(i) if i == d) {
+                let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+                let next = self.b.create_block();
+                self.b.ins().brif(bad, skip, &[], next, &[]);
+                self.b.switch_to_block(next);
+            }
+            let m = self.b.ins().imul(off, n);
+            off = self.b.ins().iadd(m, v);
+        }
+        Ok(off)
+    }
+
+    // ---- memory ----
+
+    fn row_major(&mut self, dims: &[IndexId]) -> Result<Value> {
+        let mut off = self.b.ins().iconst(types::I64, 0);
+        for d in dims {
+            let v = self.idx[d.ix()].ok_or_else(|| internal("index not bound"))?;
+            let m = self.b.ins().imul(off, self.ext[d.ix()]);
+            off = self.b.ins().iadd(m, v);
+        }
+        Ok(off)
+    }
+
+    fn elem_type(&self, e: Elem) -> Type {
+        match e {
+            Elem::Real => self.rt,
+            Elem::Int => types::I64,
+            Elem::Bool => types::I8,
+        }
+    }
+
+    fn addr(&mut self, slot: usize, elem: Elem, off: Value) -> Value {
+        let size = elem.size(self.f32) as i64;
+        let bytes = if size == 1 {
+            off
+        } else {
+            self.b.ins().imul_imm_s(off, size)
+        };
+        self.b.ins().iadd(self.bufs[slot], bytes)
+    }
+
+    fn store(&mut self, slot: usize, elem: Elem, off: Value, v: Value) {
+        let a = self.addr(slot, elem, off);
+        self.b.ins().store(self.trusted, v, a, 0);
+    }
+
+    fn accumulate(&mut self, slot: usize, off: Value, v: Value) {
+        let a = self.addr(slot, Elem::Real, off);
+        let old = self.b.ins().load(self.rt, self.trusted, a, 0);
+        let new = self.b.ins().fadd(old, v);
+        self.b.ins().store(self.trusted, new, a, 0);
+    }
+
+    fn fail(&mut self, code: i64, node: ExprId, dim: usize, value: Value) {
+        let c = self.b.ins().iconst(types::I64, code);
+        let n = self.b.ins().iconst(types::I64, node.0 as i64);
+        let d = self.b.ins().iconst(types::I64, dim as i64);
+        let args = [
+            BlockArg::Value(c),
+            BlockArg::Value(n),
+            BlockArg::Value(d),
+            BlockArg::Value(value),
+        ];
+        self.b.ins().jump(self.err, &args);
+    }
+
+    /// Branches to the error exit when `bad` holds.
+    fn check(&mut self, bad: Value, code: i64, node: ExprId, dim: usize, value: Value) {
+        let fail = self.b.create_block();
+        let ok = self.b.create_block();
+        self.b.ins().brif(bad, fail, &[], ok, &[]);
+        self.b.switch_to_block(fail);
+        self.fail(code, node, dim, value);
+        self.b.switch_to_block(ok);
+    }
+
+    /// A load of an input or tensor: checked indices (or the pad at constant offsets).
+    fn load(&mut self, e: ExprId) -> Result<Value> {
+        let p = self.p;
+        let (slot, elem, dims, args, pad, readonly) = match p.pool.get(e) {
+            Expr::Input(i, args) => (
+                i.ix(),
+                Elem::of(p.inputs[i.ix()].ty),
+                &p.inputs[i.ix()].dims,
+                args,
+                None,
+                true,
+            ),
+            Expr::Tensor(t, args) => {
+                let tn = &p.tensors[t.ix()];
+                (
+                    p.inputs.len() + t.ix(),
+                    Elem::of(tn.ty),
+                    &tn.indices,
+                    args,
+                    tn.pad,
+                    !tn.recurrent && !tn.accumulated,
+                )
+            }
+            _ => return Err(internal("not a load")),
+        };
+        let mut off = self.b.ins().iconst(types::I64, 0);
+        let mut inside: Option<Value> = None;
+        for (k, (a, d)) in args.iter().zip(dims).enumerate() {
+            let v = self.emit(*a)?;
+            let n = self.ext[d.ix()];
+            let trivially = matches!(p.pool.get(*a), Expr::Index(i) if i == d);
+            if !trivially {
+                let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+                if pad.is_some() && is_offset(p, *a) {
+                    let ok = self.b.ins().bxor_imm_s(bad, 1);
+                    inside = Some(match inside {
+                        Some(x) => self.b.ins().band(x, ok),
+                        None => ok,
+                    });
+                } else {
+                    self.check(bad, ERR_RANGE, e, k, v);
+                }
+            }
+            let m = self.b.ins().imul(off, n);
+            off = self.b.ins().iadd(m, v);
+        }
+        let flags = if readonly {
+            self.readonly
+        } else {
+            self.trusted
+        };
+        let ty = self.elem_type(elem);
+        match (inside, pad) {
+            (Some(ok), Some(pad)) => {
+                // Branch-free: read cell 0 when outside (always valid: the read is only
+                // emitted when... see below) and select the pad.
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let safe_off = self.b.ins().select(ok, off, zero);
+                let pad_v = self.emit(pad)?;
+                let cells = self.row_count(dims);
+                // An empty table has no cell 0: take the pad without reading.
+                let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, cells, 0);
+                let read = self.b.create_block();
+                let join = self.b.create_block();
+                self.b.append_block_param(join, ty);
+                self.b
+                    .ins()
+                    .brif(nonempty, read, &[], join, &[BlockArg::Value(pad_v)]);
+                self.b.switch_to_block(read);
+                let a = self.addr(slot, elem, safe_off);
+                let v = self.b.ins().load(ty, flags, a, 0);
+                let r = self.b.ins().select(ok, v, pad_v);
+                self.b.ins().jump(join, &[BlockArg::Value(r)]);
+                self.b.switch_to_block(join);
+                Ok(self.b.block_params(join)[0])
+            }
+            _ => {
+                let a = self.addr(slot, elem, off);
+                Ok(self.b.ins().load(ty, flags, a, 0))
+            }
+        }
+    }
+
+    fn row_count(&mut self, dims: &[IndexId]) -> Value {
+        let mut n = self.b.ins().iconst(types::I64, 1);
+        for d in dims {
+            n = self.b.ins().imul(n, self.ext[d.ix()]);
+        }
+        n
+    }
+
+    // ---- expressions ----
+
+    fn real_const(&mut self, v: f64) -> Value {
+        if self.f32 {
+            self.b.ins().f32const(v as f32)
+        } else {
+            self.b.ins().f64const(v)
+        }
+    }
+    fn to_f64(&mut self, v: Value) -> Value {
+        if self.f32 {
+            self.b.ins().fpromote(types::F64, v)
+        } else {
+            v
+        }
+    }
+    fn from_f64(&mut self, v: Value) -> Value {
+        if self.f32 {
+            self.b.ins().fdemote(types::F32, v)
+        } else {
+            v
+        }
+    }
+    fn to_real(&mut self, v: Value, ty: Ty) -> Value {
+        match ty {
+            Ty::Real => v,
+            Ty::Int => self.b.ins().fcvt_from_sint(self.rt, v),
+            Ty::Bool => {
+                let w = self.b.ins().uextend(types::I32, v);
+                self.b.ins().fcvt_from_sint(self.rt, w)
+            }
+        }
+    }
+
+    /// A node is cheap and safe enough to evaluate on both sides of a select.
+    fn cheap(&self, e: ExprId, budget: &mut i32) -> bool {
+        if self.lookup(e).is_some() {
+            return true;
+        }
+        *budget -= 1;
+        if *budget < 0 || !self.an.safe(e) {
+            return false;
+        }
+        let ok = match self.p.pool.get(e) {
+            Expr::Reduce(..) | Expr::Select(..) => false,
+            Expr::Binary(Bin::Pow | Bin::And | Bin::Or, _, _) => false,
+            Expr::Call(f, _) => matches!(
+                f,
+                Func::Abs | Func::Min | Func::Max | Func::Clamp | Func::Floor | Func::Ceil
+            ),
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+        let mut all = true;
+        self.p.pool.get(e).for_each_child(|c| {
+            if all && !self.cheap(c, budget) {
+                all = false
+            }
+        });
+        all
+    }
+
+    fn emit(&mut self, e: ExprId) -> Result<Value> {
+        if let Some(v) = self.lookup(e) {
+            return Ok(v);
+        }
+        let v = self.emit_uncached(e)?;
+        self.remember(e, v);
+        Ok(v)
+    }
+
+    fn emit_uncached(&mut self, e: ExprId) -> Result<Value> {
+        let p = self.p;
+        let ty = p.pool.ty(e);
+        Ok(match p.pool.get(e).clone() {
+            Expr::Real(bits) => self.real_const(f64::from_bits(bits)),
+            Expr::Int(v) => self.b.ins().iconst(types::I64, v),
+            Expr::Bool(v) => self.b.ins().iconst(types::I8, v as i64),
+            Expr::Index(i) => self.idx[i.ix()]
+                .ok_or_else(|| internal(format!("index `{}` not bound", p.index_label(i))))?,
+            Expr::Extent(i) => self.ext[i.ix()],
+            Expr::Param(q) => self.params[q.ix()],
+            Expr::Input(..) | Expr::Tensor(..) => self.load(e)?,
+            Expr::StopGrad(a) => self.emit(a)?,
+            Expr::Unary(op, a) => {
+                let aty = p.pool.ty(a);
+                let x = self.emit(a)?;
+                match (op, aty) {
+                    (Un::Neg, Ty::Real) => self.b.ins().fneg(x),
+                    (Un::Neg, _) => self.b.ins().ineg(x),
+                    (Un::Not, Ty::Bool) => self.b.ins().bxor_imm_s(x, 1),
+                    (Un::Not, Ty::Int) => self.b.ins().icmp_imm_s(IntCC::Equal, x, 0),
+                    (Un::Not, Ty::Real) => {
+                        let z = self.real_const(0.0);
+                        self.b.ins().fcmp(FloatCC::Equal, x, z)
+                    }
+                    (Un::ToReal, t) => self.to_real(x, t),
+                    (Un::ToInt, Ty::Real) => self.b.ins().fcvt_to_sint_sat(types::I64, x),
+                    (Un::ToInt, Ty::Bool) => self.b.ins().uextend(types::I64, x),
+                    (Un::ToInt, Ty::Int) => x,
+                }
+            }
+            Expr::Binary(op, a, b) => self.binary(e, op, a, b)?,
+            Expr::Select(c, a, b) => {
+                let cv = self.emit(c)?;
+                let mut budget = 12;
+                if self.cheap(a, &mut budget) && self.cheap(b, &mut budget) {
+                    let x = self.emit(a)?;
+                    let y = self.emit(b)?;
+                    self.b.ins().select(cv, x, y)
+                } else {
+                    let vt = self.value_type(ty);
+                    self.branch(cv, vt, a, b)?
+                }
+            }
+            Expr::Call(f, args) => self.call(e, f, &args, ty)?,
+            Expr::Reduce(red, i, body) => self.reduce(e, red, i, body, ty)?,
+        })
+    }
+
+    fn value_type(&self, ty: Ty) -> Type {
+        match ty {
+            Ty::Real => self.rt,
+            Ty::Int => types::I64,
+            Ty::Bool => types::I8,
+        }
+    }
+
+    /// `if c { a } else { b }` with branches; each side in its own scope.
+    fn branch(&mut self, c: Value, vt: Type, a: ExprId, b: ExprId) -> Result<Value> {
+        let then_b = self.b.create_block();
+        let else_b = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.append_block_param(join, vt);
+        self.b.ins().brif(c, then_b, &[], else_b, &[]);
+        for (blk, side) in [(then_b, a), (else_b, b)] {
+            self.b.switch_to_block(blk);
+            self.push();
+            let v = self.emit(side);
+            self.pop();
+            let v = v?;
+            self.b.ins().jump(join, &[BlockArg::Value(v)]);
+        }
+        self.b.switch_to_block(join);
+        Ok(self.b.block_params(join)[0])
+    }
+
+    fn binary(&mut self, e: ExprId, op: Bin, a: ExprId, b: ExprId) -> Result<Value> {
+        let p = self.p;
+        let (ta, tb) = (p.pool.ty(a), p.pool.ty(b));
+        if matches!(op, Bin::And | Bin::Or) {
+            let x = self.emit(a)?;
+            let mut budget = 12;
+            if self.cheap(b, &mut budget) {
+                let y = self.emit(b)?;
+                return Ok(if op == Bin::And {
+                    self.b.ins().band(x, y)
+                } else {
+                    self.b.ins().bor(x, y)
+                });
+            }
+            let t = self.b.ins().iconst(types::I8, 1);
+            let f = self.b.ins().iconst(types::I8, 0);
+            let then_b = self.b.create_block();
+            let join = self.b.create_block();
+            self.b.append_block_param(join, types::I8);
+            if op == Bin::And {
+                self.b
+                    .ins()
+                    .brif(x, then_b, &[], join, &[BlockArg::Value(f)]);
+            } else {
+                self.b
+                    .ins()
+                    .brif(x, join, &[BlockArg::Value(t)], then_b, &[]);
+            }
+            self.b.switch_to_block(then_b);
+            self.push();
+            let y = self.emit(b);
+            self.pop();
+            let y = y?;
+            self.b.ins().jump(join, &[BlockArg::Value(y)]);
+            self.b.switch_to_block(join);
+            return Ok(self.b.block_params(join)[0]);
+        }
+        // A real base with an int exponent: small constants multiply out (as powi does).
+        if op == Bin::Pow && ta == Ty::Real && tb == Ty::Int {
+            let x = self.emit(a)?;
+            if let Expr::Int(k) = p.pool.get(b) {
+                if (0..=4).contains(k) {
+                    let mut r = self.real_const(1.0);
+                    for i in 0..*k {
+                        r = if i == 0 { x } else { self.b.ins().fmul(r, x) };
+                    }
+                    return Ok(r);
+                }
+            }
+            let n = self.emit(b)?;
+            let xd = self.to_f64(x);
+            let r = self.host("lossc_powi", &[xd, n], types::F64)?;
+            return Ok(self.from_f64(r));
+        }
+        let x = self.emit(a)?;
+        let y = self.emit(b)?;
+        if ta == Ty::Int && tb == Ty::Int {
+            return self.int_binary(e, op, x, y);
+        }
+        if ta == Ty::Bool && tb == Ty::Bool {
+            let cc = if op == Bin::Eq {
+                IntCC::Equal
+            } else {
+                IntCC::NotEqual
+            };
+            return Ok(self.b.ins().icmp(cc, x, y));
+        }
+        let x = self.to_real(x, ta);
+        let y = self.to_real(y, tb);
+        let ins = self.b.ins();
+        Ok(match op {
+            Bin::Add => ins.fadd(x, y),
+            Bin::Sub => ins.fsub(x, y),
+            Bin::Mul => ins.fmul(x, y),
+            Bin::Div => ins.fdiv(x, y),
+            Bin::Rem => {
+                let q = ins.fdiv(x, y);
+                let f = self.b.ins().floor(q);
+                let m = self.b.ins().fmul(y, f);
+                self.b.ins().fsub(x, m)
+            }
+            Bin::Pow => {
+                let xd = self.to_f64(x);
+                let yd = self.to_f64(y);
+                let r = self.host("lossc_pow", &[xd, yd], types::F64)?;
+                self.from_f64(r)
+            }
+            Bin::Eq => ins.fcmp(FloatCC::Equal, x, y),
+            Bin::Ne => ins.fcmp(FloatCC::NotEqual, x, y),
+            Bin::Lt => ins.fcmp(FloatCC::LessThan, x, y),
+            Bin::Le => ins.fcmp(FloatCC::LessThanOrEqual, x, y),
+            Bin::Gt => ins.fcmp(FloatCC::GreaterThan, x, y),
+            Bin::Ge => ins.fcmp(FloatCC::GreaterThanOrEqual, x, y),
+            Bin::And | Bin::Or => return Err(internal("lazy operator")),
+        })
+    }
+
+    fn int_binary(&mut self, e: ExprId, op: Bin, x: Value, y: Value) -> Result<Value> {
+        Ok(match op {
+            Bin::Add => self.b.ins().iadd(x, y),
+            Bin::Sub => self.b.ins().isub(x, y),
+            Bin::Mul => self.b.ins().imul(x, y),
+            Bin::Div | Bin::Rem => {
+                let zero = self.b.ins().icmp_imm_s(IntCC::Equal, y, 0);
+                self.check(zero, ERR_DIV_ZERO, e, 0, y);
+                // i64::MIN / -1 would trap: divide by 1 and negate instead (wrapping).
+                let m1 = self.b.ins().icmp_imm_s(IntCC::Equal, y, -1);
+                let one = self.b.ins().iconst(types::I64, 1);
+                let d = self.b.ins().select(m1, one, y);
+                let q0 = self.b.ins().sdiv(x, d);
+                let neg = self.b.ins().ineg(x);
+                let q = self.b.ins().select(m1, neg, q0);
+                let r = self.b.ins().imul(q, y);
+                let r = self.b.ins().isub(x, r);
+                // Floor semantics: adjust when the remainder is nonzero and signs differ.
+                let rz = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+                let sx = self.b.ins().bxor(r, y);
+                let diff = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, sx, 0);
+                let adj = self.b.ins().band(rz, diff);
+                if op == Bin::Div {
+                    let q1 = self.b.ins().iadd_imm_s(q, -1);
+                    self.b.ins().select(adj, q1, q)
+                } else {
+                    let r1 = self.b.ins().iadd(r, y);
+                    self.b.ins().select(adj, r1, r)
+                }
+            }
+            Bin::Pow => {
+                let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, y, 0);
+                self.check(neg, ERR_NEG_POW, e, 0, y);
+                self.host("lossc_ipow", &[x, y], types::I64)?
+            }
+            Bin::Eq => self.b.ins().icmp(IntCC::Equal, x, y),
+            Bin::Ne => self.b.ins().icmp(IntCC::NotEqual, x, y),
+            Bin::Lt => self.b.ins().icmp(IntCC::SignedLessThan, x, y),
+            Bin::Le => self.b.ins().icmp(IntCC::SignedLessThanOrEqual, x, y),
+            Bin::Gt => self.b.ins().icmp(IntCC::SignedGreaterThan, x, y),
+            Bin::Ge => self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, x, y),
+            Bin::And | Bin::Or => return Err(internal("lazy operator")),
+        })
+    }
+
+    /// Calls a host function (imported by name).
+    fn host(&mut self, name: &'static str, args: &[Value], ret: Type) -> Result<Value> {
+        let fr = match self.funcs.get(name) {
+            Some(f) => *f,
+            None => {
+                let mut sig = self.module.make_signature();
+                for a in args {
+                    let t = self.b.func.dfg.value_type(*a);
+                    sig.params.push(AbiParam::new(t));
+                }
+                sig.returns.push(AbiParam::new(ret));
+                let id = self
+                    .module
+                    .declare_function(name, Linkage::Import, &sig)
+                    .map_err(|e| internal(e.to_string()))?;
+                let fr = self.module.declare_func_in_func(id, self.b.func);
+                self.funcs.insert(name, fr);
+                fr
+            }
+        };
+        let call = self.b.ins().call(fr, args);
+        Ok(self.b.inst_results(call)[0])
+    }
+
+    /// An elementary function of a real.
+    fn math(&mut self, f: Func, x: Value) -> Result<Value> {
+        let name = host::name(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
+        let xd = self.to_f64(x);
+        let r = self.host(name, &[xd], types::F64)?;
+        Ok(self.from_f64(r))
+    }
+
+    fn call(&mut self, e: ExprId, f: Func, args: &[ExprId], ty: Ty) -> Result<Value> {
+        let mut v = Vec::with_capacity(args.len());
+        for a in args {
+            let x = self.emit(*a)?;
+            let t = self.p.pool.ty(*a);
+            v.push(
+                if ty == Ty::Real || matches!(f, Func::IsNan | Func::IsInf) {
+                    self.to_real(x, t)
+                } else {
+                    x
+                },
+            );
+        }
+        let _ = e;
+        if ty == Ty::Int {
+            return Ok(match f {
+                Func::Min => v.iter().skip(1).fold(v[0], |a, b| self.b.ins().smin(a, *b)),
+                Func::Max => v.iter().skip(1).fold(v[0], |a, b| self.b.ins().smax(a, *b)),
+                Func::Clamp => {
+                    let lo = self.b.ins().smax(v[0], v[1]);
+                    self.b.ins().smin(lo, v[2])
+                }
+                Func::Abs => self.b.ins().iabs(v[0]),
+                Func::Sign => {
+                    let pos = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, v[0], 0);
+                    let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, v[0], 0);
+                    let p = self.b.ins().uextend(types::I64, pos);
+                    let n = self.b.ins().uextend(types::I64, neg);
+                    self.b.ins().isub(p, n)
+                }
+                _ => v[0],
+            });
+        }
+        let x = *v
+            .first()
+            .ok_or_else(|| internal("call without arguments"))?;
+        Ok(match f {
+            Func::IsNan => self.b.ins().fcmp(FloatCC::Unordered, x, x),
+            Func::IsInf => {
+                let a = self.b.ins().fabs(x);
+                let inf = self.real_const(f64::INFINITY);
+                self.b.ins().fcmp(FloatCC::Equal, a, inf)
+            }
+            Func::Sqrt => self.b.ins().sqrt(x),
+            Func::Abs => self.b.ins().fabs(x),
+            Func::Floor => self.b.ins().floor(x),
+            Func::Ceil => self.b.ins().ceil(x),
+            Func::Sign => {
+                let z = self.real_const(0.0);
+                let one = self.real_const(1.0);
+                let m1 = self.real_const(-1.0);
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                let neg = self.b.ins().fcmp(FloatCC::LessThan, x, z);
+                let s = self.b.ins().select(neg, m1, x);
+                self.b.ins().select(pos, one, s)
+            }
+            Func::Min => v.iter().skip(1).fold(x, |a, b| self.b.ins().fmin(a, *b)),
+            Func::Max => v.iter().skip(1).fold(x, |a, b| self.b.ins().fmax(a, *b)),
+            Func::Clamp => {
+                let lo = self.b.ins().fmax(x, v[1]);
+                self.b.ins().fmin(lo, v[2])
+            }
+            Func::Sigmoid => self.sigmoid(x)?,
+            Func::Softplus => self.softplus(x)?,
+            Func::LogSigmoid => {
+                let n = self.b.ins().fneg(x);
+                let s = self.softplus(n)?;
+                self.b.ins().fneg(s)
+            }
+            Func::LogSumExp => self.logsumexp_of(&v)?,
+            Func::Xlogy => {
+                let y = v[1];
+                let l = self.math(Func::Log, y)?;
+                let prod = self.b.ins().fmul(x, l);
+                let z = self.real_const(0.0);
+                let xz = self.b.ins().fcmp(FloatCC::Equal, x, z);
+                let yok = self.b.ins().fcmp(FloatCC::Ordered, y, y);
+                let both = self.b.ins().band(xz, yok);
+                self.b.ins().select(both, z, prod)
+            }
+            Func::Exp
+            | Func::Log
+            | Func::Log1p
+            | Func::Expm1
+            | Func::Tanh
+            | Func::Sin
+            | Func::Cos
+            | Func::Atan
+            | Func::Acos => self.math(f, x)?,
+        })
+    }
+
+    /// 1 / (1 + e^-|x|), mirrored for negative x (no overflow, no cancellation).
+    fn sigmoid(&mut self, x: Value) -> Result<Value> {
+        let a = self.b.ins().fabs(x);
+        let na = self.b.ins().fneg(a);
+        let e = self.math(Func::Exp, na)?;
+        let one = self.real_const(1.0);
+        let d = self.b.ins().fadd(one, e);
+        let r = self.b.ins().fdiv(one, d);
+        let l = self.b.ins().fdiv(e, d);
+        let z = self.real_const(0.0);
+        let pos = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, z);
+        Ok(self.b.ins().select(pos, r, l))
+    }
+
+    /// max(x, 0) + log1p(e^-|x|).
+    fn softplus(&mut self, x: Value) -> Result<Value> {
+        let z = self.real_const(0.0);
+        let m = self.b.ins().fmax(x, z);
+        let a = self.b.ins().fabs(x);
+        let na = self.b.ins().fneg(a);
+        let e = self.math(Func::Exp, na)?;
+        let l = self.math(Func::Log1p, e)?;
+        Ok(self.b.ins().fadd(m, l))
+    }
+
+    /// logsumexp of a few values: m + log(sum e^(v - m)), or m when m is not finite.
+    fn logsumexp_of(&mut self, v: &[Value]) -> Result<Value> {
+        let m = v.iter().skip(1).fold(v[0], |a, b| self.b.ins().fmax(a, *b));
+        let mut s: Option<Value> = None;
+        for x in v {
+            let d = self.b.ins().fsub(*x, m);
+            let t = self.math(Func::Exp, d)?;
+            s = Some(match s {
+                Some(a) => self.b.ins().fadd(a, t),
+                None => t,
+            });
+        }
+        let s = s.ok_or_else(|| internal("empty logsumexp"))?;
+        let l = self.math(Func::Log, s)?;
+        let r = self.b.ins().fadd(m, l);
+        let inf = self.real_const(f64::INFINITY);
+        let am = self.b.ins().fabs(m);
+        let finite = self.b.ins().fcmp(FloatCC::LessThan, am, inf);
+        Ok(self.b.ins().select(finite, r, m))
+    }
+
+    fn reduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId, ty: Ty) -> Result<Value> {
+        // Reductions in the body that do not depend on `i` are computed once, before the loop.
+        self.hoist(&[body], None, true)?;
+        let n = self.ext[i.ix()];
+        if ty == Ty::Int {
+            let (init, empty_err) = match red {
+                Red::Max => (i64::MIN, true),
+                Red::Min => (i64::MAX, true),
+                _ => (0, false),
+            };
+            if empty_err {
+                let empty = self.b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, n, 0);
+                self.check(empty, ERR_EMPTY, e, 0, n);
+            }
+            let var = self.b.declare_var(types::I64);
+            let init = self.b.ins().iconst(types::I64, init);
+            self.b.def_var(var, init);
+            self.for_each(i, false, &mut |g: &mut Self| {
+                let v = g.emit(body)?;
+                let a = g.b.use_var(var);
+                let r = match red {
+                    Red::Max => g.b.ins().smax(a, v),
+                    Red::Min => g.b.ins().smin(a, v),
+                    _ => g.b.ins().iadd(a, v),
+                };
+                g.b.def_var(var, r);
+                Ok(())
+            })?;
+            return Ok(self.b.use_var(var));
+        }
+        match red {
+            Red::Sum | Red::Mean => {
+                let var = self.b.declare_var(types::F64);
+                let z = self.b.ins().f64const(0.0);
+                self.b.def_var(var, z);
+                self.for_each(i, false, &mut |g: &mut Self| {
+                    let v = g.emit(body)?;
+                    let v = g.to_f64(v);
+                    let a = g.b.use_var(var);
+                    let r = g.b.ins().fadd(a, v);
+                    g.b.def_var(var, r);
+                    Ok(())
+                })?;
+                let s = self.b.use_var(var);
+                let s = if red == Red::Mean {
+                    let nf = self.b.ins().fcvt_from_sint(types::F64, n);
+                    self.b.ins().fdiv(s, nf)
+                } else {
+                    s
+                };
+                Ok(self.from_f64(s))
+            }
+            Red::Max | Red::Min => {
+                let var = self.b.declare_var(self.rt);
+                let init = self.real_const(if red == Red::Max {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::INFINITY
+                });
+                self.b.def_var(var, init);
+                self.for_each(i, false, &mut |g: &mut Self| {
+                    let v = g.emit(body)?;
+                    let a = g.b.use_var(var);
+                    let r = if red == Red::Max {
+                        g.b.ins().fmax(a, v)
+                    } else {
+                        g.b.ins().fmin(a, v)
+                    };
+                    g.b.def_var(var, r);
+                    Ok(())
+                })?;
+                Ok(self.b.use_var(var))
+            }
+            Red::LogSumExp => {
+                // Two passes: the maximum, then the sum of e^(v - max) in f64.
+                let mv = self.b.declare_var(self.rt);
+                let init = self.real_const(f64::NEG_INFINITY);
+                self.b.def_var(mv, init);
+                self.for_each(i, false, &mut |g: &mut Self| {
+                    let v = g.emit(body)?;
+                    let a = g.b.use_var(mv);
+                    let r = g.b.ins().fmax(a, v);
+                    g.b.def_var(mv, r);
+                    Ok(())
+                })?;
+                let m = self.b.use_var(mv);
+                let sv = self.b.declare_var(types::F64);
+                let z = self.b.ins().f64const(0.0);
+                self.b.def_var(sv, z);
+                self.for_each(i, false, &mut |g: &mut Self| {
+                    let v = g.emit(body)?;
+                    let d = g.b.ins().fsub(v, m);
+                    let t = g.math(Func::Exp, d)?;
+                    let t = g.to_f64(t);
+                    let a = g.b.use_var(sv);
+                    let r = g.b.ins().fadd(a, t);
+                    g.b.def_var(sv, r);
+                    Ok(())
+                })?;
+                let s = self.b.use_var(sv);
+                let s = self.from_f64(s);
+                let l = self.math(Func::Log, s)?;
+                let r = self.b.ins().fadd(m, l);
+                let inf = self.real_const(f64::INFINITY);
+                let am = self.b.ins().fabs(m);
+                let finite = self.b.ins().fcmp(FloatCC::LessThan, am, inf);
+                Ok(self.b.ins().select(finite, r, m))
+            }
+        }
+    }
+}
+
+/// Unused by the emitter, kept for the host: the tensor slot of a gradient.
+pub fn tensor_slot(p: &Program, t: TensorId) -> usize {
+    p.inputs.len() + t.ix()
+}

@@ -1,0 +1,410 @@
+//! Scheduling: a checked (and possibly differentiated) IR program -> the loop nests a compiled
+//! backend emits, in order.
+//!
+//! [`schedule`] owns the decisions about *where* work happens, not how it is emitted:
+//! - tensor definitions are filled in definition order (reverse row-major for backward
+//!   recurrences), then the output, then the backward passes, as the interpreter does;
+//! - an accumulated tensor that exactly one group of contributions writes once per cell, at its
+//!   own indices, is *written directly* (no zero fill, no read-modify-write);
+//! - contributions of a pass that loop over the same extra indices share one loop nest, and
+//!   consecutive contributions to the same cell are summed in a register first;
+//! - a scalar output whose reductions run over the same indices as the first backward pass (the
+//!   mean of a pointwise loss and its gradient) is *fused* with it: the reductions are
+//!   accumulated in that pass's loops ("carried") and the output is computed after it, so value
+//!   and gradient take one pass over the data.
+//!
+//! Loop-invariant reductions are hoisted by the emitter (see [`Analysis::hoistable`]), which
+//! needs the facts computed here: which nodes are safe to evaluate speculatively and which
+//! nodes an expression reaches.
+
+use crate::ir::{Bin, Contribution, Expr, ExprId, IndexId, Program, TensorId, Ty};
+
+/// One unit of work, in execution order.
+#[derive(Clone, Debug)]
+pub enum Stage {
+    /// Set every cell of an accumulated tensor to zero.
+    Zero(TensorId),
+    /// Fill a tensor (`Some`) or the output (`None`) cell by cell, row-major (reverse row-major
+    /// when `reverse`).
+    Fill {
+        tensor: Option<TensorId>,
+        indices: Vec<IndexId>,
+        body: ExprId,
+        reverse: bool,
+    },
+    /// A backward pass over `space`; at each cell, each group runs its contributions.
+    Scatter {
+        space: Vec<IndexId>,
+        reverse: bool,
+        groups: Vec<Group>,
+    },
+}
+
+/// Contributions that loop over the same extra indices.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub extra: Vec<IndexId>,
+    /// runs of consecutive contributions to the same cell (summed in a register, stored once)
+    pub runs: Vec<Run>,
+    /// for each loop of `extra`: reductions over that loop's index accumulated while it runs
+    pub carried: Vec<Vec<ExprId>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub target: TensorId,
+    pub index: Vec<ExprId>,
+    /// store instead of accumulate: this run is the only writer and visits each cell once
+    pub direct: bool,
+    pub terms: Vec<Contribution>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub stages: Vec<Stage>,
+}
+
+/// Facts about a program's expression DAG.
+pub struct Analysis<'a> {
+    p: &'a Program,
+    safe: Vec<bool>,
+}
+
+impl<'a> Analysis<'a> {
+    pub fn new(p: &'a Program) -> Analysis<'a> {
+        // Children have smaller ids than parents, so one forward sweep computes `safe`.
+        let n = p.pool.len();
+        let mut safe = vec![true; n];
+        for k in 0..n {
+            let e = ExprId(k as u32);
+            let mut ok = match p.pool.get(e) {
+                Expr::Input(i, args) => {
+                    let dims = &p.inputs[i.ix()].dims;
+                    args.iter().zip(dims).all(|(a, d)| in_range(p, *a, *d))
+                }
+                Expr::Tensor(t, args) => {
+                    let tn = &p.tensors[t.ix()];
+                    // A recurrence's own cells may not be filled yet; adjoints are being summed.
+                    !tn.recurrent
+                        && !tn.accumulated
+                        && args
+                            .iter()
+                            .zip(&tn.indices)
+                            .all(|(a, d)| in_range(p, *a, *d))
+                }
+                Expr::Binary(Bin::Div | Bin::Rem, _, b) if p.pool.ty(e) == Ty::Int => {
+                    matches!(p.pool.get(*b), Expr::Int(v) if *v != 0)
+                }
+                Expr::Binary(Bin::Pow, _, b) if p.pool.ty(*b) == Ty::Int => {
+                    p.pool.ty(e) == Ty::Real || matches!(p.pool.get(*b), Expr::Int(v) if *v >= 0)
+                }
+                // an int max or min over an empty range is an error
+                Expr::Reduce(r, _, _) => {
+                    p.pool.ty(e) != Ty::Int
+                        || !matches!(r, crate::ir::Red::Max | crate::ir::Red::Min)
+                }
+                _ => true,
+            };
+            p.pool.get(e).for_each_child(|c| ok &= safe[c.ix()]);
+            safe[k] = ok;
+        }
+        Analysis { p, safe }
+    }
+
+    /// The node can be evaluated where the program would not evaluate it without raising an
+    /// error the program would not raise (no data-dependent loads, no int division by a
+    /// variable, no reads of tables being filled).
+    pub fn safe(&self, e: ExprId) -> bool {
+        self.safe[e.ix()]
+    }
+
+    /// Every node reachable from `roots` (including them).
+    pub fn reach(&self, roots: &[ExprId]) -> Vec<bool> {
+        let mut seen = vec![false; self.p.pool.len()];
+        let mut stack: Vec<ExprId> = roots.to_vec();
+        while let Some(e) = stack.pop() {
+            if std::mem::replace(&mut seen[e.ix()], true) {
+                continue;
+            }
+            self.p.pool.get(e).for_each_child(|c| stack.push(c));
+        }
+        seen
+    }
+
+    /// Reductions worth computing once at a loop level where the indices `bound` are bound
+    /// (`new` just became bound), found from `roots`, in an order where every reduction comes
+    /// after the reductions in its body: those whose free indices are all bound and include
+    /// `new` (or, with `new` = None, have none), and that are evaluated unconditionally or
+    /// are safe and would otherwise be recomputed inside a deeper loop. `deeper` says that
+    /// `roots` themselves are evaluated inside further loops (which may run zero times, so
+    /// only safe reductions move out of them).
+    pub fn hoistable(
+        &self,
+        roots: &[ExprId],
+        bound: &[IndexId],
+        new: Option<IndexId>,
+        deeper: bool,
+    ) -> Vec<ExprId> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for r in roots {
+            self.walk(*r, !deeper, deeper, bound, new, &mut seen, &mut out);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &self,
+        e: ExprId,
+        uncond: bool,
+        deeper: bool,
+        bound: &[IndexId],
+        new: Option<IndexId>,
+        seen: &mut std::collections::HashSet<(ExprId, bool, bool)>,
+        out: &mut Vec<ExprId>,
+    ) {
+        let pool = &self.p.pool;
+        if pool.get(e).is_leaf() || !seen.insert((e, uncond, deeper)) {
+            return;
+        }
+        // Nothing below a node that does not depend on `new` can qualify at this level,
+        // except at the top level, where everything closed does.
+        if let Some(n) = new {
+            if !pool.free(e).contains(&n) {
+                return;
+            }
+        }
+        match pool.get(e) {
+            Expr::Select(c, a, b) => {
+                self.walk(*c, uncond, deeper, bound, new, seen, out);
+                self.walk(*a, false, deeper, bound, new, seen, out);
+                self.walk(*b, false, deeper, bound, new, seen, out);
+            }
+            Expr::Binary(Bin::And | Bin::Or, a, b) => {
+                self.walk(*a, uncond, deeper, bound, new, seen, out);
+                self.walk(*b, false, deeper, bound, new, seen, out);
+            }
+            Expr::Reduce(_, _, body) => {
+                self.walk(*body, false, true, bound, new, seen, out);
+                let free = pool.free(e);
+                let closed = free.iter().all(|f| bound.contains(f));
+                let ok = if deeper { self.safe(e) } else { uncond };
+                if closed && ok && !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+            other => {
+                let mut kids = Vec::new();
+                other.for_each_child(|c| kids.push(c));
+                for c in kids {
+                    self.walk(c, uncond, deeper, bound, new, seen, out);
+                }
+            }
+        }
+    }
+}
+
+/// `a` is always a valid index into a dimension `d`: it is `d` itself.
+fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
+    matches!(p.pool.get(a), Expr::Index(i) if *i == d)
+}
+
+/// The roots of a contribution: its guards, target index and value.
+pub fn contribution_roots(c: &Contribution) -> Vec<ExprId> {
+    let mut v = c.guards.clone();
+    v.extend(&c.index);
+    v.push(c.value);
+    v
+}
+
+/// Schedules a program (see the module doc).
+pub fn schedule(p: &Program) -> Schedule {
+    let a = Analysis::new(p);
+    let mut passes: Vec<Stage> = p
+        .passes
+        .iter()
+        .map(|pass| {
+            let mut groups: Vec<Group> = Vec::new();
+            for c in &pass.contributions {
+                let same_group = groups.last().is_some_and(|g| g.extra == c.extra);
+                if !same_group {
+                    groups.push(Group {
+                        extra: c.extra.clone(),
+                        runs: vec![],
+                        carried: vec![vec![]; c.extra.len()],
+                    });
+                }
+                let g = groups.last_mut().expect("pushed above");
+                match g.runs.last_mut() {
+                    Some(r) if r.target == c.target && r.index == c.index => {
+                        r.terms.push(c.clone())
+                    }
+                    _ => g.runs.push(Run {
+                        target: c.target,
+                        index: c.index.clone(),
+                        direct: false,
+                        terms: vec![c.clone()],
+                    }),
+                }
+            }
+            Stage::Scatter {
+                space: pass.space.clone(),
+                reverse: pass.reverse,
+                groups,
+            }
+        })
+        .collect();
+
+    // Direct writes: the only run writing a tensor, at its own indices, over loops that are
+    // exactly those indices.
+    let mut writers = vec![0usize; p.tensors.len()];
+    for s in &passes {
+        if let Stage::Scatter { groups, .. } = s {
+            for g in groups {
+                for r in &g.runs {
+                    writers[r.target.ix()] += 1;
+                }
+            }
+        }
+    }
+    let mut direct = vec![false; p.tensors.len()];
+    for s in &mut passes {
+        if let Stage::Scatter { space, groups, .. } = s {
+            for g in groups.iter_mut() {
+                let mut loops: Vec<IndexId> = space.clone();
+                loops.extend(&g.extra);
+                for r in g.runs.iter_mut() {
+                    let dims = &p.tensors[r.target.ix()].indices;
+                    let own = r.index.len() == dims.len()
+                        && r.index.iter().zip(dims).all(|(e, d)| in_range(p, *e, *d));
+                    let mut sorted_loops = loops.clone();
+                    sorted_loops.sort();
+                    let mut sorted_dims = dims.clone();
+                    sorted_dims.sort();
+                    let once =
+                        sorted_loops == sorted_dims && sorted_dims.windows(2).all(|w| w[0] != w[1]);
+                    if writers[r.target.ix()] == 1 && own && once {
+                        r.direct = true;
+                        direct[r.target.ix()] = true;
+                    }
+                }
+            }
+        }
+    }
+
+    let mut stages = Vec::new();
+    for (k, t) in p.tensors.iter().enumerate() {
+        let id = TensorId(k as u32);
+        if t.accumulated {
+            if !direct[k] {
+                stages.push(Stage::Zero(id));
+            }
+        } else {
+            stages.push(Stage::Fill {
+                tensor: Some(id),
+                indices: t.indices.clone(),
+                body: t.body,
+                reverse: t.reverse,
+            });
+        }
+    }
+    let output = Stage::Fill {
+        tensor: None,
+        indices: p.output.indices.clone(),
+        body: p.output.body,
+        reverse: false,
+    };
+
+    // Fusion of a scalar output with the first pass.
+    let mut fused = false;
+    if p.output.indices.is_empty() {
+        if let Some(Stage::Scatter { space, groups, .. }) = passes.first_mut() {
+            if space.is_empty() {
+                fused = carry(&a, p.output.body, groups);
+            }
+        }
+    }
+    if fused {
+        let first = passes.remove(0);
+        stages.push(first);
+        stages.push(output);
+    } else {
+        stages.push(output);
+    }
+    stages.extend(passes);
+    Schedule { stages }
+}
+
+/// Assigns the output's reductions to the loops of the groups that can carry them; true when
+/// at least one was assigned.
+fn carry(a: &Analysis, root: ExprId, groups: &mut [Group]) -> bool {
+    let p = a.p;
+    let mut any = false;
+    let mut taken: Vec<ExprId> = Vec::new();
+    for g in groups.iter_mut() {
+        let roots: Vec<ExprId> = g
+            .runs
+            .iter()
+            .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
+            .collect();
+        let used = a.reach(&roots);
+        let mut parents = vec![root];
+        let mut bound: Vec<IndexId> = Vec::new();
+        for (level, ix) in g.extra.iter().enumerate() {
+            let mut found = Vec::new();
+            for r in &parents {
+                top_reductions(p, *r, &mut found);
+            }
+            let picked: Vec<ExprId> = found
+                .into_iter()
+                .filter(|r| {
+                    let Expr::Reduce(red, i, _) = p.pool.get(*r) else {
+                        return false;
+                    };
+                    *i == *ix
+                        && a.safe(*r)
+                        && p.pool.ty(*r) == Ty::Real
+                        && *red != crate::ir::Red::LogSumExp
+                        && p.pool.free(*r).iter().all(|f| bound.contains(f))
+                        && !used[r.ix()]
+                        && !taken.contains(r)
+                })
+                .collect();
+            if picked.is_empty() {
+                break;
+            }
+            taken.extend(&picked);
+            any = true;
+            parents = picked
+                .iter()
+                .map(|r| match p.pool.get(*r) {
+                    Expr::Reduce(_, _, body) => *body,
+                    _ => *r,
+                })
+                .collect();
+            g.carried[level] = picked;
+            bound.push(*ix);
+        }
+    }
+    any
+}
+
+/// The reductions reachable from `e` without entering another reduction's body.
+fn top_reductions(p: &Program, e: ExprId, out: &mut Vec<ExprId>) {
+    let mut stack = vec![e];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        match p.pool.get(x) {
+            Expr::Reduce(..) => {
+                if !out.contains(&x) {
+                    out.push(x)
+                }
+            }
+            other => other.for_each_child(|c| stack.push(c)),
+        }
+    }
+}
