@@ -49,6 +49,8 @@ def parse_args():
                     help="lossc binary (default: target/release/lossc under the repo root)")
     ap.add_argument("--cpu", type=int, default=None,
                     help="core to pin to (default: the last core this process may use)")
+    ap.add_argument("--eval-backend", default=None,
+                    help="pass --backend NAME to `lossc eval` in the agreement checks (e.g. jit)")
     ap.add_argument("--no-check", action="store_true", help="skip the small-size agreement checks")
     ap.add_argument("--no-time", action="store_true", help="only run the agreement checks")
     ap.add_argument("--seed", type=int, default=0)
@@ -367,10 +369,12 @@ def run_lossc_bench(lossc, bench):
     return obj, None
 
 
-def run_lossc_eval(lossc, bench, arrays, workdir):
+def run_lossc_eval(lossc, bench, arrays, workdir, backend=None):
     import numpy as np
     cmd = [lossc, "eval", bench["name"], "--reduction", "mean", "--dtype", "f32",
            "--grad", bench["grad"], "--out", os.path.join(workdir, "out")]
+    if backend:
+        cmd += ["--backend", backend]
     for name, a in zip(bench["inputs"], arrays):
         path = os.path.join(workdir, name + ".npy")
         np.save(path, a)
@@ -403,7 +407,7 @@ def grad_rel(g, ref):
     return float(np.max(np.abs(g - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
 
 
-def check(bench, jax, torch, lossc, seed):
+def check(bench, jax, torch, lossc, seed, backend=None):
     """Agreement at the small size: JAX vs torch, and lossc eval vs JAX."""
     import numpy as np
     rng = np.random.default_rng(seed + 1)
@@ -433,7 +437,7 @@ def check(bench, jax, torch, lossc, seed):
         except Exception as e:  # noqa: BLE001
             res["torch_error"] = f"{type(e).__name__}: {e}"
     with tempfile.TemporaryDirectory(prefix="lossc-compare-") as d:
-        lv, lg, err = run_lossc_eval(lossc, bench, arrays, d)
+        lv, lg, err = run_lossc_eval(lossc, bench, arrays, d, backend)
     if err is not None:
         res["lossc_error"] = err
     else:
@@ -521,7 +525,7 @@ def print_markdown(rows, checks, meta):
         print()
     if checks:
         print("Agreement at a small size (relative difference of the value; max |Δgrad| / "
-              "max |grad|):")
+              f"max |grad|; lossc eval backend: {meta['eval_backend']}):")
         print()
         print("| loss | sizes | value (JAX) | torch vs JAX: value | grad | lossc vs JAX: value "
               "| grad |")
@@ -576,13 +580,14 @@ def main():
         else:
             versions.append("torchvision ops: inline copy")
     meta = dict(cpu=cpu, ncpu=os.cpu_count(), repeat=args.repeat, warmup=args.warmup,
-                versions=", ".join(versions), lossc=lossc)
+                versions=", ".join(versions), lossc=lossc,
+                eval_backend=args.eval_backend or "lossc default")
 
     checks = []
     if not args.no_check:
         for b in benches:
             print(f"checking {b['name']} ...", file=sys.stderr)
-            c = check(b, jax, torch, lossc, args.seed)
+            c = check(b, jax, torch, lossc, args.seed, args.eval_backend)
             c["loss"] = b["name"]
             checks.append(c)
     rows = []

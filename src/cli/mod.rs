@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 reference cases failed (`run --check`); 2 bad input of any kind
 //! (a source error, a malformed case or array, an unknown name), with a message, never a panic.
 
+mod bench;
+
 use crate::cases;
 use crate::diag::{Error, ErrorKind, Result};
 use crate::ir::{self, Reduction};
@@ -66,11 +68,39 @@ enum Command {
         /// compare with each case's expectation; print one line per case and a closing tally
         #[arg(long)]
         check: bool,
-        /// evaluator: interp
-        #[arg(long, default_value = "interp")]
+        /// evaluator: jit (native code) or interp (the reference interpreter)
+        #[arg(long, default_value = "jit")]
         backend: String,
         #[arg(required = true)]
         cases: Vec<PathBuf>,
+    },
+    /// Print the Cranelift IR generated for a loss (value and gradients, one kernel)
+    Clif {
+        #[command(flatten)]
+        k: KernelArgs,
+    },
+    /// Print the machine code generated for a loss
+    Asm {
+        #[command(flatten)]
+        k: KernelArgs,
+    },
+    /// Time a loss's compiled value+gradient on random valid inputs; one JSON object with --json
+    Bench {
+        #[command(flatten)]
+        k: KernelArgs,
+        /// sizes by index name, e.g. n=1000000 or n=4096,c=1000 (`n` also names the first
+        /// index of a loss whose indices are named otherwise)
+        #[arg(long, default_value = "n=1000000")]
+        dims: String,
+        /// worker threads (the kernel runs on one thread in this version)
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// timed calls after warm-up
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// print one JSON object
+        #[arg(long)]
+        json: bool,
     },
     /// Evaluate a loss on arrays (.npy files or literals such as [1,0,1])
     Eval {
@@ -79,6 +109,48 @@ enum Command {
         #[command(flatten)]
         args: EvalArgs,
     },
+}
+
+/// Which kernel: a loss, the inputs to differentiate, the reduction and the precision.
+#[derive(clap::Args, Debug)]
+struct KernelArgs {
+    /// a standard-library loss, or FILE.loss[:ENTRY]
+    name: String,
+    /// differentiate with respect to this input (repeatable)
+    #[arg(long = "grad", short = 'g', value_name = "INPUT")]
+    grad: Vec<String>,
+    /// none, sum, mean, weighted_mean or sum_by_nonzero_weights
+    #[arg(long, default_value = "mean")]
+    reduction: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+impl KernelArgs {
+    fn options(&self) -> Result<crate::runtime::Options> {
+        let dtype = DType::from_name(&self.dtype).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Type,
+                format!("dtype `{}` is not f32 or f64", self.dtype),
+            )
+        })?;
+        let reduction = Reduction::from_name(&self.reduction).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Reduction,
+                format!(
+                    "unknown reduction `{}`; use none, sum, mean, weighted_mean or sum_by_nonzero_weights",
+                    self.reduction
+                ),
+            )
+        })?;
+        let mut o = crate::runtime::Options::new()
+            .dtype(dtype)
+            .reduction(reduction);
+        for g in &self.grad {
+            o = o.grad(g);
+        }
+        Ok(o)
+    }
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -317,6 +389,21 @@ fn run(cli: Cli) -> CliResult {
             }
             Ok(0)
         }
+        Command::Clif { k } => kernel_text(&k, false),
+        Command::Asm { k } => kernel_text(&k, true),
+        Command::Bench {
+            k,
+            dims,
+            threads,
+            reps,
+            json,
+        } => {
+            let (lib, entry) = plain(resolve(&k.name))?;
+            match crate::cli::bench::run(&lib, &entry, &k, &dims, threads, reps, json) {
+                Ok(()) => Ok(0),
+                Err(e) => Err((e, Some(lib))),
+            }
+        }
         Command::Eval { name, args } => {
             let (lib, entry) = plain(resolve(&name))?;
             let r = eval(&lib, &entry, &args);
@@ -439,6 +526,21 @@ struct EvalArgs {
     /// write value.npy (and INPUT_grad.npy for each --grad) here
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+fn kernel_text(k: &KernelArgs, asm: bool) -> CliResult {
+    let (lib, entry) = plain(resolve(&k.name))?;
+    let r = k
+        .options()
+        .and_then(|o| lib.compile(&entry, o))
+        .and_then(|c| c.kernel());
+    match r {
+        Ok(kernel) => {
+            print!("{}", if asm { &kernel.asm } else { &kernel.clif });
+            Ok(0)
+        }
+        Err(e) => Err((e, Some(lib))),
+    }
 }
 
 fn write_npy(dir: &Path, file: &str, a: &Array, dtype: DType) -> Result<()> {

@@ -488,7 +488,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let acc = g.b.use_var(c.var);
                 let nv = match c.red {
                     Red::Sum | Red::Mean => {
-                        let v = g.to_f64(v);
+                        let v = g.widen(v);
                         g.b.ins().fadd(acc, v)
                     }
                     Red::Max => g.b.ins().fmax(acc, v),
@@ -501,12 +501,12 @@ impl<'a, 'b> Gen<'a, 'b> {
         for c in &accs {
             let acc = self.b.use_var(c.var);
             let v = match c.red {
-                Red::Sum => self.from_f64(acc),
+                Red::Sum => self.narrow(acc),
                 Red::Mean => {
                     let n = self.ext[self.reduce_index(c.node)?.ix()];
                     let nf = self.b.ins().fcvt_from_sint(types::F64, n);
                     let m = self.b.ins().fdiv(acc, nf);
-                    self.from_f64(m)
+                    self.narrow(m)
                 }
                 _ => acc,
             };
@@ -604,15 +604,15 @@ impl<'a, 'b> Gen<'a, 'b> {
         )
     }
 
-    /// Emits the nodes at least two terms of a run share and that are safe to compute
-    /// before their guards, so each is computed once.
-    fn shared(&mut self, r: &Run) -> Result<()> {
-        if r.terms.len() < 2 {
+    /// Emits the nodes that at least two of `lists` share and that are safe to compute
+    /// before their guards (and hold no loop), so each is computed once.
+    fn shared(&mut self, lists: &[Vec<ExprId>]) -> Result<()> {
+        if lists.len() < 2 {
             return Ok(());
         }
         let mut count = vec![0u32; self.p.pool.len()];
-        for t in &r.terms {
-            let seen = self.an.reach(&contribution_roots(t));
+        for l in lists {
+            let seen = self.an.reach(l);
             for (k, s) in seen.iter().enumerate() {
                 if *s {
                     count[k] += 1;
@@ -621,11 +621,18 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         for (k, c) in count.iter().enumerate() {
             let e = ExprId(k as u32);
-            if *c >= 2 && self.an.safe(e) && !self.p.pool.get(e).is_leaf() {
-                let free = self.p.pool.free(e);
-                if free.iter().all(|f| self.idx[f.ix()].is_some()) {
-                    self.emit(e)?;
-                }
+            if *c >= 2
+                && self.an.safe(e)
+                && self.an.flat(e)
+                && !self.p.pool.get(e).is_leaf()
+                && self
+                    .p
+                    .pool
+                    .free(e)
+                    .iter()
+                    .all(|f| self.idx[f.ix()].is_some())
+            {
+                self.emit(e)?;
             }
         }
         Ok(())
@@ -656,7 +663,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             return Ok(());
         }
         self.push();
-        self.shared(r)?;
+        let lists: Vec<Vec<ExprId>> = r.terms.iter().map(contribution_roots).collect();
+        self.shared(&lists)?;
         let done = self.b.create_block();
         let off = self.target_offset(r, done)?;
         let mut acc: Option<Value> = None;
@@ -897,21 +905,21 @@ impl<'a, 'b> Gen<'a, 'b> {
             self.b.ins().f64const(v)
         }
     }
-    fn to_f64(&mut self, v: Value) -> Value {
+    fn widen(&mut self, v: Value) -> Value {
         if self.f32 {
             self.b.ins().fpromote(types::F64, v)
         } else {
             v
         }
     }
-    fn from_f64(&mut self, v: Value) -> Value {
+    fn narrow(&mut self, v: Value) -> Value {
         if self.f32 {
             self.b.ins().fdemote(types::F32, v)
         } else {
             v
         }
     }
-    fn to_real(&mut self, v: Value, ty: Ty) -> Value {
+    fn as_real(&mut self, v: Value, ty: Ty) -> Value {
         match ty {
             Ty::Real => v,
             Ty::Int => self.b.ins().fcvt_from_sint(self.rt, v),
@@ -986,7 +994,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                         let z = self.real_const(0.0);
                         self.b.ins().fcmp(FloatCC::Equal, x, z)
                     }
-                    (Un::ToReal, t) => self.to_real(x, t),
+                    (Un::ToReal, t) => self.as_real(x, t),
                     (Un::ToInt, Ty::Real) => self.b.ins().fcvt_to_sint_sat(types::I64, x),
                     (Un::ToInt, Ty::Bool) => self.b.ins().uextend(types::I64, x),
                     (Un::ToInt, Ty::Int) => x,
@@ -1087,9 +1095,9 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             }
             let n = self.emit(b)?;
-            let xd = self.to_f64(x);
+            let xd = self.widen(x);
             let r = self.host("lossc_powi", &[xd, n], types::F64)?;
-            return Ok(self.from_f64(r));
+            return Ok(self.narrow(r));
         }
         let x = self.emit(a)?;
         let y = self.emit(b)?;
@@ -1104,8 +1112,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             };
             return Ok(self.b.ins().icmp(cc, x, y));
         }
-        let x = self.to_real(x, ta);
-        let y = self.to_real(y, tb);
+        let x = self.as_real(x, ta);
+        let y = self.as_real(y, tb);
         let ins = self.b.ins();
         Ok(match op {
             Bin::Add => ins.fadd(x, y),
@@ -1119,10 +1127,10 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.b.ins().fsub(x, m)
             }
             Bin::Pow => {
-                let xd = self.to_f64(x);
-                let yd = self.to_f64(y);
+                let xd = self.widen(x);
+                let yd = self.widen(y);
                 let r = self.host("lossc_pow", &[xd, yd], types::F64)?;
-                self.from_f64(r)
+                self.narrow(r)
             }
             Bin::Eq => ins.fcmp(FloatCC::Equal, x, y),
             Bin::Ne => ins.fcmp(FloatCC::NotEqual, x, y),
@@ -1206,9 +1214,9 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// An elementary function of a real.
     fn math(&mut self, f: Func, x: Value) -> Result<Value> {
         let name = host::name(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
-        let xd = self.to_f64(x);
+        let xd = self.widen(x);
         let r = self.host(name, &[xd], types::F64)?;
-        Ok(self.from_f64(r))
+        Ok(self.narrow(r))
     }
 
     fn call(&mut self, e: ExprId, f: Func, args: &[ExprId], ty: Ty) -> Result<Value> {
@@ -1218,7 +1226,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             let t = self.p.pool.ty(*a);
             v.push(
                 if ty == Ty::Real || matches!(f, Func::IsNan | Func::IsInf) {
-                    self.to_real(x, t)
+                    self.as_real(x, t)
                 } else {
                     x
                 },
@@ -1386,7 +1394,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.b.def_var(var, z);
                 self.for_each(i, false, &mut |g: &mut Self| {
                     let v = g.emit(body)?;
-                    let v = g.to_f64(v);
+                    let v = g.widen(v);
                     let a = g.b.use_var(var);
                     let r = g.b.ins().fadd(a, v);
                     g.b.def_var(var, r);
@@ -1399,7 +1407,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 } else {
                     s
                 };
-                Ok(self.from_f64(s))
+                Ok(self.narrow(s))
             }
             Red::Max | Red::Min => {
                 let var = self.b.declare_var(self.rt);
@@ -1442,14 +1450,14 @@ impl<'a, 'b> Gen<'a, 'b> {
                     let v = g.emit(body)?;
                     let d = g.b.ins().fsub(v, m);
                     let t = g.math(Func::Exp, d)?;
-                    let t = g.to_f64(t);
+                    let t = g.widen(t);
                     let a = g.b.use_var(sv);
                     let r = g.b.ins().fadd(a, t);
                     g.b.def_var(sv, r);
                     Ok(())
                 })?;
                 let s = self.b.use_var(sv);
-                let s = self.from_f64(s);
+                let s = self.narrow(s);
                 let l = self.math(Func::Log, s)?;
                 let r = self.b.ins().fadd(m, l);
                 let inf = self.real_const(f64::INFINITY);

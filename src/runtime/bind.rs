@@ -131,7 +131,11 @@ pub fn validate_grad(p: &Program, grad: &[String]) -> Result<()> {
 }
 
 /// The shape of a loss's output for given extents, with folded leading dimensions restored.
-fn output_shape(p: &Program, extents: &[i64], lead: &[Option<Vec<usize>>]) -> Vec<usize> {
+pub(crate) fn output_shape(
+    p: &Program,
+    extents: &[i64],
+    lead: &[Option<Vec<usize>>],
+) -> Vec<usize> {
     let mut shape = Vec::new();
     for ix in &p.output.indices {
         match &lead[ix.ix()] {
@@ -143,7 +147,7 @@ fn output_shape(p: &Program, extents: &[i64], lead: &[Option<Vec<usize>>]) -> Ve
 }
 
 /// Broadcasts weights (NumPy rules) to the output's shape, flattened row-major.
-fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
+pub(crate) fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
     w.validate("weights")?;
     let wv = w.to_f64();
     let bad = || {
@@ -223,11 +227,11 @@ fn param_value(p: &Program, k: usize, v: ParamValue) -> Result<Value> {
 }
 
 /// Evaluates a loss on a call (values only; gradient requests are validated).
-pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
-    // Names first: unknown and missing inputs and parameters.
+/// Names first: unknown or repeated inputs, unknown parameters.
+pub(crate) fn check_names(p: &Program, inputs: &[&str], params: &[&str]) -> Result<()> {
     let input_names: Vec<&str> = p.inputs.iter().map(|i| i.name.as_str()).collect();
-    for (k, (name, _)) in call.inputs.iter().enumerate() {
-        if p.input(name).is_none() || name == ir::WEIGHTS {
+    for (k, name) in inputs.iter().enumerate() {
+        if p.input(name).is_none() || *name == ir::WEIGHTS {
             return Err(Error::new(
                 ErrorKind::Unknown,
                 format!(
@@ -238,14 +242,14 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                 ),
             ));
         }
-        if call.inputs[..k].iter().any(|(n, _)| n == name) {
+        if inputs[..k].contains(name) {
             return Err(Error::new(
                 ErrorKind::Data,
                 format!("input `{name}` is given twice"),
             ));
         }
     }
-    for (name, _) in &call.params {
+    for name in params {
         if p.param(name).is_none() {
             let names: Vec<&str> = p.params.iter().map(|x| x.name.as_str()).collect();
             let list = if names.is_empty() {
@@ -263,15 +267,42 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
             ));
         }
     }
-    validate_grad(p, &call.grad)?;
+    Ok(())
+}
 
+/// A reduction applies to a loss: a scalar output takes none, sum or mean.
+pub(crate) fn check_reduction(p: &Program, r: Reduction) -> Result<()> {
+    if p.output.indices.is_empty()
+        && !matches!(r, Reduction::None | Reduction::Sum | Reduction::Mean)
+    {
+        return Err(Error::new(
+            ErrorKind::Reduction,
+            format!(
+                "reduction `{}` does not apply to `{}`, whose output is a scalar; use none, sum or mean",
+                r.name(),
+                p.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Input shapes bound to a loss: the extent of every index an input binds (-1 for the
+/// others) and the leading dimensions folded into each first index.
+pub(crate) struct Shapes {
+    pub extents: Vec<i64>,
+    pub lead: Vec<Option<Vec<usize>>>,
+}
+
+/// Binds input shapes to a loss's declared dimensions (folding leading dimensions into the
+/// first index), or says which input disagrees.
+pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Shapes> {
     // Shapes -> extents.
     let mut extents = vec![-1i64; p.indices.len()];
     let mut lead: Vec<Option<Vec<usize>>> = vec![None; p.indices.len()];
     let mut bound_by: Vec<Option<String>> = vec![None; p.indices.len()];
-    let mut datas: Vec<(Vec<f64>, Vec<i64>)> = Vec::new();
     for inp in &p.inputs {
-        let Some((_, arr)) = call.inputs.iter().find(|(n, _)| *n == inp.name) else {
+        let Some((_, arr_shape)) = shapes.iter().find(|(n, _)| *n == inp.name) else {
             let decl: Vec<String> = inp.dims.iter().map(|d| p.index_label(*d)).collect();
             return Err(Error::new(
                 ErrorKind::Missing,
@@ -283,19 +314,20 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                 ),
             ));
         };
-        arr.validate(&format!("input `{}`", inp.name))?;
         let rank = inp.dims.len();
         let decl = || {
             let d: Vec<String> = inp.dims.iter().map(|d| p.index_label(*d)).collect();
             format!("[{}]", d.join(", "))
         };
-        if arr.shape.len() < rank || (rank == 0 && !arr.shape.is_empty() && arr.len() != 1) {
+        if arr_shape.len() < rank
+            || (rank == 0 && !arr_shape.is_empty() && arr_shape.iter().product::<usize>() != 1)
+        {
             return Err(Error::new(
                 ErrorKind::Shape,
                 format!(
                     "input `{}` has shape {:?}, but `{}` declares it {}",
                     inp.name,
-                    arr.shape,
+                    arr_shape,
                     p.name,
                     decl()
                 ),
@@ -304,11 +336,11 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         // Fold leading dimensions into the first index.
         let mut shape: Vec<usize> = Vec::new();
         if rank > 0 {
-            let extra = arr.shape.len() - rank;
-            let first: usize = arr.shape[..=extra].iter().product();
+            let extra = arr_shape.len() - rank;
+            let first: usize = arr_shape[..=extra].iter().product();
             shape.push(first);
-            shape.extend(&arr.shape[extra + 1..]);
-            let l = arr.shape[..=extra].to_vec();
+            shape.extend(&arr_shape[extra + 1..]);
+            let l = arr_shape[..=extra].to_vec();
             let ix = inp.dims[0].ix();
             match &lead[ix] {
                 None => lead[ix] = Some(l),
@@ -318,7 +350,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                         format!(
                             "shape mismatch: input `{}` has shape {:?}, which disagrees with `{}` along `{}` ({:?} against {:?})",
                             inp.name,
-                            arr.shape,
+                            arr_shape,
                             bound_by[ix].clone().unwrap_or_default(),
                             p.index_label(inp.dims[0]),
                             l,
@@ -339,7 +371,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                         format!(
                             "shape mismatch: input `{}` has shape {:?}, but dimension {k} of {} must be {n}",
                             inp.name,
-                            arr.shape,
+                            arr_shape,
                             decl()
                         ),
                     ));
@@ -354,13 +386,83 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                         extents[ix],
                         bound_by[ix].clone().unwrap_or_default(),
                         inp.name,
-                        arr.shape
+                        arr_shape
                     ),
                 ));
             }
             extents[ix] = got;
             bound_by[ix] = Some(inp.name.clone());
         }
+    }
+    Ok(Shapes { extents, lead })
+}
+
+/// Parameter values (given, or their defaults, which may read the inputs) and computed
+/// extents, into `env` (whose inputs and input-bound extents are set).
+pub(crate) fn bind_params(
+    p: &Program,
+    given: &[(String, ParamValue)],
+    env: &mut interp::Env,
+) -> Result<()> {
+    let f32 = env.f32;
+    env.params.clear();
+    // Parameters: given, or their defaults (which may read the inputs).
+    for k in 0..p.params.len() {
+        let given = given.iter().find(|(n, _)| *n == p.params[k].name);
+        let v = match given {
+            Some((_, v)) => param_value(p, k, *v)?,
+            None => interp::eval_scalar(p, env, p.params[k].default)?,
+        };
+        let v = match v {
+            Value::Real(x) if f32 => Value::Real(x as f32 as f64),
+            v => v,
+        };
+        env.params.push(v);
+    }
+    // Computed extents, in order.
+    for (k, ix) in p.indices.iter().enumerate() {
+        match &ix.extent {
+            Extent::Computed(e) => {
+                let v = interp::eval_scalar(p, env, *e)?.as_f64() as i64;
+                if v < 0 {
+                    return Err(Error::new(
+                        ErrorKind::Range,
+                        format!(
+                            "the extent of index `{}` comes out as {v}, which is out of range",
+                            ix.name
+                        ),
+                    ));
+                }
+                env.extents[k] = v;
+            }
+            Extent::Fixed(n) => env.extents[k] = *n,
+            Extent::Input { .. } => {}
+        }
+    }
+
+    Ok(())
+}
+
+pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
+    let input_names: Vec<&str> = call.inputs.iter().map(|(n, _)| n.as_str()).collect();
+    let param_names: Vec<&str> = call.params.iter().map(|(n, _)| n.as_str()).collect();
+    check_names(p, &input_names, &param_names)?;
+    validate_grad(p, &call.grad)?;
+
+    for (name, arr) in &call.inputs {
+        arr.validate(&format!("input `{name}`"))?;
+    }
+    let shapes: Vec<(&str, &[usize])> = call
+        .inputs
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.shape.as_slice()))
+        .collect();
+    let Shapes { extents, lead } = bind_shapes(p, &shapes)?;
+    let mut datas: Vec<(Vec<f64>, Vec<i64>)> = Vec::new();
+    for inp in &p.inputs {
+        let Some((_, arr)) = call.inputs.iter().find(|(n, _)| *n == inp.name) else {
+            continue;
+        };
         // Data, converted to the declared type and the call's precision.
         let data = match (inp.ty, &arr.data) {
             (Ty::Int, Data::Int(v)) => (vec![], v.clone()),
@@ -405,7 +507,6 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         })
         .collect();
 
-    // Parameters: given, or their defaults (which may read the inputs).
     let f32 = call.dtype == DType::F32;
     let mut env = interp::Env {
         f32,
@@ -413,56 +514,11 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         inputs: inputs.clone(),
         params: vec![],
     };
-    for k in 0..p.params.len() {
-        let given = call.params.iter().find(|(n, _)| *n == p.params[k].name);
-        let v = match given {
-            Some((_, v)) => param_value(p, k, *v)?,
-            None => interp::eval_scalar(p, &env, p.params[k].default)?,
-        };
-        let v = match v {
-            Value::Real(x) if f32 => Value::Real(x as f32 as f64),
-            v => v,
-        };
-        env.params.push(v);
-    }
-    // Computed extents, in order.
-    for (k, ix) in p.indices.iter().enumerate() {
-        match &ix.extent {
-            Extent::Computed(e) => {
-                let v = interp::eval_scalar(p, &env, *e)?.as_f64() as i64;
-                if v < 0 {
-                    return Err(Error::new(
-                        ErrorKind::Range,
-                        format!(
-                            "the extent of index `{}` comes out as {v}, which is out of range",
-                            ix.name
-                        ),
-                    ));
-                }
-                env.extents[k] = v;
-            }
-            Extent::Fixed(n) => env.extents[k] = *n,
-            Extent::Input { .. } => {}
-        }
-    }
+    bind_params(p, &call.params, &mut env)?;
 
     // Reduction and weights.
     let out_shape = output_shape(p, &env.extents, &lead);
-    if p.output.indices.is_empty()
-        && !matches!(
-            call.reduction,
-            Reduction::None | Reduction::Sum | Reduction::Mean
-        )
-    {
-        return Err(Error::new(
-            ErrorKind::Reduction,
-            format!(
-                "reduction `{}` does not apply to `{}`, whose output is a scalar; use none, sum or mean",
-                call.reduction.name(),
-                p.name
-            ),
-        ));
-    }
+    check_reduction(p, call.reduction)?;
     let wdata = match &call.weights {
         Some(w) => Some(broadcast(w, &out_shape)?),
         None => None,

@@ -6,11 +6,13 @@
 
 mod array;
 mod bind;
+mod compiled;
 pub mod native;
 
 pub use crate::ir::Reduction;
 pub use array::{fmt_real, fmt_real32, Array, DType, Data, MAX_ELEMENTS};
 pub use bind::{validate_grad, Call, Output, ParamValue};
+pub use compiled::{time_it, CompiledLoss, Options, Real, Slice, View};
 
 use crate::diag::{Error, ErrorKind, Result, Sources};
 use crate::ir::{Module, Program};
@@ -163,6 +165,11 @@ impl Library {
             }
             e.with_note("`lossc list` shows the standard library")
         })
+    }
+
+    /// Compiles a loss (value and the gradients `options` asks for) to a native kernel.
+    pub fn compile(&self, name: &str, options: Options) -> Result<CompiledLoss> {
+        CompiledLoss::new(self.loss(name)?, options)
     }
 
     /// Evaluates a loss on a call's arrays.

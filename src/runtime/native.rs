@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Compiled kernels by program fingerprint and precision.
-static CACHE: OnceLock<Mutex<HashMap<(String, bool), Arc<Kernel>>>> = OnceLock::new();
+type Cache = Mutex<HashMap<(String, bool), Arc<Kernel>>>;
+static CACHE: OnceLock<Cache> = OnceLock::new();
 /// Kernels kept before the cache starts over.
 const CACHE_SIZE: usize = 256;
 

@@ -68,6 +68,8 @@ pub struct Schedule {
 pub struct Analysis<'a> {
     p: &'a Program,
     safe: Vec<bool>,
+    /// the node's subtree has no reduction
+    flat: Vec<bool>,
 }
 
 impl<'a> Analysis<'a> {
@@ -75,6 +77,7 @@ impl<'a> Analysis<'a> {
         // Children have smaller ids than parents, so one forward sweep computes `safe`.
         let n = p.pool.len();
         let mut safe = vec![true; n];
+        let mut flat = vec![true; n];
         for k in 0..n {
             let e = ExprId(k as u32);
             let mut ok = match p.pool.get(e) {
@@ -105,10 +108,20 @@ impl<'a> Analysis<'a> {
                 }
                 _ => true,
             };
-            p.pool.get(e).for_each_child(|c| ok &= safe[c.ix()]);
+            let mut f = !matches!(p.pool.get(e), Expr::Reduce(..));
+            p.pool.get(e).for_each_child(|c| {
+                ok &= safe[c.ix()];
+                f &= flat[c.ix()];
+            });
             safe[k] = ok;
+            flat[k] = f;
         }
-        Analysis { p, safe }
+        Analysis { p, safe, flat }
+    }
+
+    /// The node's subtree holds no reduction (it costs no loop).
+    pub fn flat(&self, e: ExprId) -> bool {
+        self.flat[e.ix()]
     }
 
     /// The node can be evaluated where the program would not evaluate it without raising an

@@ -1,0 +1,355 @@
+//! The JIT held against the interpreter: every reference case (values and gradients, f32 and
+//! f64, also at randomly perturbed points), generated programs, errors from the compiled
+//! path, the host API (`compile`, `call`, `call_into`), and the printed code.
+
+use lossc::cases;
+use lossc::runtime::{
+    Array, Backend, Call, DType, Data, Library, Options, ParamValue, Reduction, View,
+};
+use std::path::PathBuf;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn case_files() -> Vec<PathBuf> {
+    cases::collect(&[PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/cases"
+    ))])
+    .unwrap()
+}
+
+/// Relative agreement, NaN = NaN and inf = inf of the same sign.
+fn close(a: f64, b: f64, rtol: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    if a.is_infinite() || b.is_infinite() {
+        return a == b;
+    }
+    (a - b).abs() <= rtol * (1e-6 + a.abs().max(b.abs()))
+}
+
+fn compare(
+    name: &str,
+    lib: &Library,
+    entry: &str,
+    call: &Call,
+    rtol: f64,
+    failures: &mut Vec<String>,
+) {
+    let mut ci = call.clone();
+    ci.backend = Backend::Interp;
+    let mut cj = call.clone();
+    cj.backend = Backend::Jit;
+    let (a, b) = (lib.call(entry, &ci), lib.call(entry, &cj));
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            let pairs = std::iter::once((&a.value, &b.value, "value".to_string())).chain(
+                a.grads
+                    .iter()
+                    .zip(&b.grads)
+                    .map(|((n, x), (_, y))| (x, y, format!("grad {n}"))),
+            );
+            for (x, y, what) in pairs {
+                if x.shape != y.shape {
+                    failures.push(format!(
+                        "{name}: {what} shapes {:?} vs {:?}",
+                        x.shape, y.shape
+                    ));
+                    continue;
+                }
+                for (k, (u, v)) in x.to_f64().iter().zip(y.to_f64()).enumerate() {
+                    if !close(*u, v, rtol) {
+                        failures.push(format!("{name}: {what}[{k}] interp {u} jit {v}"));
+                        break;
+                    }
+                }
+            }
+        }
+        (Err(a), Err(b)) => {
+            if a.kind != b.kind {
+                failures.push(format!(
+                    "{name}: errors differ: {} / {}",
+                    a.message(),
+                    b.message()
+                ));
+            }
+        }
+        (Ok(_), Err(b)) => failures.push(format!("{name}: only the jit fails: {}", b.message())),
+        (Err(a), Ok(_)) => failures.push(format!(
+            "{name}: only the interpreter fails: {}",
+            a.message()
+        )),
+    }
+}
+
+#[test]
+fn jit_matches_the_interpreter_on_every_case_in_f32_and_f64() {
+    let mut failures = Vec::new();
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    let mut n = 0;
+    for f in case_files() {
+        let case = cases::load(&f).unwrap();
+        let (lib, entry) = cases::loss_library(&case).unwrap();
+        let Ok(call) = case.call(Backend::Jit) else {
+            continue;
+        };
+        for dtype in [DType::F64, DType::F32] {
+            let mut c = call.clone();
+            c.dtype = dtype;
+            // f64 kernels call the same libm as the interpreter; f32 kernels compute in f32
+            // where the interpreter rounds f64 results, so they differ by a few ulps.
+            let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+            compare(&case.name, &lib, &entry, &c, rtol, &mut failures);
+            n += 1;
+        }
+        // A perturbed point (real inputs only; labels and boxes keep their structure mostly).
+        if case.expected_error().is_none() {
+            let mut c = call.clone();
+            for (_, a) in c.inputs.iter_mut() {
+                if let Data::Real(v) = &mut a.data {
+                    for x in v.iter_mut() {
+                        *x *= 1.0 + 0.01 * (rng.next() - 0.5);
+                    }
+                }
+            }
+            let rtol = if c.dtype == DType::F64 { 1e-12 } else { 2e-4 };
+            compare(
+                &format!("{} (perturbed)", case.name),
+                &lib,
+                &entry,
+                &c,
+                rtol,
+                &mut failures,
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 600, "only {n} comparisons");
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn generated_programs_agree() {
+    // Small programs exercising selects, lazy &&, int arithmetic, gathers, recurrences,
+    // reductions hoisted out of loops and carried by fused passes.
+    let sources = [
+        "loss g(x[i], y[i]) -> [] { mean(i: if x[i] > y[i] && y[i] != 0.0 { x[i] / y[i] } else { x[i] * y[i] }) }",
+        "loss g(x[i], y[i]) -> [i] { let yy[j: I] = y[j]; x[i] - logsumexp(j: yy[j]) + max(j: x[j]) }",
+        "loss g(x[i], y[i]) -> [] { let yy[j: I] = y[j]; sum(i: x[i] * sum(j: yy[j] * x[j])) }",
+        "loss g(x[i], y[i]) -> [i] { let c[t: I] pad (0.0) = c[t - 1] + x[t]; c[i] * y[i] }",
+        "loss g(x[i], y[i]) -> [i] { let k = (i * 7 + 3) % I; x[k] ^ 2 + abs(y[i]) ^ 1.5 + sign(x[i]) }",
+        "loss g(x[i], y[i]) -> [] { logsumexp(i: x[i]) - mean(i: y[i] * log_sigmoid(x[i])) + sum(i: softplus(y[i])) }",
+        "loss g(x[i], y[i]) -> [i] { clamp(x[i], -0.5, 0.5) + min(x[i], y[i], 0.1) + xlogy(abs(x[i]), abs(y[i])) }",
+        "loss g(x[i], y[i]) -> [i] { tanh(x[i]) + sin(y[i]) * cos(x[i]) + atan(x[i] * y[i]) + acos(clamp(y[i], -1.0, 1.0)) + expm1(x[i]) + log1p(abs(y[i])) }",
+    ];
+    let mut failures = Vec::new();
+    let mut rng = Rng(7);
+    for src in sources {
+        let lib = Library::from_source("g.loss", src)
+            .unwrap_or_else(|e| panic!("{src}: {}", e.message()));
+        for n in [1usize, 2, 5, 17] {
+            let x: Vec<f64> = (0..n).map(|_| rng.next() * 4.0 - 2.0).collect();
+            let y: Vec<f64> = (0..n).map(|_| rng.next() * 4.0 - 2.0).collect();
+            for (r, dtype) in [
+                (Reduction::None, DType::F64),
+                (Reduction::Mean, DType::F64),
+                (Reduction::Sum, DType::F32),
+            ] {
+                if r == Reduction::None && lib.losses()[0].output.indices.is_empty() {
+                    continue;
+                }
+                let mut call = Call::new()
+                    .input("x", Array::real(vec![n], x.clone()))
+                    .input("y", Array::real(vec![n], y.clone()))
+                    .reduction(r)
+                    .dtype(dtype)
+                    .grad("x")
+                    .grad("y");
+                call.backend = Backend::Jit;
+                let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+                compare(
+                    &format!("{src} n={n} {r:?} {dtype:?}"),
+                    &lib,
+                    "g",
+                    &call,
+                    rtol,
+                    &mut failures,
+                );
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn compiled_losses_call_into_caller_buffers_and_report_bad_ids() {
+    let lib = Library::with_stdlib().unwrap();
+    let sce = lib
+        .compile(
+            "sparse_softmax_cross_entropy",
+            Options::new().dtype(DType::F32).grad("logits"),
+        )
+        .unwrap();
+    let logits: Vec<f32> = vec![1.0, 2.0, 3.0, 0.5, -1.0, 0.0];
+    let labels: Vec<i64> = vec![2, 0];
+    let shape_l = [2usize, 3];
+    let shape_y = [2usize];
+    let inputs = [
+        ("labels", View::i64(&shape_y, &labels)),
+        ("logits", View::f32(&shape_l, &logits)),
+    ];
+    let mut value = [0f32; 1];
+    let mut g = vec![0f32; 6];
+    sce.call_into(
+        &inputs,
+        &[],
+        Reduction::Mean,
+        None,
+        &mut value,
+        &mut [&mut g],
+    )
+    .unwrap();
+    // Against the interpreter.
+    let want = lib
+        .call(
+            "sparse_softmax_cross_entropy",
+            &Call::new()
+                .input("labels", Array::int(vec![2], labels.clone()))
+                .input(
+                    "logits",
+                    Array::real(vec![2, 3], logits.iter().map(|x| *x as f64).collect()),
+                )
+                .reduction(Reduction::Mean)
+                .grad("logits"),
+        )
+        .unwrap();
+    assert!(close(value[0] as f64, want.value.to_f64()[0], 1e-6));
+    for (a, b) in g.iter().zip(want.grads[0].1.to_f64()) {
+        assert!(close(*a as f64, b, 1e-5), "{a} vs {b}");
+    }
+    // A class id out of range is an error naming the input, not a read.
+    let bad: Vec<i64> = vec![2, 3];
+    let inputs = [
+        ("labels", View::i64(&shape_y, &bad)),
+        ("logits", View::f32(&shape_l, &logits)),
+    ];
+    let e = sce
+        .call_into(
+            &inputs,
+            &[],
+            Reduction::Mean,
+            None,
+            &mut value,
+            &mut [&mut g],
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, lossc::diag::ErrorKind::Range);
+    assert!(
+        e.message().contains("`logits` read at 3"),
+        "{}",
+        e.message()
+    );
+    // Wrong buffer sizes and precisions are errors too.
+    let inputs = [
+        ("labels", View::i64(&shape_y, &labels)),
+        ("logits", View::f32(&shape_l, &logits)),
+    ];
+    let mut short = vec![0f32; 5];
+    assert!(sce
+        .call_into(
+            &inputs,
+            &[],
+            Reduction::Mean,
+            None,
+            &mut value,
+            &mut [&mut short]
+        )
+        .is_err());
+    let mut v64 = [0f64; 1];
+    let mut g64 = vec![0f64; 6];
+    assert!(sce
+        .call_into(
+            &inputs,
+            &[],
+            Reduction::Mean,
+            None,
+            &mut v64,
+            &mut [&mut g64]
+        )
+        .is_err());
+    // Other reductions compile on first use; `call` returns arrays.
+    let out = sce
+        .call(
+            &inputs,
+            &[("label_smoothing", ParamValue::Real(0.1))],
+            Reduction::None,
+            None,
+        )
+        .unwrap();
+    assert_eq!(out.value.shape, vec![2]);
+    assert_eq!(out.grads[0].1.shape, vec![2, 3]);
+
+    // CTC: a label length past the padding is an error from the compiled path.
+    let ctc = lib
+        .compile("ctc_loss", Options::new().dtype(DType::F64).grad("logits"))
+        .unwrap();
+    let (b, t, k, s) = (1usize, 4usize, 3usize, 2usize);
+    let logits = vec![0.1f64; b * t * k];
+    let labels = vec![1i64, 2];
+    let shapes = ([b, s], [b, t, k], [b]);
+    let too_long = vec![5i64];
+    let ok_len = vec![4i64];
+    let inputs = [
+        ("labels", View::i64(&shapes.0, &labels)),
+        ("logits", View::f64(&shapes.1, &logits)),
+        ("label_lengths", View::i64(&shapes.2, &too_long)),
+        ("logit_lengths", View::i64(&shapes.2, &ok_len)),
+    ];
+    let e = ctc.call(&inputs, &[], Reduction::Mean, None).unwrap_err();
+    assert_eq!(e.kind, lossc::diag::ErrorKind::Range, "{}", e.message());
+}
+
+#[test]
+fn compiled_losses_are_send_and_sync_and_print_their_code() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let lib = Library::with_stdlib().unwrap();
+    let c = lib
+        .compile("focal_loss", Options::new().grad("logits"))
+        .unwrap();
+    send_sync(&c);
+    let k = c.kernel().unwrap();
+    assert!(k.clif.starts_with("function"), "{}", k.clif);
+    assert!(!k.asm.is_empty());
+    // The same compiled loss used from two threads gives the same numbers.
+    let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let y: Vec<f32> = (0..1000).map(|i| (i % 2) as f32).collect();
+    let shape = [1000usize];
+    let run = || {
+        let inputs = [
+            ("labels", View::f32(&shape, &y)),
+            ("logits", View::f32(&shape, &x)),
+        ];
+        let o = c.call(&inputs, &[], Reduction::Mean, None).unwrap();
+        (o.value.to_f64(), o.grads[0].1.to_f64())
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let h1 = s.spawn(run);
+        let h2 = s.spawn(run);
+        (h1.join().unwrap(), h2.join().unwrap())
+    });
+    assert_eq!(a, b);
+}
