@@ -13,6 +13,10 @@
 //! loop level where their indices are bound (see `schedule::Analysis::hoistable`).
 
 mod host;
+pub mod math;
+mod vector;
+
+use vector::VecWork;
 
 use crate::diag::{Error, ErrorKind, Result};
 use crate::interp::is_offset;
@@ -153,7 +157,7 @@ pub fn slots(p: &Program) -> Vec<Elem> {
     v
 }
 
-fn internal(msg: impl Into<String>) -> Error {
+pub(crate) fn internal(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Check, format!("internal (jit): {}", msg.into()))
 }
 
@@ -223,7 +227,7 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
 }
 
 /// Per-accumulator state of a reduction carried by a loop.
-struct Carried {
+pub(crate) struct Carried {
     node: ExprId,
     red: Red,
     body: ExprId,
@@ -241,7 +245,9 @@ struct Gen<'a, 'b> {
     ext: Vec<Value>,
     params: Vec<Value>,
     idx: Vec<Option<Value>>,
-    scopes: Vec<HashMap<ExprId, Value>>,
+    /// values by (kind, node): kind 0 is the node's value, 1 is e^-|node| (shared by
+    /// sigmoid, softplus and log_sigmoid of the node and of its negation)
+    scopes: Vec<HashMap<(u8, ExprId), Value>>,
     /// the index each scope binds (a loop body's scope), parallel to `scopes`
     binds: Vec<Option<IndexId>>,
     err: Block,
@@ -347,9 +353,12 @@ impl<'a, 'b> Gen<'a, 'b> {
     // ---- scopes and loops ----
 
     fn lookup(&self, e: ExprId) -> Option<Value> {
-        let free = self.p.pool.free(e);
+        self.lookup_key((0, e))
+    }
+    fn lookup_key(&self, key: (u8, ExprId)) -> Option<Value> {
+        let free = self.p.pool.free(key.1);
         for (k, s) in self.scopes.iter().enumerate().rev() {
-            if let Some(v) = s.get(&e) {
+            if let Some(v) = s.get(&key) {
                 return Some(*v);
             }
             // Below a scope that rebinds an index the node depends on, values are stale
@@ -363,8 +372,11 @@ impl<'a, 'b> Gen<'a, 'b> {
         None
     }
     fn remember(&mut self, e: ExprId, v: Value) {
+        self.remember_key((0, e), v)
+    }
+    fn remember_key(&mut self, key: (u8, ExprId), v: Value) {
         if let Some(s) = self.scopes.last_mut() {
-            s.insert(e, v);
+            s.insert(key, v);
         }
     }
     fn push(&mut self) {
@@ -398,17 +410,32 @@ impl<'a, 'b> Gen<'a, 'b> {
         reverse: bool,
         f: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
+        self.for_each_from(ix, None, reverse, f)
+    }
+
+    /// [`Gen::for_each`] starting at cell `from` (forward loops only).
+    fn for_each_from(
+        &mut self,
+        ix: IndexId,
+        from: Option<Value>,
+        reverse: bool,
+        f: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
         let n = self.ext[ix.ix()];
         let var = self.b.declare_var(types::I64);
-        let start = if reverse {
-            self.b.ins().iadd_imm_s(n, -1)
-        } else {
-            self.b.ins().iconst(types::I64, 0)
+        let start = match from {
+            Some(s) => s,
+            None if reverse => self.b.ins().iadd_imm_s(n, -1),
+            None => self.b.ins().iconst(types::I64, 0),
         };
         self.b.def_var(var, start);
         let body = self.b.create_block();
         let exit = self.b.create_block();
-        let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
+        let nonempty = if reverse {
+            self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0)
+        } else {
+            self.b.ins().icmp(IntCC::SignedLessThan, start, n)
+        };
         self.b.ins().brif(nonempty, body, &[], exit, &[]);
         self.b.switch_to_block(body);
         let k = self.b.use_var(var);
@@ -440,6 +467,73 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(())
     }
 
+    /// A loop over index `ix` emitting `lanes` copies of the body per iteration (cells k, k+1,
+    /// ...), each in its own scope, then a loop over the remaining cells with copy 0.
+    fn for_each_unrolled(
+        &mut self,
+        ix: IndexId,
+        lanes: usize,
+        f: &mut dyn FnMut(&mut Self, usize) -> Result<()>,
+    ) -> Result<()> {
+        let n = self.ext[ix.ix()];
+        let main_n = self.b.ins().band_imm_s(n, -(lanes as i64));
+        let var = self.b.declare_var(types::I64);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(var, zero);
+        let body = self.b.create_block();
+        let tail_pre = self.b.create_block();
+        let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, main_n, 0);
+        self.b.ins().brif(nonempty, body, &[], tail_pre, &[]);
+        self.b.switch_to_block(body);
+        let k = self.b.use_var(var);
+        let saved = self.idx[ix.ix()];
+        for lane in 0..lanes {
+            let kl = self.b.ins().iadd_imm_s(k, lane as i64);
+            self.idx[ix.ix()] = Some(kl);
+            self.push();
+            if let Some(b) = self.binds.last_mut() {
+                *b = Some(ix);
+            }
+            let r = f(self, lane);
+            self.pop();
+            if let Err(e) = r {
+                self.idx[ix.ix()] = saved;
+                return Err(e);
+            }
+        }
+        self.idx[ix.ix()] = saved;
+        let k = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(k, lanes as i64);
+        self.b.def_var(var, next);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, main_n);
+        self.b.ins().brif(more, body, &[], tail_pre, &[]);
+        // The remaining cells, one at a time.
+        self.b.switch_to_block(tail_pre);
+        let tail = self.b.create_block();
+        let exit = self.b.create_block();
+        let k = self.b.use_var(var);
+        let left = self.b.ins().icmp(IntCC::SignedLessThan, k, n);
+        self.b.ins().brif(left, tail, &[], exit, &[]);
+        self.b.switch_to_block(tail);
+        let k = self.b.use_var(var);
+        self.idx[ix.ix()] = Some(k);
+        self.push();
+        if let Some(b) = self.binds.last_mut() {
+            *b = Some(ix);
+        }
+        let r = f(self, 0);
+        self.pop();
+        self.idx[ix.ix()] = saved;
+        r?;
+        let k = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(k, 1);
+        self.b.def_var(var, next);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, n);
+        self.b.ins().brif(more, tail, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
     /// Nested loops over `loops` (row-major, or reverse row-major), hoisting reductions of
     /// `roots` at each level, accumulating `carried` reductions (one list per level), with
     /// `inner` at the innermost level.
@@ -449,6 +543,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         reverse: bool,
         roots: &[ExprId],
         carried: &[Vec<ExprId>],
+        vw: Option<&VecWork>,
         inner: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
         let Some((&ix, rest)) = loops.split_first() else {
@@ -480,12 +575,39 @@ impl<'a, 'b> Gen<'a, 'b> {
                 var,
             });
         }
-        self.for_each(ix, reverse, &mut |g: &mut Self| {
-            g.hoist(roots, Some(ix), !rest.is_empty())?;
-            g.nest(rest, reverse, roots, deeper_carried, inner)?;
+        // A small innermost body carrying accumulators runs 4 cells per iteration with 4
+        // independent accumulators (summed pairwise at the end): the loop is then bound by
+        // throughput rather than by the latency of one chain of additions.
+        let mut body_roots: Vec<ExprId> = roots.to_vec();
+        body_roots.extend(accs.iter().map(|c| c.body));
+        let size = self.an.reach(&body_roots).iter().filter(|x| **x).count();
+        let lanes = if rest.is_empty() && !reverse && !accs.is_empty() && size <= 64 {
+            4
+        } else {
+            1
+        };
+        let mut vars: Vec<Vec<Variable>> = vec![accs.iter().map(|c| c.var).collect()];
+        for _ in 1..lanes {
+            let mut v = Vec::new();
             for c in &accs {
+                let ty = if matches!(c.red, Red::Sum | Red::Mean) {
+                    types::F64
+                } else {
+                    self.rt
+                };
+                let init = self.b.use_var(c.var);
+                let var = self.b.declare_var(ty);
+                self.b.def_var(var, init);
+                v.push(var);
+            }
+            vars.push(v);
+        }
+        let mut step = |g: &mut Self, lane: usize| -> Result<()> {
+            g.hoist(roots, Some(ix), !rest.is_empty())?;
+            g.nest(rest, reverse, roots, deeper_carried, vw, inner)?;
+            for (c, var) in accs.iter().zip(&vars[lane]) {
                 let v = g.emit(c.body)?;
-                let acc = g.b.use_var(c.var);
+                let acc = g.b.use_var(*var);
                 let nv = match c.red {
                     Red::Sum | Red::Mean => {
                         let v = g.widen(v);
@@ -494,10 +616,41 @@ impl<'a, 'b> Gen<'a, 'b> {
                     Red::Max => g.b.ins().fmax(acc, v),
                     _ => g.b.ins().fmin(acc, v),
                 };
-                g.b.def_var(c.var, nv);
+                g.b.def_var(*var, nv);
             }
             Ok(())
-        })?;
+        };
+        let vectorize =
+            rest.is_empty() && !reverse && vw.is_some_and(|w| self.can_vectorize(w, &accs, ix));
+        if vectorize {
+            let w = vw.ok_or_else(|| internal("no vector work"))?;
+            let start = self.vector_loop(w, &accs, ix)?;
+            self.for_each_from(ix, Some(start), false, &mut |g: &mut Self| step(g, 0))?;
+        } else if lanes == 1 {
+            self.for_each(ix, reverse, &mut |g: &mut Self| step(g, 0))?;
+        } else {
+            self.for_each_unrolled(ix, lanes, &mut step)?;
+            // Combine pairwise: ((a0 + a1) + (a2 + a3)), a fixed order.
+            for (k, c) in accs.iter().enumerate() {
+                let mut vals: Vec<Value> = vars.iter().map(|v| self.b.use_var(v[k])).collect();
+                while vals.len() > 1 {
+                    let mut next = Vec::new();
+                    for pair in vals.chunks(2) {
+                        next.push(match pair {
+                            [a, b] => match c.red {
+                                Red::Sum | Red::Mean => self.b.ins().fadd(*a, *b),
+                                Red::Max => self.b.ins().fmax(*a, *b),
+                                _ => self.b.ins().fmin(*a, *b),
+                            },
+                            [a] => *a,
+                            _ => return Err(internal("empty chunk")),
+                        });
+                    }
+                    vals = next;
+                }
+                self.b.def_var(c.var, vals[0]);
+            }
+        }
         for c in &accs {
             let acc = self.b.use_var(c.var);
             let v = match c.red {
@@ -531,7 +684,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let zero = self.real_const(0.0);
                 let slot = self.p.inputs.len() + t.ix();
                 let dims2 = dims.clone();
-                self.nest(&dims, false, &[], &[], &mut |g: &mut Self| {
+                let vw = VecWork::Zero { slot, dims: &dims };
+                self.nest(&dims, false, &[], &[], Some(&vw), &mut |g: &mut Self| {
                     let off = g.row_major(&dims2)?;
                     g.store(slot, Elem::Real, off, zero);
                     Ok(())
@@ -556,7 +710,13 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let body = *body;
                 self.hoist(&[body], None, !indices.is_empty())?;
                 let dims = indices.clone();
-                self.nest(indices, *reverse, &[body], &[], &mut |g: &mut Self| {
+                let vw = VecWork::Fill {
+                    slot,
+                    body,
+                    dims: indices,
+                };
+                let vw = (elem == Elem::Real).then_some(&vw);
+                self.nest(indices, *reverse, &[body], &[], vw, &mut |g: &mut Self| {
                     let v = g.emit(body)?;
                     let off = g.row_major(&dims)?;
                     g.store(slot, elem, off, v);
@@ -574,7 +734,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
                     .collect();
                 self.hoist(&roots, None, true)?;
-                self.nest(space, *reverse, &roots, &[], &mut |g: &mut Self| {
+                self.nest(space, *reverse, &roots, &[], None, &mut |g: &mut Self| {
                     for grp in groups {
                         g.group(grp)?;
                     }
@@ -590,12 +750,28 @@ impl<'a, 'b> Gen<'a, 'b> {
             .iter()
             .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
             .collect();
+        // Work the carried reductions' bodies share with the contributions, computed once.
+        let mut lists: Vec<Vec<ExprId>> = grp
+            .runs
+            .iter()
+            .flat_map(|r| r.terms.iter().map(contribution_roots))
+            .collect();
+        if let Some(last) = grp.carried.last() {
+            for c in last {
+                if let Expr::Reduce(_, _, body) = self.p.pool.get(*c) {
+                    lists.push(vec![*body]);
+                }
+            }
+        }
+        let vw = VecWork::Runs(&grp.runs);
         self.nest(
             &grp.extra,
             false,
             &roots,
             &grp.carried,
+            Some(&vw),
             &mut |g: &mut Self| {
+                g.shared(&lists)?;
                 for r in &grp.runs {
                     g.run(r)?;
                 }
@@ -669,6 +845,31 @@ impl<'a, 'b> Gen<'a, 'b> {
         let off = self.target_offset(r, done)?;
         let mut acc: Option<Value> = None;
         for t in &r.terms {
+            // Cheap, safe guards and value: compute it and select (no branch).
+            let mut budget = 16;
+            let flat = t.guards.iter().all(|g| self.cheap(*g, &mut budget))
+                && self.cheap(t.value, &mut budget);
+            if flat {
+                let mut cond: Option<Value> = None;
+                for g in &t.guards {
+                    let c = self.emit(*g)?;
+                    cond = Some(match cond {
+                        Some(a) => self.b.ins().band(a, c),
+                        None => c,
+                    });
+                }
+                let v = self.emit(t.value)?;
+                let z = self.real_const(0.0);
+                let v = match cond {
+                    Some(c) => self.b.ins().select(c, v, z),
+                    None => v,
+                };
+                acc = Some(match acc {
+                    Some(a) => self.b.ins().fadd(a, v),
+                    None => v,
+                });
+                continue;
+            }
             self.push();
             let skip = self.b.create_block();
             let join = self.b.create_block();
@@ -1212,7 +1413,13 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// An elementary function of a real.
+    /// Scalar code calls libm (through f64): measured faster than the inline polynomials in
+    /// scalar form, whose selects Cranelift lowers to branches. Vector code inlines them.
     fn math(&mut self, f: Func, x: Value) -> Result<Value> {
+        if self.b.func.dfg.value_type(x).is_vector() {
+            let m = math_fn(f).ok_or_else(|| internal(format!("no inline {}", f.name())))?;
+            return Ok(math::emit(&mut self.b, m, x));
+        }
         let name = host::name(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
         let xd = self.widen(x);
         let r = self.host(name, &[xd], types::F64)?;
@@ -1252,6 +1459,12 @@ impl<'a, 'b> Gen<'a, 'b> {
                 _ => v[0],
             });
         }
+        self.real_call(f, &v, args)
+    }
+
+    /// A built-in function of reals (scalars or vectors of one type; bool results are masks
+    /// for vectors).
+    fn real_call(&mut self, f: Func, v: &[Value], args: &[ExprId]) -> Result<Value> {
         let x = *v
             .first()
             .ok_or_else(|| internal("call without arguments"))?;
@@ -1259,7 +1472,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             Func::IsNan => self.b.ins().fcmp(FloatCC::Unordered, x, x),
             Func::IsInf => {
                 let a = self.b.ins().fabs(x);
-                let inf = self.real_const(f64::INFINITY);
+                let inf = self.rc(x, f64::INFINITY);
                 self.b.ins().fcmp(FloatCC::Equal, a, inf)
             }
             Func::Sqrt => self.b.ins().sqrt(x),
@@ -1267,13 +1480,13 @@ impl<'a, 'b> Gen<'a, 'b> {
             Func::Floor => self.b.ins().floor(x),
             Func::Ceil => self.b.ins().ceil(x),
             Func::Sign => {
-                let z = self.real_const(0.0);
-                let one = self.real_const(1.0);
-                let m1 = self.real_const(-1.0);
+                let z = self.rc(x, 0.0);
+                let one = self.rc(x, 1.0);
+                let m1 = self.rc(x, -1.0);
                 let pos = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
                 let neg = self.b.ins().fcmp(FloatCC::LessThan, x, z);
-                let s = self.b.ins().select(neg, m1, x);
-                self.b.ins().select(pos, one, s)
+                let s = self.sel(neg, m1, x);
+                self.sel(pos, one, s)
             }
             Func::Min => v.iter().skip(1).fold(x, |a, b| self.b.ins().fmin(a, *b)),
             Func::Max => v.iter().skip(1).fold(x, |a, b| self.b.ins().fmax(a, *b)),
@@ -1281,23 +1494,23 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let lo = self.b.ins().fmax(x, v[1]);
                 self.b.ins().fmin(lo, v[2])
             }
-            Func::Sigmoid => self.sigmoid(x)?,
-            Func::Softplus => self.softplus(x)?,
+            Func::Sigmoid => self.sigmoid(x, args[0])?,
+            Func::Softplus => self.softplus(x, args[0])?,
             Func::LogSigmoid => {
                 let n = self.b.ins().fneg(x);
-                let s = self.softplus(n)?;
+                let s = self.softplus(n, args[0])?;
                 self.b.ins().fneg(s)
             }
-            Func::LogSumExp => self.logsumexp_of(&v)?,
+            Func::LogSumExp => self.logsumexp_of(v)?,
             Func::Xlogy => {
                 let y = v[1];
                 let l = self.math(Func::Log, y)?;
                 let prod = self.b.ins().fmul(x, l);
-                let z = self.real_const(0.0);
+                let z = self.rc(x, 0.0);
                 let xz = self.b.ins().fcmp(FloatCC::Equal, x, z);
                 let yok = self.b.ins().fcmp(FloatCC::Ordered, y, y);
                 let both = self.b.ins().band(xz, yok);
-                self.b.ins().select(both, z, prod)
+                self.sel(both, z, prod)
             }
             Func::Exp
             | Func::Log
@@ -1311,28 +1524,94 @@ impl<'a, 'b> Gen<'a, 'b> {
         })
     }
 
-    /// 1 / (1 + e^-|x|), mirrored for negative x (no overflow, no cancellation).
-    fn sigmoid(&mut self, x: Value) -> Result<Value> {
+    /// A real constant of the type of `like` (splat for vectors).
+    fn rc(&mut self, like: Value, v: f64) -> Value {
+        let ty = self.b.func.dfg.value_type(like);
+        if ty.is_vector() {
+            let s = if ty.lane_type() == types::F32 {
+                self.b.ins().f32const(v as f32)
+            } else {
+                self.b.ins().f64const(v)
+            };
+            self.b.ins().splat(ty, s)
+        } else {
+            self.real_const(v)
+        }
+    }
+
+    /// `if c { a } else { b }` on values: `select` for scalars, a bit select on lane masks.
+    fn sel(&mut self, c: Value, a: Value, b: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(a);
+        if ty.is_vector() {
+            let m = if self.b.func.dfg.value_type(c) == ty {
+                c
+            } else {
+                let le =
+                    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                self.b.ins().bitcast(ty, le, c)
+            };
+            self.b.ins().bitselect(m, a, b)
+        } else {
+            self.b.ins().select(c, a, b)
+        }
+    }
+
+    /// e^-|x| for the value `x` of node `node` (or of its negation), computed once per scope.
+    fn exp_neg_abs(&mut self, x: Value, node: ExprId) -> Result<Value> {
+        let base = match self.p.pool.get(node) {
+            Expr::Unary(Un::Neg, y) => *y,
+            _ => node,
+        };
+        // (vector values under their own keys)
+        let tag = if self.b.func.dfg.value_type(x).is_vector() {
+            9
+        } else {
+            1
+        };
+        if let Some(v) = self.lookup_key((tag, base)) {
+            return Ok(v);
+        }
         let a = self.b.ins().fabs(x);
         let na = self.b.ins().fneg(a);
         let e = self.math(Func::Exp, na)?;
-        let one = self.real_const(1.0);
+        self.remember_key((tag, base), e);
+        Ok(e)
+    }
+
+    /// 1 / (1 + e^-|x|), mirrored for negative x (no overflow, no cancellation).
+    fn sigmoid(&mut self, x: Value, node: ExprId) -> Result<Value> {
+        let e = self.exp_neg_abs(x, node)?;
+        let one = self.rc(x, 1.0);
         let d = self.b.ins().fadd(one, e);
         let r = self.b.ins().fdiv(one, d);
         let l = self.b.ins().fdiv(e, d);
-        let z = self.real_const(0.0);
+        let z = self.rc(x, 0.0);
         let pos = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, z);
-        Ok(self.b.ins().select(pos, r, l))
+        Ok(self.sel(pos, r, l))
     }
 
     /// max(x, 0) + log1p(e^-|x|).
-    fn softplus(&mut self, x: Value) -> Result<Value> {
-        let z = self.real_const(0.0);
+    fn softplus(&mut self, x: Value, node: ExprId) -> Result<Value> {
+        let z = self.rc(x, 0.0);
         let m = self.b.ins().fmax(x, z);
-        let a = self.b.ins().fabs(x);
-        let na = self.b.ins().fneg(a);
-        let e = self.math(Func::Exp, na)?;
-        let l = self.math(Func::Log1p, e)?;
+        let e = self.exp_neg_abs(x, node)?;
+        let base = match self.p.pool.get(node) {
+            Expr::Unary(Un::Neg, y) => *y,
+            _ => node,
+        };
+        let tag = if self.b.func.dfg.value_type(x).is_vector() {
+            10
+        } else {
+            2
+        };
+        let l = match self.lookup_key((tag, base)) {
+            Some(l) => l,
+            None => {
+                let l = self.math(Func::Log1p, e)?;
+                self.remember_key((tag, base), l);
+                l
+            }
+        };
         Ok(self.b.ins().fadd(m, l))
     }
 
@@ -1351,10 +1630,10 @@ impl<'a, 'b> Gen<'a, 'b> {
         let s = s.ok_or_else(|| internal("empty logsumexp"))?;
         let l = self.math(Func::Log, s)?;
         let r = self.b.ins().fadd(m, l);
-        let inf = self.real_const(f64::INFINITY);
+        let inf = self.rc(m, f64::INFINITY);
         let am = self.b.ins().fabs(m);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, am, inf);
-        Ok(self.b.ins().select(finite, r, m))
+        Ok(self.sel(finite, r, m))
     }
 
     fn reduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId, ty: Ty) -> Result<Value> {
@@ -1467,6 +1746,23 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
         }
     }
+}
+
+/// The inline elementary function for a built-in.
+fn math_fn(f: Func) -> Option<math::MathFn> {
+    use math::MathFn as M;
+    Some(match f {
+        Func::Exp => M::Exp,
+        Func::Log => M::Log,
+        Func::Log1p => M::Log1p,
+        Func::Expm1 => M::Expm1,
+        Func::Tanh => M::Tanh,
+        Func::Sin => M::Sin,
+        Func::Cos => M::Cos,
+        Func::Atan => M::Atan,
+        Func::Acos => M::Acos,
+        _ => return None,
+    })
 }
 
 /// Unused by the emitter, kept for the host: the tensor slot of a gradient.

@@ -218,9 +218,16 @@ impl<'a> Analysis<'a> {
     }
 }
 
-/// `a` is always a valid index into a dimension `d`: it is `d` itself.
+/// `a` is always a valid index into a dimension `d`: it is `d` itself, or a constant inside
+/// a literal dimension (`boxes[n, 2]` of `boxes[n, 4]`).
 fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
-    matches!(p.pool.get(a), Expr::Index(i) if *i == d)
+    match p.pool.get(a) {
+        Expr::Index(i) => *i == d,
+        Expr::Int(k) => {
+            matches!(p.indices[d.ix()].extent, crate::ir::Extent::Fixed(n) if *k >= 0 && *k < n)
+        }
+        _ => false,
+    }
 }
 
 /// The roots of a contribution: its guards, target index and value.
@@ -290,7 +297,10 @@ pub fn schedule(p: &Program) -> Schedule {
                 for r in g.runs.iter_mut() {
                     let dims = &p.tensors[r.target.ix()].indices;
                     let own = r.index.len() == dims.len()
-                        && r.index.iter().zip(dims).all(|(e, d)| in_range(p, *e, *d));
+                        && r.index
+                            .iter()
+                            .zip(dims)
+                            .all(|(e, d)| matches!(p.pool.get(*e), Expr::Index(i) if i == d));
                     let mut sorted_loops = loops.clone();
                     sorted_loops.sort();
                     let mut sorted_dims = dims.clone();

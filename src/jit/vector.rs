@@ -1,0 +1,590 @@
+//! SIMD for innermost loops: when every node of a loop body that depends on the loop's index
+//! can be computed lane-wise (unit-stride loads along the last dimension, arithmetic,
+//! comparisons as lane masks, `if` as a bit select of two safe sides, the inline math of
+//! `math.rs`), the loop runs 4 (f32) or 2 (f64) cells per step and the scalar code handles
+//! the remaining cells. Nodes that do not depend on the index are computed once as scalars
+//! and splatted. Sums accumulate in f64 lanes and are combined in a fixed order.
+
+use super::{internal, Carried, Elem, Gen};
+use crate::diag::Result;
+use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Red, Ty, Un};
+use crate::schedule::{contribution_roots, Run};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+};
+use cranelift_frontend::Variable;
+
+/// What the innermost level of a nest does, for the vector path.
+pub(super) enum VecWork<'w> {
+    /// store zero in every cell of a table over `dims`
+    Zero { slot: usize, dims: &'w [IndexId] },
+    /// store `body` in every cell of a real table over `dims`
+    Fill {
+        slot: usize,
+        body: ExprId,
+        dims: &'w [IndexId],
+    },
+    /// a group's runs of contributions
+    Runs(&'w [Run]),
+}
+
+impl<'a, 'b> Gen<'a, 'b> {
+    fn vtype(&self) -> Type {
+        if self.f32 {
+            types::F32X4
+        } else {
+            types::F64X2
+        }
+    }
+    fn mtype(&self) -> Type {
+        if self.f32 {
+            types::I32X4
+        } else {
+            types::I64X2
+        }
+    }
+    fn splat_v(&mut self, s: Value) -> Value {
+        let t = self.vtype();
+        self.b.ins().splat(t, s)
+    }
+    fn splat_m(&mut self, s: Value) -> Value {
+        let t = self.mtype();
+        self.b.ins().splat(t, s)
+    }
+    fn load_v(&mut self, flags: MemFlagsData, a: Value, off: i32) -> Value {
+        let t = self.vtype();
+        self.b.ins().load(t, flags, a, off)
+    }
+    fn lanes(&self) -> i64 {
+        if self.f32 {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// Every node the work and the carried bodies evaluate that depends on `ix` can be
+    /// computed lane-wise, and everything is safe to compute on all lanes.
+    pub(super) fn can_vectorize(&self, w: &VecWork, accs: &[Carried], ix: IndexId) -> bool {
+        let p = self.p;
+        let last_is = |dims: &[IndexId]| dims.last() == Some(&ix);
+        let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
+        match w {
+            VecWork::Zero { dims, .. } => {
+                if !last_is(dims) {
+                    return false;
+                }
+            }
+            VecWork::Fill { body, dims, .. } => {
+                if !last_is(dims) || p.pool.ty(*body) != Ty::Real {
+                    return false;
+                }
+                roots.push(*body);
+            }
+            VecWork::Runs(runs) => {
+                for r in runs.iter() {
+                    let tn = &p.tensors[r.target.ix()];
+                    let contiguous = unit_stride(p, &r.index, &tn.indices, ix);
+                    // strided targets are accumulated lane by lane
+                    let strided = !r.direct && plain(p, &r.index, &tn.indices, ix);
+                    if !(contiguous || strided) || !r.index.iter().all(|a| self.an.safe(*a)) {
+                        return false;
+                    }
+                    for t in &r.terms {
+                        for e in contribution_roots(t) {
+                            if !r.index.contains(&e) {
+                                roots.push(e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !roots.iter().all(|r| self.an.safe(*r)) {
+            if std::env::var_os("LOSSC_DEBUG_VEC").is_some() {
+                eprintln!("unsafe roots");
+            }
+            return false;
+        }
+        let reach = self.an.reach(&roots);
+        for (k, seen) in reach.iter().enumerate() {
+            let e = ExprId(k as u32);
+            if !*seen || !p.pool.free(e).contains(&ix) {
+                continue;
+            }
+            if !self.lane_wise(e, ix) {
+                if std::env::var_os("LOSSC_DEBUG_VEC").is_some() {
+                    eprintln!("not lane-wise: {:?}", p.pool.get(e));
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One node (that depends on `ix`) has a lane-wise form.
+    fn lane_wise(&self, e: ExprId, ix: IndexId) -> bool {
+        let p = self.p;
+        let ty = p.pool.ty(e);
+        match p.pool.get(e) {
+            // only as the last index of a load (checked there)
+            Expr::Index(i) => *i == ix,
+            Expr::Input(i, args) => {
+                let inp = &p.inputs[i.ix()];
+                inp.ty == Ty::Real && plain(p, args, &inp.dims, ix)
+            }
+            Expr::Tensor(t, args) => {
+                let tn = &p.tensors[t.ix()];
+                tn.ty == Ty::Real
+                    && !tn.recurrent
+                    && !tn.accumulated
+                    && plain(p, args, &tn.indices, ix)
+            }
+            Expr::Unary(Un::Neg, a) => p.pool.ty(*a) == Ty::Real,
+            Expr::Unary(Un::Not, a) => p.pool.ty(*a) == Ty::Bool,
+            Expr::Unary(..) => false,
+            Expr::Binary(op, a, b) => {
+                let (ta, tb) = (p.pool.ty(*a), p.pool.ty(*b));
+                match op {
+                    Bin::Add | Bin::Sub | Bin::Mul | Bin::Div => ty == Ty::Real && ta == tb,
+                    Bin::Eq | Bin::Ne | Bin::Lt | Bin::Le | Bin::Gt | Bin::Ge => {
+                        ta == Ty::Real && tb == Ty::Real
+                    }
+                    Bin::And | Bin::Or => true,
+                    Bin::Pow => {
+                        ta == Ty::Real
+                            && matches!(p.pool.get(*b), Expr::Int(k) if (0..=4).contains(k))
+                    }
+                    Bin::Rem => false,
+                }
+            }
+            Expr::Select(_, a, _) => p.pool.ty(*a) == Ty::Real,
+            Expr::Call(f, args) => {
+                ty != Ty::Int
+                    && args.iter().all(|a| p.pool.ty(*a) == Ty::Real)
+                    && !matches!(f, Func::Floor | Func::Ceil)
+            }
+            Expr::StopGrad(_) => ty == Ty::Real,
+            _ => false,
+        }
+    }
+
+    /// A vector value of node `e` (lanes are the cells `idx[ix] + 0..lanes`).
+    pub(super) fn emit_v(&mut self, e: ExprId, ix: IndexId) -> Result<Value> {
+        if !self.p.pool.free(e).contains(&ix) {
+            if let Some(v) = self.lookup_key((4, e)) {
+                return Ok(v);
+            }
+            let s = self.emit(e)?;
+            let v = match self.p.pool.ty(e) {
+                Ty::Real => self.splat_v(s),
+                Ty::Bool => {
+                    // all-ones or zero lanes
+                    let w = if self.f32 { types::I32 } else { types::I64 };
+                    let x = self.b.ins().uextend(w, s);
+                    let m = self.b.ins().ineg(x);
+                    self.splat_m(m)
+                }
+                Ty::Int => return Err(internal("int value in a vector loop")),
+            };
+            self.remember_key((4, e), v);
+            return Ok(v);
+        }
+        if let Some(v) = self.lookup_key((3, e)) {
+            return Ok(v);
+        }
+        let v = self.emit_v_uncached(e, ix)?;
+        self.remember_key((3, e), v);
+        Ok(v)
+    }
+
+    fn emit_v_uncached(&mut self, e: ExprId, ix: IndexId) -> Result<Value> {
+        let p = self.p;
+        Ok(match p.pool.get(e).clone() {
+            Expr::Input(i, args) => {
+                let dims = p.inputs[i.ix()].dims.clone();
+                self.vload_any(i.ix(), &dims, &args, ix)?
+            }
+            Expr::Tensor(t, args) => {
+                let dims = p.tensors[t.ix()].indices.clone();
+                self.vload_any(p.inputs.len() + t.ix(), &dims, &args, ix)?
+            }
+            Expr::Unary(Un::Neg, a) => {
+                let x = self.emit_v(a, ix)?;
+                self.b.ins().fneg(x)
+            }
+            Expr::Unary(Un::Not, a) => {
+                let x = self.emit_v(a, ix)?;
+                self.b.ins().bnot(x)
+            }
+            Expr::StopGrad(a) => self.emit_v(a, ix)?,
+            Expr::Binary(op, a, b) => {
+                if op == Bin::Pow {
+                    let x = self.emit_v(a, ix)?;
+                    let k = match p.pool.get(b) {
+                        Expr::Int(k) => *k,
+                        _ => return Err(internal("vector power")),
+                    };
+                    let mut r = self.rc(x, 1.0);
+                    for i in 0..k {
+                        r = if i == 0 { x } else { self.b.ins().fmul(r, x) };
+                    }
+                    return Ok(r);
+                }
+                let x = self.emit_v(a, ix)?;
+                let y = self.emit_v(b, ix)?;
+                let ins = self.b.ins();
+                match op {
+                    Bin::Add => ins.fadd(x, y),
+                    Bin::Sub => ins.fsub(x, y),
+                    Bin::Mul => ins.fmul(x, y),
+                    Bin::Div => ins.fdiv(x, y),
+                    Bin::And => ins.band(x, y),
+                    Bin::Or => ins.bor(x, y),
+                    Bin::Eq => ins.fcmp(FloatCC::Equal, x, y),
+                    Bin::Ne => ins.fcmp(FloatCC::NotEqual, x, y),
+                    Bin::Lt => ins.fcmp(FloatCC::LessThan, x, y),
+                    Bin::Le => ins.fcmp(FloatCC::LessThanOrEqual, x, y),
+                    Bin::Gt => ins.fcmp(FloatCC::GreaterThan, x, y),
+                    Bin::Ge => ins.fcmp(FloatCC::GreaterThanOrEqual, x, y),
+                    Bin::Rem | Bin::Pow => return Err(internal("vector op")),
+                }
+            }
+            Expr::Select(c, a, b) => {
+                let m = self.emit_v(c, ix)?;
+                let x = self.emit_v(a, ix)?;
+                let y = self.emit_v(b, ix)?;
+                self.sel(m, x, y)
+            }
+            Expr::Call(f, args) => {
+                let mut v = Vec::with_capacity(args.len());
+                for a in &args {
+                    v.push(self.emit_v(*a, ix)?);
+                }
+                self.real_call(f, &v, &args)?
+            }
+            _ => return Err(internal("no vector form")),
+        })
+    }
+
+    /// The row-major offset of a read whose last index is the vector loop's (its base cell).
+    fn voffset(&mut self, dims: &[IndexId], args: &[ExprId]) -> Result<Value> {
+        let mut off = self.b.ins().iconst(types::I64, 0);
+        for (a, d) in args.iter().zip(dims) {
+            let v = self.checked_arg(*a, *d)?;
+            let m = self.b.ins().imul(off, self.ext[d.ix()]);
+            off = self.b.ins().iadd(m, v);
+        }
+        Ok(off)
+    }
+
+    /// An index argument's value, range-checked unless it is in range by construction.
+    /// (Vector loops only take reads that are safe, so the check never fails today; it keeps
+    /// a future relaxation from reading out of bounds.)
+    fn checked_arg(&mut self, a: ExprId, d: IndexId) -> Result<Value> {
+        let v = self.emit(a)?;
+        if !matches!(self.p.pool.get(a), Expr::Index(i) if *i == d) {
+            let n = self.ext[d.ix()];
+            let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+            self.check(bad, super::ERR_RANGE, a, 0, v);
+        }
+        Ok(v)
+    }
+
+    fn vaddr(&mut self, slot: usize, dims: &[IndexId], args: &[ExprId]) -> Result<Value> {
+        let off = self.voffset(dims, args)?;
+        Ok(self.addr(slot, Elem::Real, off))
+    }
+
+    fn vload(
+        &mut self,
+        slot: usize,
+        dims: &[IndexId],
+        args: &[ExprId],
+        readonly: bool,
+    ) -> Result<Value> {
+        let a = self.vaddr(slot, dims, args)?;
+        let mut flags = MemFlagsData::new().with_notrap();
+        if readonly {
+            flags = flags.with_readonly();
+        }
+        Ok(self.load_v(flags, a, 0))
+    }
+
+    /// A vector read: one load when consecutive cells are consecutive in memory, else one
+    /// scalar load per lane (strided reads such as `boxes[n, 2]`).
+    fn vload_any(
+        &mut self,
+        slot: usize,
+        dims: &[IndexId],
+        args: &[ExprId],
+        ix: IndexId,
+    ) -> Result<Value> {
+        if unit_stride(self.p, args, dims, ix) {
+            return self.vload(slot, dims, args, true);
+        }
+        let base = self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
+        let z = self.real_const(0.0);
+        let mut v = self.splat_v(z);
+        let flags = MemFlagsData::trusted().with_readonly();
+        for lane in 0..self.lanes() {
+            let k = self.b.ins().iadd_imm_s(base, lane);
+            let mut off = self.b.ins().iconst(types::I64, 0);
+            for (a, d) in args.iter().zip(dims) {
+                let x = if matches!(self.p.pool.get(*a), Expr::Index(i) if *i == ix) {
+                    k
+                } else {
+                    self.checked_arg(*a, *d)?
+                };
+                let m = self.b.ins().imul(off, self.ext[d.ix()]);
+                off = self.b.ins().iadd(m, x);
+            }
+            let addr = self.addr(slot, Elem::Real, off);
+            let x = self.b.ins().load(self.rt, flags, addr, 0);
+            v = self.b.ins().insertlane(v, x, lane as u8);
+        }
+        Ok(v)
+    }
+
+    fn vstore(&mut self, a: Value, v: Value) {
+        let flags = MemFlagsData::new().with_notrap();
+        self.b.ins().store(flags, v, a, 0);
+    }
+
+    /// One vector step of the work at the current base cell.
+    fn vwork(&mut self, w: &VecWork, ix: IndexId) -> Result<()> {
+        match w {
+            VecWork::Zero { slot, dims } => {
+                let off = self.row_major(dims)?;
+                let a = self.addr(*slot, Elem::Real, off);
+                let z = self.real_const(0.0);
+                let v = self.splat_v(z);
+                self.vstore(a, v);
+            }
+            VecWork::Fill { slot, body, dims } => {
+                let v = self.emit_v(*body, ix)?;
+                let off = self.row_major(dims)?;
+                let a = self.addr(*slot, Elem::Real, off);
+                self.vstore(a, v);
+            }
+            VecWork::Runs(runs) => {
+                for r in runs.iter() {
+                    let mut acc: Option<Value> = None;
+                    for t in &r.terms {
+                        let mut mask: Option<Value> = None;
+                        for g in &t.guards {
+                            let m = self.emit_v(*g, ix)?;
+                            mask = Some(match mask {
+                                Some(a) => self.b.ins().band(a, m),
+                                None => m,
+                            });
+                        }
+                        let v = self.emit_v(t.value, ix)?;
+                        let v = match mask {
+                            Some(m) => {
+                                let z = self.rc(v, 0.0);
+                                self.sel(m, v, z)
+                            }
+                            None => v,
+                        };
+                        acc = Some(match acc {
+                            Some(a) => self.b.ins().fadd(a, v),
+                            None => v,
+                        });
+                    }
+                    let Some(v) = acc else { continue };
+                    let dims = self.p.tensors[r.target.ix()].indices.clone();
+                    let slot = self.p.inputs.len() + r.target.ix();
+                    if !unit_stride(self.p, &r.index, &dims, ix) {
+                        // lane by lane: cell k + lane of the loop index
+                        let base =
+                            self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
+                        for lane in 0..self.lanes() {
+                            let k = self.b.ins().iadd_imm_s(base, lane);
+                            let mut off = self.b.ins().iconst(types::I64, 0);
+                            for (a, d) in r.index.iter().zip(&dims) {
+                                let x = if matches!(self.p.pool.get(*a), Expr::Index(i) if *i == ix)
+                                {
+                                    k
+                                } else {
+                                    self.checked_arg(*a, *d)?
+                                };
+                                let m = self.b.ins().imul(off, self.ext[d.ix()]);
+                                off = self.b.ins().iadd(m, x);
+                            }
+                            let x = self.b.ins().extractlane(v, lane as u8);
+                            self.accumulate(slot, off, x);
+                        }
+                        continue;
+                    }
+                    let a = self.vaddr(slot, &dims, &r.index)?;
+                    if r.direct {
+                        self.vstore(a, v);
+                    } else {
+                        let flags = MemFlagsData::new().with_notrap();
+                        let old = self.load_v(flags, a, 0);
+                        let s = self.b.ins().fadd(old, v);
+                        self.vstore(a, s);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The vector loop over the cells `0..n & !(lanes-1)` of `ix`, accumulating the carried
+    /// reductions in vector accumulators, which are folded into `accs`' scalar variables
+    /// (pairwise, lane order) before the scalar loop runs the remaining cells. Returns the
+    /// first cell left for the scalar loop.
+    pub(super) fn vector_loop(
+        &mut self,
+        w: &VecWork,
+        accs: &[Carried],
+        ix: IndexId,
+    ) -> Result<Value> {
+        let lanes = self.lanes();
+        let n = self.ext[ix.ix()];
+        let main_n = self.b.ins().band_imm_s(n, -lanes);
+        // Sums in f64 lanes (two F64X2 per F32X4), max/min in the real lanes.
+        let mut vaccs: Vec<Vec<Variable>> = Vec::new();
+        for c in accs {
+            let mut vs = Vec::new();
+            match c.red {
+                Red::Sum | Red::Mean => {
+                    let halves = if self.f32 { 2 } else { 1 };
+                    for _ in 0..halves {
+                        let z = self.b.ins().f64const(0.0);
+                        let z = self.b.ins().splat(types::F64X2, z);
+                        let var = self.b.declare_var(types::F64X2);
+                        self.b.def_var(var, z);
+                        vs.push(var);
+                    }
+                }
+                _ => {
+                    let init = self.b.use_var(c.var);
+                    let v = self.splat_v(init);
+                    let var = self.b.declare_var(self.vtype());
+                    self.b.def_var(var, v);
+                    vs.push(var);
+                }
+            }
+            vaccs.push(vs);
+        }
+        let var = self.b.declare_var(types::I64);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(var, zero);
+        let body = self.b.create_block();
+        let exit = self.b.create_block();
+        let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, main_n, 0);
+        self.b.ins().brif(nonempty, body, &[], exit, &[]);
+        self.b.switch_to_block(body);
+        let k = self.b.use_var(var);
+        let saved = self.idx[ix.ix()].replace(k);
+        self.push();
+        if let Some(b) = self.binds.last_mut() {
+            *b = Some(ix);
+        }
+        let r = (|| -> Result<()> {
+            self.vwork(w, ix)?;
+            for (c, vs) in accs.iter().zip(&vaccs) {
+                let v = self.emit_v(c.body, ix)?;
+                match c.red {
+                    Red::Sum | Red::Mean => {
+                        let parts = self.widen_lanes(v);
+                        for (var, part) in vs.iter().zip(parts) {
+                            let a = self.b.use_var(*var);
+                            let s = self.b.ins().fadd(a, part);
+                            self.b.def_var(*var, s);
+                        }
+                    }
+                    Red::Max => {
+                        let a = self.b.use_var(vs[0]);
+                        let s = self.b.ins().fmax(a, v);
+                        self.b.def_var(vs[0], s);
+                    }
+                    _ => {
+                        let a = self.b.use_var(vs[0]);
+                        let s = self.b.ins().fmin(a, v);
+                        self.b.def_var(vs[0], s);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.pop();
+        self.idx[ix.ix()] = saved;
+        r?;
+        let k = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(k, lanes);
+        self.b.def_var(var, next);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, main_n);
+        self.b.ins().brif(more, body, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        // Fold the lanes into the scalar accumulators, in lane order.
+        for (c, vs) in accs.iter().zip(&vaccs) {
+            let mut lanes_v: Vec<Value> = Vec::new();
+            for var in vs {
+                let v = self.b.use_var(*var);
+                let ty = self.b.func.dfg.value_type(v);
+                for l in 0..ty.lane_count() {
+                    lanes_v.push(self.b.ins().extractlane(v, l as u8));
+                }
+            }
+            let mut acc = lanes_v[0];
+            for x in &lanes_v[1..] {
+                acc = match c.red {
+                    Red::Sum | Red::Mean => self.b.ins().fadd(acc, *x),
+                    Red::Max => self.b.ins().fmax(acc, *x),
+                    _ => self.b.ins().fmin(acc, *x),
+                };
+            }
+            let old = self.b.use_var(c.var);
+            let s = match c.red {
+                Red::Sum | Red::Mean => self.b.ins().fadd(old, acc),
+                Red::Max => self.b.ins().fmax(old, acc),
+                _ => self.b.ins().fmin(old, acc),
+            };
+            self.b.def_var(c.var, s);
+        }
+        Ok(main_n)
+    }
+
+    /// The lanes of a real vector as F64X2 parts (f32: low and high halves promoted).
+    fn widen_lanes(&mut self, v: Value) -> Vec<Value> {
+        if !self.f32 {
+            return vec![v];
+        }
+        let lo = self.b.ins().fvpromote_low(v);
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let bytes = self.b.ins().bitcast(types::I8X16, le, v);
+        let mask: Vec<u8> = (8..16).chain(8..16).collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(mask));
+        let hi_bytes = self.b.ins().shuffle(bytes, bytes, imm);
+        let hi = self.b.ins().bitcast(types::F32X4, le, hi_bytes);
+        let hi = self.b.ins().fvpromote_low(hi);
+        vec![lo, hi]
+    }
+}
+
+/// Every argument is the loop index itself along its own dimension or does not depend on it,
+/// and nothing but such an argument does (reads need no range check per lane).
+fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId) -> bool {
+    args.iter().zip(dims).all(|(a, d)| match p.pool.get(*a) {
+        Expr::Index(i) if *i == ix => *d == ix,
+        _ => !p.pool.free(*a).contains(&ix),
+    })
+}
+
+/// The last argument is the loop index itself, along the last dimension, and no other
+/// argument depends on it: consecutive cells are consecutive in memory.
+fn unit_stride(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId) -> bool {
+    let (Some(last), Some(dlast)) = (args.last(), dims.last()) else {
+        return false;
+    };
+    matches!(p.pool.get(*last), Expr::Index(i) if *i == ix)
+        && *dlast == ix
+        && args[..args.len() - 1]
+            .iter()
+            .all(|a| !p.pool.free(*a).contains(&ix))
+}
