@@ -232,6 +232,8 @@ pub(crate) struct Carried {
     red: Red,
     body: ExprId,
     var: Variable,
+    /// accumulate e^(body - shift) instead of the body (logsumexp's second pass)
+    shift: Option<Value>,
 }
 
 struct Gen<'a, 'b> {
@@ -573,6 +575,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 red,
                 body,
                 var,
+                shift: None,
             });
         }
         // A small innermost body carrying accumulators runs 4 cells per iteration with 4
@@ -1636,6 +1639,75 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(self.sel(finite, r, m))
     }
 
+    /// A real reduction whose body is lane-wise: a vector loop, then the remaining cells.
+    fn vreduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId) -> Result<Value> {
+        let n = self.ext[i.ix()];
+        // One carried accumulator: f64 sums, real max/min; logsumexp is max then sum of exps.
+        let pass = |g: &mut Self, red: Red, shift: Option<Value>| -> Result<Value> {
+            let (ty, init) = match red {
+                Red::Max => (g.rt, g.real_const(f64::NEG_INFINITY)),
+                Red::Min => (g.rt, g.real_const(f64::INFINITY)),
+                _ => (types::F64, g.b.ins().f64const(0.0)),
+            };
+            let var = g.b.declare_var(ty);
+            g.b.def_var(var, init);
+            let c = Carried {
+                node: e,
+                red,
+                body,
+                var,
+                shift,
+            };
+            let start = g.vector_loop(&VecWork::Nothing, std::slice::from_ref(&c), i)?;
+            g.for_each_from(i, Some(start), false, &mut |g: &mut Self| {
+                let v = g.emit(body)?;
+                let v = match shift {
+                    Some(m) => {
+                        let d = g.b.ins().fsub(v, m);
+                        g.math(Func::Exp, d)?
+                    }
+                    None => v,
+                };
+                let a = g.b.use_var(var);
+                let r = match red {
+                    Red::Max => g.b.ins().fmax(a, v),
+                    Red::Min => g.b.ins().fmin(a, v),
+                    _ => {
+                        let v = g.widen(v);
+                        g.b.ins().fadd(a, v)
+                    }
+                };
+                g.b.def_var(var, r);
+                Ok(())
+            })?;
+            Ok(g.b.use_var(var))
+        };
+        match red {
+            Red::Sum => {
+                let s = pass(self, Red::Sum, None)?;
+                Ok(self.narrow(s))
+            }
+            Red::Mean => {
+                let s = pass(self, Red::Sum, None)?;
+                let nf = self.b.ins().fcvt_from_sint(types::F64, n);
+                let m = self.b.ins().fdiv(s, nf);
+                Ok(self.narrow(m))
+            }
+            Red::Max | Red::Min => pass(self, red, None),
+            Red::LogSumExp => {
+                let m = pass(self, Red::Max, None)?;
+                let s = pass(self, Red::Sum, Some(m))?;
+                let s = self.narrow(s);
+                let l = self.math(Func::Log, s)?;
+                let r = self.b.ins().fadd(m, l);
+                let inf = self.real_const(f64::INFINITY);
+                let am = self.b.ins().fabs(m);
+                let finite = self.b.ins().fcmp(FloatCC::LessThan, am, inf);
+                Ok(self.b.ins().select(finite, r, m))
+            }
+        }
+    }
+
     fn reduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId, ty: Ty) -> Result<Value> {
         // Reductions in the body that do not depend on `i` are computed once, before the loop.
         self.hoist(&[body], None, true)?;
@@ -1665,6 +1737,16 @@ impl<'a, 'b> Gen<'a, 'b> {
                 Ok(())
             })?;
             return Ok(self.b.use_var(var));
+        }
+        let probe = Carried {
+            node: e,
+            red,
+            body,
+            var: Variable::from_u32(0),
+            shift: None,
+        };
+        if self.can_vectorize(&VecWork::Nothing, std::slice::from_ref(&probe), i) {
+            return self.vreduce(e, red, i, body);
         }
         match red {
             Red::Sum | Red::Mean => {

@@ -27,6 +27,8 @@ pub(super) enum VecWork<'w> {
     },
     /// a group's runs of contributions
     Runs(&'w [Run]),
+    /// nothing but the carried reductions (an in-place reduction's loop)
+    Nothing,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -71,6 +73,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let last_is = |dims: &[IndexId]| dims.last() == Some(&ix);
         let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
         match w {
+            VecWork::Nothing => {}
             VecWork::Zero { dims, .. } => {
                 if !last_is(dims) {
                     return false;
@@ -88,7 +91,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     let contiguous = unit_stride(p, &r.index, &tn.indices, ix);
                     // strided targets are accumulated lane by lane
                     let strided = !r.direct && plain(p, &r.index, &tn.indices, ix);
-                    if !(contiguous || strided) || !r.index.iter().all(|a| self.an.safe(*a)) {
+                    if !(contiguous || strided) || !r.index.iter().all(|a| self.an.errorfree(*a)) {
                         return false;
                     }
                     for t in &r.terms {
@@ -101,7 +104,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             }
         }
-        if !roots.iter().all(|r| self.an.safe(*r)) {
+        if !roots.iter().all(|r| self.an.errorfree(*r)) {
             if std::env::var_os("LOSSC_DEBUG_VEC").is_some() {
                 eprintln!("unsafe roots");
             }
@@ -154,7 +157,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                     Bin::And | Bin::Or => true,
                     Bin::Pow => {
                         ta == Ty::Real
-                            && matches!(p.pool.get(*b), Expr::Int(k) if (0..=4).contains(k))
+                            && (tb == Ty::Real
+                                || matches!(p.pool.get(*b), Expr::Int(k) if (0..=4).contains(k)))
                     }
                     Bin::Rem => false,
                 }
@@ -220,6 +224,11 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             Expr::StopGrad(a) => self.emit_v(a, ix)?,
             Expr::Binary(op, a, b) => {
+                if op == Bin::Pow && p.pool.ty(b) == Ty::Real {
+                    let x = self.emit_v(a, ix)?;
+                    let y = self.emit_v(b, ix)?;
+                    return self.vpow(x, y);
+                }
                 if op == Bin::Pow {
                     let x = self.emit_v(a, ix)?;
                     let k = match p.pool.get(b) {
@@ -253,6 +262,12 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             Expr::Select(c, a, b) => {
                 let m = self.emit_v(c, ix)?;
+                let mut budget = 12;
+                if self.cheap(a, &mut budget) && self.cheap(b, &mut budget) {
+                    let x = self.emit_v(a, ix)?;
+                    let y = self.emit_v(b, ix)?;
+                    return Ok(self.sel(m, x, y));
+                }
                 let x = self.emit_v(a, ix)?;
                 let y = self.emit_v(b, ix)?;
                 self.sel(m, x, y)
@@ -266,6 +281,63 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             _ => return Err(internal("no vector form")),
         })
+    }
+
+    /// Vector values of the nodes that at least two of `lists` reach (and that depend on the
+    /// loop index and hold no loop), computed before any of them.
+    fn vshared(&mut self, lists: &[Vec<ExprId>], ix: IndexId) -> Result<()> {
+        if lists.len() < 2 {
+            return Ok(());
+        }
+        let mut count = vec![0u32; self.p.pool.len()];
+        for l in lists {
+            for (k, s) in self.an.reach(l).iter().enumerate() {
+                if *s {
+                    count[k] += 1;
+                }
+            }
+        }
+        for (k, c) in count.iter().enumerate() {
+            let e = ExprId(k as u32);
+            if *c >= 2
+                && self.p.pool.free(e).contains(&ix)
+                && self.an.flat(e)
+                && !self.p.pool.get(e).is_leaf()
+                && self.p.pool.ty(e) != Ty::Int
+                && !matches!(self.p.pool.get(e), Expr::Index(_))
+            {
+                self.emit_v(e, ix)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// x^y lane-wise as e^(y log|x|), with pow's special cases: x^0 = 1 and 1^y = 1 (even
+    /// for NaN), a negative base only to an integer power (odd powers negative), else NaN.
+    fn vpow(&mut self, x: Value, y: Value) -> Result<Value> {
+        let ax = self.b.ins().fabs(x);
+        let l = self.math(Func::Log, ax)?;
+        let t = self.b.ins().fmul(y, l);
+        let r = self.math(Func::Exp, t)?;
+        let fy = self.b.ins().floor(y);
+        let isint = self.b.ins().fcmp(FloatCC::Equal, fy, y);
+        let half_c = self.rc(y, 0.5);
+        let half = self.b.ins().fmul(y, half_c);
+        let fh = self.b.ins().floor(half);
+        let odd_h = self.b.ins().fcmp(FloatCC::NotEqual, fh, half);
+        let odd = self.b.ins().band(isint, odd_h);
+        let nr = self.b.ins().fneg(r);
+        let signed = self.sel(odd, nr, r);
+        let nan = self.rc(x, f64::NAN);
+        let negv = self.sel(isint, signed, nan);
+        let zero = self.rc(x, 0.0);
+        let neg = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+        let r = self.sel(neg, negv, r);
+        let one = self.rc(x, 1.0);
+        let y0 = self.b.ins().fcmp(FloatCC::Equal, y, zero);
+        let x1 = self.b.ins().fcmp(FloatCC::Equal, x, one);
+        let trivial = self.b.ins().bor(y0, x1);
+        Ok(self.sel(trivial, one, r))
     }
 
     /// The row-major offset of a read whose last index is the vector loop's (its base cell).
@@ -353,8 +425,9 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// One vector step of the work at the current base cell.
-    fn vwork(&mut self, w: &VecWork, ix: IndexId) -> Result<()> {
+    fn vwork(&mut self, w: &VecWork, carried: &[Carried], ix: IndexId) -> Result<()> {
         match w {
+            VecWork::Nothing => {}
             VecWork::Zero { slot, dims } => {
                 let off = self.row_major(dims)?;
                 let a = self.addr(*slot, Elem::Real, off);
@@ -369,6 +442,13 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.vstore(a, v);
             }
             VecWork::Runs(runs) => {
+                // Nodes two terms (or a term and a carried body) share: computed once, first.
+                let mut lists: Vec<Vec<ExprId>> = runs
+                    .iter()
+                    .flat_map(|r| r.terms.iter().map(contribution_roots))
+                    .collect();
+                lists.extend(carried.iter().map(|c| vec![c.body]));
+                self.vshared(&lists, ix)?;
                 for r in runs.iter() {
                     let mut acc: Option<Value> = None;
                     for t in &r.terms {
@@ -380,14 +460,17 @@ impl<'a, 'b> Gen<'a, 'b> {
                                 None => m,
                             });
                         }
-                        let v = self.emit_v(t.value, ix)?;
-                        let v = match mask {
-                            Some(m) => {
-                                let z = self.rc(v, 0.0);
-                                self.sel(m, v, z)
-                            }
-                            None => v,
+                        let Some(m) = mask else {
+                            let v = self.emit_v(t.value, ix)?;
+                            acc = Some(match acc {
+                                Some(a) => self.b.ins().fadd(a, v),
+                                None => v,
+                            });
+                            continue;
                         };
+                        let v = self.emit_v(t.value, ix)?;
+                        let z = self.rc(v, 0.0);
+                        let v = self.sel(m, v, z);
                         acc = Some(match acc {
                             Some(a) => self.b.ins().fadd(a, v),
                             None => v,
@@ -396,6 +479,22 @@ impl<'a, 'b> Gen<'a, 'b> {
                     let Some(v) = acc else { continue };
                     let dims = self.p.tensors[r.target.ix()].indices.clone();
                     let slot = self.p.inputs.len() + r.target.ix();
+                    if r.index.iter().all(|a| !self.p.pool.free(*a).contains(&ix)) {
+                        // one cell for every lane: add the lanes (in order), then the cell
+                        let mut s = self.b.ins().extractlane(v, 0);
+                        for lane in 1..self.lanes() {
+                            let x = self.b.ins().extractlane(v, lane as u8);
+                            s = self.b.ins().fadd(s, x);
+                        }
+                        let mut off = self.b.ins().iconst(types::I64, 0);
+                        for (a, d) in r.index.iter().zip(&dims) {
+                            let x = self.checked_arg(*a, *d)?;
+                            let m = self.b.ins().imul(off, self.ext[d.ix()]);
+                            off = self.b.ins().iadd(m, x);
+                        }
+                        self.accumulate(slot, off, s);
+                        continue;
+                    }
                     if !unit_stride(self.p, &r.index, &dims, ix) {
                         // lane by lane: cell k + lane of the loop index
                         let base =
@@ -486,9 +585,17 @@ impl<'a, 'b> Gen<'a, 'b> {
             *b = Some(ix);
         }
         let r = (|| -> Result<()> {
-            self.vwork(w, ix)?;
+            self.vwork(w, accs, ix)?;
             for (c, vs) in accs.iter().zip(&vaccs) {
                 let v = self.emit_v(c.body, ix)?;
+                let v = match c.shift {
+                    Some(m) => {
+                        let mv = self.splat_v(m);
+                        let d = self.b.ins().fsub(v, mv);
+                        self.math(Func::Exp, d)?
+                    }
+                    None => v,
+                };
                 match c.red {
                     Red::Sum | Red::Mean => {
                         let parts = self.widen_lanes(v);

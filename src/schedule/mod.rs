@@ -68,6 +68,9 @@ pub struct Schedule {
 pub struct Analysis<'a> {
     p: &'a Program,
     safe: Vec<bool>,
+    /// like `safe`, but reads of tables being filled count (they cannot fail, though their
+    /// values may still change)
+    errorfree: Vec<bool>,
     /// the node's subtree has no reduction
     flat: Vec<bool>,
 }
@@ -77,9 +80,19 @@ impl<'a> Analysis<'a> {
         // Children have smaller ids than parents, so one forward sweep computes `safe`.
         let n = p.pool.len();
         let mut safe = vec![true; n];
+        let mut errorfree = vec![true; n];
         let mut flat = vec![true; n];
         for k in 0..n {
             let e = ExprId(k as u32);
+            let mut ef = match p.pool.get(e) {
+                Expr::Tensor(t, args) => {
+                    let tn = &p.tensors[t.ix()];
+                    args.iter()
+                        .zip(&tn.indices)
+                        .all(|(a, d)| in_range(p, *a, *d))
+                }
+                _ => true,
+            };
             let mut ok = match p.pool.get(e) {
                 Expr::Input(i, args) => {
                     let dims = &p.inputs[i.ix()].dims;
@@ -109,14 +122,31 @@ impl<'a> Analysis<'a> {
                 _ => true,
             };
             let mut f = !matches!(p.pool.get(e), Expr::Reduce(..));
+            // (for a tensor read, `ok` already covers the other conditions of `ef`)
+            if !matches!(p.pool.get(e), Expr::Tensor(..)) {
+                ef = ok;
+            }
             p.pool.get(e).for_each_child(|c| {
                 ok &= safe[c.ix()];
+                ef &= errorfree[c.ix()];
                 f &= flat[c.ix()];
             });
             safe[k] = ok;
+            errorfree[k] = ef;
             flat[k] = f;
         }
-        Analysis { p, safe, flat }
+        Analysis {
+            p,
+            safe,
+            errorfree,
+            flat,
+        }
+    }
+
+    /// The node cannot raise an error wherever it is evaluated (its value may depend on
+    /// when, for tables being filled or summed).
+    pub fn errorfree(&self, e: ExprId) -> bool {
+        self.errorfree[e.ix()]
     }
 
     /// The node's subtree holds no reduction (it costs no loop).
