@@ -15,6 +15,15 @@ static CACHE: OnceLock<Cache> = OnceLock::new();
 /// Kernels kept before the cache starts over.
 const CACHE_SIZE: usize = 256;
 
+/// Forgets every cached kernel (to time compilation from scratch).
+pub fn clear_cache() {
+    if let Some(c) = CACHE.get() {
+        if let Ok(mut c) = c.lock() {
+            c.clear();
+        }
+    }
+}
+
 /// The kernel for a program, compiled on first use.
 pub fn kernel(p: &Program, f32: bool) -> Result<Arc<Kernel>> {
     let key = (p.fingerprint(), f32);
