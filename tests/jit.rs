@@ -353,3 +353,134 @@ fn compiled_losses_are_send_and_sync_and_print_their_code() {
     });
     assert_eq!(a, b);
 }
+
+/// Big enough calls run in row blocks, on threads: every result is bitwise the same for 1, 2
+/// and 8 threads, and agrees with the interpreter.
+#[test]
+fn threads_give_bitwise_identical_results() {
+    let lib = Library::with_stdlib().unwrap();
+    let mut rng = Rng(99);
+    let mut u = |n: usize, lo: f64, hi: f64| -> Vec<f64> {
+        (0..n).map(|_| lo + (hi - lo) * rng.next()).collect()
+    };
+    // (loss, grad input, inputs as (name, shape, data as f64, is int))
+    let n = 150_000;
+    let labels01: Vec<f64> = u(n, 0.0, 1.0).iter().map(|v| v.round()).collect();
+    let (rows, cols) = (300usize, 700usize);
+    let mut onehot = vec![0.0; rows * cols];
+    for r in 0..rows {
+        onehot[r * cols + (r * 13) % cols] = 1.0;
+    }
+    let (cn, cd, cc) = (40_000usize, 3usize, 5usize);
+    let ids: Vec<f64> = (0..cn).map(|i| ((i * 7) % cc) as f64).collect();
+    let (b, t, k, s) = (600usize, 30usize, 8usize, 6usize);
+    let ctc_labels: Vec<f64> = (0..b * s).map(|i| (1 + i % (k - 1)) as f64).collect();
+    type Inp = (&'static str, Vec<usize>, Vec<f64>, bool);
+    let cases: Vec<(&str, &str, Vec<Inp>)> = vec![
+        (
+            "focal_loss",
+            "logits",
+            vec![
+                ("labels", vec![n], labels01, false),
+                ("logits", vec![n], u(n, -4.0, 4.0), false),
+            ],
+        ),
+        (
+            "softmax_cross_entropy",
+            "logits",
+            vec![
+                ("labels", vec![rows, cols], onehot, false),
+                ("logits", vec![rows, cols], u(rows * cols, -3.0, 3.0), false),
+            ],
+        ),
+        (
+            "center_loss",
+            "centers",
+            vec![
+                ("labels", vec![cn], ids, true),
+                ("features", vec![cn, cd], u(cn * cd, -1.0, 1.0), false),
+                ("centers", vec![cc, cd], u(cc * cd, -1.0, 1.0), false),
+            ],
+        ),
+        (
+            "ctc_loss",
+            "logits",
+            vec![
+                ("labels", vec![b, s], ctc_labels, true),
+                ("logits", vec![b, t, k], u(b * t * k, -2.0, 2.0), false),
+                ("label_lengths", vec![b], vec![s as f64; b], true),
+                ("logit_lengths", vec![b], vec![t as f64; b], true),
+            ],
+        ),
+    ];
+    for (loss, wrt, inputs) in cases {
+        let f32s: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|i| i.2.iter().map(|x| *x as f32).collect())
+            .collect();
+        let i64s: Vec<Vec<i64>> = inputs
+            .iter()
+            .map(|i| i.2.iter().map(|x| *x as i64).collect())
+            .collect();
+        let views: Vec<(&str, View)> = inputs
+            .iter()
+            .enumerate()
+            .map(|(j, i)| {
+                let v = if i.3 {
+                    View::i64(&i.1, &i64s[j])
+                } else {
+                    View::f32(&i.1, &f32s[j])
+                };
+                (i.0, v)
+            })
+            .collect();
+        for r in [Reduction::Mean, Reduction::None] {
+            let mut results = Vec::new();
+            for threads in [1usize, 2, 8] {
+                let c = lib
+                    .compile(
+                        loss,
+                        Options::new().dtype(DType::F32).grad(wrt).threads(threads),
+                    )
+                    .unwrap();
+                let out = c.call(&views, &[], r, None).unwrap();
+                let bits: Vec<u64> = out
+                    .value
+                    .to_f64()
+                    .iter()
+                    .chain(out.grads[0].1.to_f64().iter())
+                    .map(|x| x.to_bits())
+                    .collect();
+                results.push(bits);
+            }
+            assert_eq!(results[0], results[1], "{loss} {r:?}: 1 vs 2 threads");
+            assert_eq!(results[0], results[2], "{loss} {r:?}: 1 vs 8 threads");
+            // Against the interpreter (f32 rounding per op there).
+            let mut call = Call::new().reduction(r).dtype(DType::F32).grad(wrt);
+            for i in &inputs {
+                let a = if i.3 {
+                    Array::int(i.1.clone(), i.2.iter().map(|x| *x as i64).collect())
+                } else {
+                    Array::real(i.1.clone(), i.2.iter().map(|x| *x as f32 as f64).collect())
+                };
+                call = call.input(i.0, a);
+            }
+            let want = lib.call(loss, &call).unwrap();
+            let got: Vec<f64> = results[0].iter().map(|b| f64::from_bits(*b)).collect();
+            let want_all: Vec<f64> = want
+                .value
+                .to_f64()
+                .into_iter()
+                .chain(want.grads[0].1.to_f64())
+                .collect();
+            assert_eq!(got.len(), want_all.len());
+            let scale = want_all.iter().fold(0f64, |m, x| m.max(x.abs()));
+            for (j, (a, b)) in got.iter().zip(&want_all).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs() + 1e-6 * scale,
+                    "{loss} {r:?} [{j}]: jit {a} interp {b}"
+                );
+            }
+        }
+    }
+}

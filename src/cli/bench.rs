@@ -134,13 +134,10 @@ pub fn run(
     reps: usize,
     json: bool,
 ) -> Result<()> {
-    if threads != 1 {
-        return Err(Error::new(
-            ErrorKind::Limit,
-            "--threads: this version's kernels run on one thread; use --threads 1",
-        ));
+    if threads == 0 {
+        return Err(Error::new(ErrorKind::Data, "--threads must be at least 1"));
     }
-    let options = k.options()?;
+    let options = k.options()?.threads(threads);
     let f32 = options.dtype == DType::F32;
     let reduction = options.reduction;
     // Source text to machine code: parse and check the loss's file, then compile.

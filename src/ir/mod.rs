@@ -22,7 +22,7 @@ mod source;
 use std::collections::HashMap;
 
 pub use print::{print_program, real_literal};
-pub use reduce::{with_reduction, Reduction, WEIGHTS};
+pub use reduce::{with_reduction, with_reduction_rows, Reduction, ROWS, WEIGHTS};
 pub use source::to_source;
 
 macro_rules! id_type {

@@ -43,7 +43,32 @@ pub const WEIGHTS: &str = "#weights";
 /// program gains a real input [`WEIGHTS`] over the output's indices (the caller broadcasts
 /// the call's weights to the output's shape).
 pub fn with_reduction(p: &Program, r: Reduction, weighted: bool) -> Program {
+    reduce_with(p, r, weighted, None)
+}
+
+/// The name of the parameter [`with_reduction_rows`] adds.
+pub const ROWS: &str = "#rows";
+
+/// [`with_reduction`] for a program evaluated in row blocks along index `rows`: the mean
+/// divides by an int parameter [`ROWS`] (default: the extent of `rows`) instead of that
+/// extent, so each block's value and gradient are already scaled for the whole batch.
+pub fn with_reduction_rows(p: &Program, r: Reduction, weighted: bool, rows: IndexId) -> Program {
+    reduce_with(p, r, weighted, Some(rows))
+}
+
+fn reduce_with(p: &Program, r: Reduction, weighted: bool, rows: Option<IndexId>) -> Program {
     let mut q = p.clone();
+    let rows_param = rows.map(|b| {
+        let default = q.pool.add(Expr::Extent(b), Ty::Int);
+        let id = ParamId(q.params.len() as u32);
+        q.params.push(Param {
+            name: ROWS.into(),
+            ty: Ty::Int,
+            default,
+            default_src: q.index_label(b).to_uppercase(),
+        });
+        (b, q.pool.add(Expr::Param(id), Ty::Int))
+    });
     let out_ix = q.output.indices.clone();
     let loss = q.output.body;
     let w = if weighted {
@@ -80,7 +105,10 @@ pub fn with_reduction(p: &Program, r: Reduction, weighted: bool) -> Program {
     let count = {
         let mut n = pool.int(1);
         for i in &out_ix {
-            let x = pool.add(Expr::Extent(*i), Ty::Int);
+            let x = match rows_param {
+                Some((b, prm)) if b == *i => prm,
+                _ => pool.add(Expr::Extent(*i), Ty::Int),
+            };
             n = if matches!(pool.get(n), Expr::Int(1)) {
                 x
             } else {

@@ -30,6 +30,8 @@ pub struct Options {
     pub reduction: Reduction,
     /// compile the weighted variant up front
     pub weighted: bool,
+    /// worker threads; results are bitwise the same for any number
+    pub threads: usize,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             grad: vec![],
             reduction: Reduction::Mean,
             weighted: false,
+            threads: 1,
         }
     }
 }
@@ -63,6 +66,10 @@ impl Options {
         self.weighted = w;
         self
     }
+    pub fn threads(mut self, n: usize) -> Options {
+        self.threads = n.max(1);
+        self
+    }
 }
 
 /// Borrowed input data of any element type the host may hold.
@@ -74,7 +81,16 @@ pub enum Slice<'a> {
     I32(&'a [i32]),
 }
 
-impl Slice<'_> {
+impl<'a> Slice<'a> {
+    /// Elements `a..b`.
+    fn sub(self, a: usize, b: usize) -> Slice<'a> {
+        match self {
+            Slice::F32(v) => Slice::F32(&v[a..b]),
+            Slice::F64(v) => Slice::F64(&v[a..b]),
+            Slice::I64(v) => Slice::I64(&v[a..b]),
+            Slice::I32(v) => Slice::I32(&v[a..b]),
+        }
+    }
     fn len(&self) -> usize {
         match self {
             Slice::F32(v) => v.len(),
@@ -119,17 +135,24 @@ impl<'a> View<'a> {
 pub trait Real: Copy + Default + Send + Sync + 'static {
     const F32: bool;
     fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
 }
 impl Real for f32 {
     const F32: bool = true;
     fn to_f64(self) -> f64 {
         self as f64
     }
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
 }
 impl Real for f64 {
     const F32: bool = false;
     fn to_f64(self) -> f64 {
         self
+    }
+    fn from_f64(v: f64) -> f64 {
+        v
     }
 }
 
@@ -146,6 +169,10 @@ pub struct CompiledLoss {
     wrt: Vec<InputId>,
     /// parameter defaults or computed extents read input data (then it is converted for them)
     defaults_read_inputs: bool,
+    /// the index along which the loss is separable (rows evaluated in independent blocks)
+    batch: Option<ir::IndexId>,
+    /// worker threads for the blocks (none: the calling thread)
+    pool: Option<rayon::ThreadPool>,
     variants: Mutex<HashMap<(Reduction, bool), Arc<Variant>>>,
     /// scratch tables, reused between calls
     scratch: Mutex<Vec<Vec<u64>>>,
@@ -164,8 +191,13 @@ fn variant(
     r: Reduction,
     weighted: bool,
     f32: bool,
+    batch: Option<ir::IndexId>,
 ) -> Result<Variant> {
-    let q = crate::opt::simplify(&ir::with_reduction(base, r, weighted));
+    let reduced = match batch {
+        Some(b) => ir::with_reduction_rows(base, r, weighted, b),
+        None => ir::with_reduction(base, r, weighted),
+    };
+    let q = crate::opt::simplify(&reduced);
     let q = if wrt.is_empty() {
         q
     } else {
@@ -181,25 +213,41 @@ impl CompiledLoss {
         bind::validate_grad(p, &options.grad)?;
         bind::check_reduction(p, options.reduction)?;
         let wrt: Vec<InputId> = options.grad.iter().filter_map(|g| p.input(g)).collect();
-        let v = variant(
-            p,
-            &wrt,
-            options.reduction,
-            options.weighted,
-            options.dtype == DType::F32,
-        )?;
         let mut roots: Vec<ir::ExprId> = p.params.iter().map(|q| q.default).collect();
         roots.extend(p.indices.iter().filter_map(|i| match i.extent {
             ir::Extent::Computed(e) => Some(e),
             _ => None,
         }));
         let defaults_read_inputs = reads_inputs(p, &roots);
+        let batch = if defaults_read_inputs {
+            None
+        } else {
+            batch_index(p)
+        };
+        let v = variant(
+            p,
+            &wrt,
+            options.reduction,
+            options.weighted,
+            options.dtype == DType::F32,
+            batch,
+        )?;
+        let pool = if options.threads > 1 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(options.threads)
+                .build()
+                .ok()
+        } else {
+            None
+        };
         let mut variants = HashMap::new();
         variants.insert((options.reduction, options.weighted), Arc::new(v));
         Ok(CompiledLoss {
             base: p.clone(),
             wrt,
             defaults_read_inputs,
+            batch,
+            pool,
             variants: Mutex::new(variants),
             scratch: Mutex::new(Vec::new()),
             compile_s: t0.elapsed().as_secs_f64(),
@@ -241,6 +289,7 @@ impl CompiledLoss {
             r,
             weighted,
             self.options.dtype == DType::F32,
+            self.batch,
         )?);
         if let Ok(mut m) = self.variants.lock() {
             m.insert((r, weighted), v.clone());
@@ -335,6 +384,275 @@ impl CompiledLoss {
         value: &mut [R],
         grads: &mut [&mut [R]],
     ) -> Result<()> {
+        if let Some(plan) = self.blocks(inputs, reduction, weights.is_some(), R::F32)? {
+            return self.call_blocks(&plan, inputs, params, reduction, value, grads);
+        }
+        self.call_single(inputs, params, reduction, weights, value, grads, None)
+    }
+
+    /// How to split a call into row blocks, when the loss is separable along its batch index
+    /// and the call is big enough: a fixed block size (so results do not depend on the number
+    /// of threads).
+    fn blocks(
+        &self,
+        inputs: &[(&str, View)],
+        reduction: Reduction,
+        weighted: bool,
+        f32: bool,
+    ) -> Result<Option<Blocks>> {
+        let Some(b0) = self.batch else {
+            return Ok(None);
+        };
+        let f32_ok = f32 == (self.options.dtype == DType::F32);
+        if weighted
+            || !f32_ok
+            || !matches!(
+                reduction,
+                Reduction::None | Reduction::Sum | Reduction::Mean
+            )
+        {
+            return Ok(None);
+        }
+        let p = &self.base;
+        let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, v)| (*n, v.shape)).collect();
+        let Shapes { extents, .. } = bind::bind_shapes(p, &shapes)?;
+        let rows = extents[b0.ix()].max(0) as usize;
+        let mut row_len = vec![0usize; p.inputs.len()];
+        let mut widest = 1usize;
+        for (k, inp) in p.inputs.iter().enumerate() {
+            if inp.dims.first() == Some(&b0) && rows > 0 {
+                let len = inputs
+                    .iter()
+                    .find(|(n, _)| *n == inp.name)
+                    .map(|(_, v)| v.data.len())
+                    .unwrap_or(0);
+                row_len[k] = len / rows;
+                widest = widest.max(row_len[k]);
+            }
+        }
+        let per_block = (BLOCK_ELEMS / widest).max(1);
+        if rows <= per_block {
+            return Ok(None);
+        }
+        Ok(Some(Blocks {
+            rows,
+            per_block,
+            row_len,
+        }))
+    }
+
+    /// Runs the blocks (on the pool when there is one) and combines their values and the
+    /// gradients of inputs without the batch index, in block order.
+    fn call_blocks<R: Real>(
+        &self,
+        plan: &Blocks,
+        inputs: &[(&str, View)],
+        params: &[(&str, ParamValue)],
+        reduction: Reduction,
+        value: &mut [R],
+        grads: &mut [&mut [R]],
+    ) -> Result<()> {
+        let p = &self.base;
+        let nblocks = plan.rows.div_ceil(plan.per_block);
+        let out_row = if reduction == Reduction::None {
+            value.len() / plan.rows.max(1)
+        } else {
+            0
+        };
+        if grads.len() != self.wrt.len() {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                format!(
+                    "{} gradient buffers given, `{}` was compiled with {}",
+                    grads.len(),
+                    p.name,
+                    self.wrt.len()
+                ),
+            ));
+        }
+        // Per block: its value cells (a slice of the caller's for `none`) and gradient
+        // buffers (slices of the caller's for batch inputs, its own for the others).
+        struct Block<'v, R> {
+            k: usize,
+            value: Option<&'v mut [R]>,
+            grads: Vec<Option<&'v mut [R]>>,
+        }
+        let mut blocks: Vec<Block<R>> = (0..nblocks)
+            .map(|k| Block {
+                k,
+                value: None,
+                grads: Vec::new(),
+            })
+            .collect();
+        if reduction == Reduction::None {
+            if value.len() != plan.rows * out_row {
+                return Err(Error::new(
+                    ErrorKind::Shape,
+                    format!(
+                        "the value buffer holds {}, the output has {} cells",
+                        value.len(),
+                        plan.rows * out_row
+                    ),
+                ));
+            }
+            for (b, s) in blocks
+                .iter_mut()
+                .zip(value.chunks_mut((plan.per_block * out_row).max(1)))
+            {
+                b.value = Some(s);
+            }
+        }
+        for (g, w) in grads.iter_mut().zip(&self.wrt) {
+            let rl = plan.row_len[w.ix()];
+            if rl > 0 {
+                if g.len() != plan.rows * rl {
+                    return Err(Error::new(
+                        ErrorKind::Shape,
+                        format!(
+                            "the gradient buffer for `{}` holds {}, it needs {}",
+                            p.inputs[w.ix()].name,
+                            g.len(),
+                            plan.rows * rl
+                        ),
+                    ));
+                }
+                for (b, s) in blocks.iter_mut().zip(g.chunks_mut(plan.per_block * rl)) {
+                    b.grads.push(Some(s));
+                }
+            } else {
+                for b in blocks.iter_mut() {
+                    b.grads.push(None);
+                }
+            }
+        }
+        let total_rows = plan.rows as i64;
+        let run = |b: &mut Block<R>| -> Result<(f64, Vec<Vec<R>>)> {
+            let lo = b.k * plan.per_block;
+            let hi = (lo + plan.per_block).min(plan.rows);
+            let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(inputs.len());
+            let mut views: Vec<(&str, View)> = Vec::with_capacity(inputs.len());
+            for (name, v) in inputs {
+                let k = p.input(name).map(|i| i.ix());
+                match k {
+                    Some(k) if plan.row_len[k] > 0 => {
+                        let rl = plan.row_len[k];
+                        let rank = p.inputs[k].dims.len();
+                        let mut s = vec![hi - lo];
+                        s.extend(&v.shape[v.shape.len() + 1 - rank..]);
+                        shapes.push(s);
+                        views.push((name, View::new(&[], v.data.sub(lo * rl, hi * rl))));
+                    }
+                    _ => {
+                        shapes.push(v.shape.to_vec());
+                        views.push((name, *v));
+                    }
+                }
+            }
+            for (view, s) in views.iter_mut().zip(&shapes) {
+                view.1.shape = s;
+            }
+            let mut own: Vec<Vec<R>> = Vec::new();
+            for (j, w) in self.wrt.iter().enumerate() {
+                if b.grads[j].is_none() {
+                    let len = inputs
+                        .iter()
+                        .find(|(n, _)| *n == p.inputs[w.ix()].name)
+                        .map(|(_, v)| v.data.len())
+                        .unwrap_or(0);
+                    own.push(vec![R::default(); len]);
+                }
+            }
+            let mut one = [R::default(); 1];
+            {
+                let mut own_it = own.iter_mut();
+                let mut gs: Vec<&mut [R]> = Vec::new();
+                for g in b.grads.iter_mut() {
+                    match g {
+                        Some(s) => gs.push(s),
+                        None => match own_it.next() {
+                            Some(o) => gs.push(o.as_mut_slice()),
+                            None => {
+                                return Err(Error::new(
+                                    ErrorKind::Check,
+                                    "internal: gradient blocks",
+                                ))
+                            }
+                        },
+                    }
+                }
+                let v: &mut [R] = match b.value.as_mut() {
+                    Some(s) => s,
+                    None => &mut one,
+                };
+                self.call_single(
+                    &views,
+                    params,
+                    reduction,
+                    None,
+                    v,
+                    &mut gs,
+                    Some(total_rows),
+                )?;
+            }
+            Ok((one[0].to_f64(), own))
+        };
+        let results: Vec<Result<(f64, Vec<Vec<R>>)>> = match &self.pool {
+            Some(pool) => {
+                use rayon::prelude::*;
+                pool.install(|| blocks.par_iter_mut().map(run).collect())
+            }
+            None => blocks.iter_mut().map(run).collect(),
+        };
+        let mut total = 0f64;
+        let mut first = true;
+        for r in results {
+            let (v, own) = r?;
+            total += v;
+            // Gradients of inputs without the batch index: summed in block order.
+            let mut own_it = own.into_iter();
+            for (g, w) in grads.iter_mut().zip(&self.wrt) {
+                if plan.row_len[w.ix()] == 0 {
+                    if let Some(o) = own_it.next() {
+                        for (a, b) in g.iter_mut().zip(o) {
+                            *a = if first {
+                                b
+                            } else {
+                                R::from_f64(a.to_f64() + b.to_f64())
+                            };
+                        }
+                    }
+                }
+            }
+            first = false;
+        }
+        if reduction != Reduction::None {
+            if value.len() != 1 {
+                return Err(Error::new(
+                    ErrorKind::Shape,
+                    format!(
+                        "the value buffer holds {}, the output has 1 cell",
+                        value.len()
+                    ),
+                ));
+            }
+            value[0] = R::from_f64(total);
+        }
+        Ok(())
+    }
+
+    /// One kernel call on the whole of `inputs` (`rows`: the batch's row count when these
+    /// inputs are one block of it).
+    #[allow(clippy::too_many_arguments)]
+    fn call_single<R: Real>(
+        &self,
+        inputs: &[(&str, View)],
+        params: &[(&str, ParamValue)],
+        reduction: Reduction,
+        weights: Option<View>,
+        value: &mut [R],
+        grads: &mut [&mut [R]],
+        rows: Option<i64>,
+    ) -> Result<()> {
         let f32 = self.options.dtype == DType::F32;
         if R::F32 != f32 {
             return Err(Error::new(
@@ -411,6 +729,14 @@ impl CompiledLoss {
 
         let var = self.variant(reduction, weights.is_some())?;
         let q = &var.program;
+        if let Some(b0) = self.batch {
+            // the `#rows` parameter: the whole batch's row count
+            env.params
+                .push(interp::Value::Int(rows.unwrap_or(env.extents[b0.ix()])));
+        }
+        if env.params.len() != q.params.len() {
+            return Err(Error::new(ErrorKind::Check, "internal: parameter count"));
+        }
 
         // Input buffers: borrowed when the element type matches, converted otherwise.
         let mut owned: Vec<Vec<u64>> = Vec::new();
@@ -555,6 +881,61 @@ impl CompiledLoss {
         }
         r.map_err(|f| native::fault_error(q, &env.extents, f))
     }
+}
+
+/// Elements per block when a call is split into row blocks (fixed: results must not depend
+/// on the number of threads).
+const BLOCK_ELEMS: usize = 1 << 16;
+
+/// A call split into blocks of `per_block` rows; `row_len[k]`: elements per row of input
+/// `k` (0 for inputs without the batch index).
+struct Blocks {
+    rows: usize,
+    per_block: usize,
+    row_len: Vec<usize>,
+}
+
+/// The index a loss is separable along: the output's first index, when every read of an
+/// input or tensor along it is at that index itself, nothing reduces over it, nothing uses
+/// its extent, and every input that has it has it first. Then rows can be evaluated in
+/// independent blocks (the mean divides by the `#rows` parameter).
+fn batch_index(p: &Program) -> Option<ir::IndexId> {
+    let b0 = *p.output.indices.first()?;
+    if p.output.indices[1..].contains(&b0) {
+        return None;
+    }
+    if !matches!(p.indices[b0.ix()].extent, ir::Extent::Input { .. }) {
+        return None;
+    }
+    for inp in &p.inputs {
+        if inp.dims.iter().skip(1).any(|d| *d == b0) {
+            return None;
+        }
+    }
+    for t in &p.tensors {
+        if t.indices.iter().skip(1).any(|d| *d == b0) {
+            return None;
+        }
+    }
+    let along = |args: &[ir::ExprId], dims: &[ir::IndexId]| {
+        args.iter()
+            .zip(dims)
+            .all(|(a, d)| *d != b0 || matches!(p.pool.get(*a), Expr::Index(i) if *i == b0))
+    };
+    for k in 0..p.pool.len() {
+        let e = ir::ExprId(k as u32);
+        let ok = match p.pool.get(e) {
+            Expr::Extent(i) => *i != b0,
+            Expr::Reduce(_, i, _) => *i != b0,
+            Expr::Input(i, args) => along(args, &p.inputs[i.ix()].dims),
+            Expr::Tensor(t, args) => along(args, &p.tensors[t.ix()].indices),
+            _ => true,
+        };
+        if !ok {
+            return None;
+        }
+    }
+    Some(b0)
 }
 
 fn pack_f32(v: &[f32]) -> Vec<u64> {
