@@ -548,6 +548,23 @@ mod generated {
             let failures = check_call(&l, "g", &call, &src);
             let near_kink = failures.iter().any(|_| true) && src.contains("if ");
             prop_assert!(failures.is_empty() || near_kink, "{}", failures.join("\n"));
+            // The JIT agrees with the interpreter on the value and the gradients.
+            let mut jc = call.clone();
+            jc.backend = Backend::Jit;
+            let (a, b) = (l.call("g", &call), l.call("g", &jc));
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    let xs: Vec<f64> = a.value.to_f64().into_iter().chain(a.grads.iter().flat_map(|g| g.1.to_f64())).collect();
+                    let ys: Vec<f64> = b.value.to_f64().into_iter().chain(b.grads.iter().flat_map(|g| g.1.to_f64())).collect();
+                    prop_assert_eq!(xs.len(), ys.len());
+                    for (u, v) in xs.iter().zip(&ys) {
+                        let same = (u.is_nan() && v.is_nan()) || u == v || (u - v).abs() <= 1e-12 * (1.0 + u.abs().max(v.abs()));
+                        prop_assert!(same, "{src}\ninterp {u} jit {v}");
+                    }
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a.kind, b.kind),
+                (a, b) => prop_assert!(false, "{src}\none backend failed: {:?} / {:?}", a.err().map(|e| e.message()), b.err().map(|e| e.message())),
+            }
             // The printed gradient evaluates to the derived one.
             let out = l.call("g", &call).unwrap();
             for (wrt, want) in &out.grads {
