@@ -1,5 +1,5 @@
-//! Host functions a kernel may call: libm's elementary functions (through Rust's f64
-//! methods, which the interpreter uses too) and integer/real powers.
+//! Host functions a kernel may call: libm's elementary functions (through Rust's f64 and f32
+//! methods) and integer/real powers.
 
 use crate::ir::Func;
 
@@ -33,6 +33,34 @@ extern "C" fn acos(x: f64) -> f64 {
 extern "C" fn pow(x: f64, y: f64) -> f64 {
     x.powf(y)
 }
+extern "C" fn exp32(x: f32) -> f32 {
+    x.exp()
+}
+extern "C" fn ln32(x: f32) -> f32 {
+    x.ln()
+}
+extern "C" fn ln_1p32(x: f32) -> f32 {
+    x.ln_1p()
+}
+extern "C" fn exp_m132(x: f32) -> f32 {
+    x.exp_m1()
+}
+extern "C" fn tanh32(x: f32) -> f32 {
+    x.tanh()
+}
+extern "C" fn sin32(x: f32) -> f32 {
+    x.sin()
+}
+extern "C" fn cos32(x: f32) -> f32 {
+    x.cos()
+}
+extern "C" fn atan32(x: f32) -> f32 {
+    x.atan()
+}
+extern "C" fn acos32(x: f32) -> f32 {
+    x.acos()
+}
+
 /// A real to an int power, as the interpreter computes it.
 extern "C" fn powi(x: f64, n: i64) -> f64 {
     x.powi(n.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
@@ -40,6 +68,23 @@ extern "C" fn powi(x: f64, n: i64) -> f64 {
 /// An int to a non-negative int power, wrapping (the kernel checks the sign first).
 extern "C" fn ipow(x: i64, n: i64) -> i64 {
     x.wrapping_pow(n.clamp(0, u32::MAX as i64) as u32)
+}
+
+/// The symbol of the f32 host function for an elementary function (glibc's f32 versions,
+/// within one f32 ulp).
+pub fn name32(f: Func) -> Option<&'static str> {
+    Some(match f {
+        Func::Exp => "lossc_exp32",
+        Func::Log => "lossc_log32",
+        Func::Log1p => "lossc_log1p32",
+        Func::Expm1 => "lossc_expm132",
+        Func::Tanh => "lossc_tanh32",
+        Func::Sin => "lossc_sin32",
+        Func::Cos => "lossc_cos32",
+        Func::Atan => "lossc_atan32",
+        Func::Acos => "lossc_acos32",
+        _ => return None,
+    })
 }
 
 /// The symbol of the host function for an elementary function.
@@ -70,6 +115,15 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("lossc_cos", cos as *const u8),
         ("lossc_atan", atan as *const u8),
         ("lossc_acos", acos as *const u8),
+        ("lossc_exp32", exp32 as *const u8),
+        ("lossc_log32", ln32 as *const u8),
+        ("lossc_log1p32", ln_1p32 as *const u8),
+        ("lossc_expm132", exp_m132 as *const u8),
+        ("lossc_tanh32", tanh32 as *const u8),
+        ("lossc_sin32", sin32 as *const u8),
+        ("lossc_cos32", cos32 as *const u8),
+        ("lossc_atan32", atan32 as *const u8),
+        ("lossc_acos32", acos32 as *const u8),
         ("lossc_pow", pow as *const u8),
         ("lossc_powi", powi as *const u8),
         ("lossc_ipow", ipow as *const u8),

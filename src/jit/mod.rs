@@ -1423,10 +1423,12 @@ impl<'a, 'b> Gen<'a, 'b> {
             let m = math_fn(f).ok_or_else(|| internal(format!("no inline {}", f.name())))?;
             return Ok(math::emit(&mut self.b, m, x));
         }
+        if self.f32 {
+            let name = host::name32(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
+            return self.host(name, &[x], types::F32);
+        }
         let name = host::name(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
-        let xd = self.widen(x);
-        let r = self.host(name, &[xd], types::F64)?;
-        Ok(self.narrow(r))
+        self.host(name, &[x], types::F64)
     }
 
     fn call(&mut self, e: ExprId, f: Func, args: &[ExprId], ty: Ty) -> Result<Value> {
