@@ -484,3 +484,18 @@ fn threads_give_bitwise_identical_results() {
         }
     }
 }
+
+/// The generated code of a small loss, value and gradient in one kernel (f32, mean): a fused
+/// loop, vector body and scalar tail. A change here is a question about codegen.
+#[test]
+fn clif_snapshot() {
+    let lib = Library::from_source(
+        "sq.loss",
+        "loss sq(x[i], y[i]) -> [i] { (x[i] - y[i]) ^ 2 }",
+    )
+    .unwrap();
+    let c = lib
+        .compile("sq", Options::new().dtype(DType::F32).grad("x"))
+        .unwrap();
+    insta::assert_snapshot!("clif_sq_f32_mean_grad", c.kernel().unwrap().clif);
+}

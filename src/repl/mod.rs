@@ -42,7 +42,7 @@ Commands:
   :load FILE.loss       define the losses of a file
   :grad NAME INPUT      the derived gradient, as a loss
   :ir NAME              the typed IR
-  :clif NAME            the generated Cranelift code
+  :clif NAME            the generated Cranelift code (value kernel)
   :time CALL            median time per call
   :dtype f32|f64        precision of calls (now: {dtype})
   :backend jit|interp   evaluator (now: {backend})
@@ -432,8 +432,13 @@ impl Session {
             }
             "clif" => {
                 need("a loss name")?;
-                self.loss(arg)?;
-                "the Cranelift JIT backend is not built yet, so there is no CLIF to show; `:ir NAME` shows the IR the interpreter runs\n".to_string()
+                // The value kernel (reduction none) in the session's precision.
+                let (lib, p) = self.loss(arg)?;
+                let name = p.name.clone();
+                let opts = crate::runtime::Options::new()
+                    .dtype(self.dtype)
+                    .reduction(crate::runtime::Reduction::None);
+                lib.compile(&name, opts)?.kernel()?.clif.clone()
             }
             "time" => {
                 need("a call")?;
