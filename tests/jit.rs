@@ -499,3 +499,108 @@ fn clif_snapshot() {
         .unwrap();
     insta::assert_snapshot!("clif_sq_f32_mean_grad", c.kernel().unwrap().clif);
 }
+
+/// Baked parameters fold into the code and give the interpreter's numbers; a call may repeat
+/// a baked value but not change it.
+#[test]
+fn baked_parameters() {
+    let lib = Library::with_stdlib().unwrap();
+    let mut rng = Rng(5);
+    let n = 1001;
+    let y: Vec<f64> = (0..n)
+        .map(|i| {
+            if i % 7 == 0 {
+                rng.next()
+            } else {
+                (i % 2) as f64
+            }
+        })
+        .collect();
+    let x: Vec<f64> = (0..n)
+        .map(|i| (rng.next() - 0.5) * if i % 50 == 0 { 400.0 } else { 8.0 })
+        .collect();
+    for (gamma, alpha) in [(2.0, 0.25), (0.0, 0.5), (1.5, -1.0)] {
+        for dtype in [DType::F64, DType::F32] {
+            let c = lib
+                .compile(
+                    "focal_loss",
+                    Options::new()
+                        .dtype(dtype)
+                        .grad("logits")
+                        .bake("gamma", gamma)
+                        .bake("alpha", alpha),
+                )
+                .unwrap();
+            let ys: Vec<f32> = y.iter().map(|v| *v as f32).collect();
+            let xs: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+            let shape = [n];
+            let inputs = if dtype == DType::F32 {
+                [
+                    ("labels", View::f32(&shape, &ys)),
+                    ("logits", View::f32(&shape, &xs)),
+                ]
+            } else {
+                [
+                    ("labels", View::f64(&shape, &y)),
+                    ("logits", View::f64(&shape, &x)),
+                ]
+            };
+            let got = c.call(&inputs, &[], Reduction::None, None).unwrap();
+            let conv = |v: &[f64]| -> Vec<f64> {
+                if dtype == DType::F32 {
+                    v.iter().map(|x| *x as f32 as f64).collect()
+                } else {
+                    v.to_vec()
+                }
+            };
+            let want = lib
+                .call(
+                    "focal_loss",
+                    &Call::new()
+                        .input("labels", Array::real(vec![n], conv(&y)))
+                        .input("logits", Array::real(vec![n], conv(&x)))
+                        .param("gamma", gamma)
+                        .param("alpha", alpha)
+                        .dtype(dtype)
+                        .grad("logits"),
+                )
+                .unwrap();
+            let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+            for (a, b) in got.value.to_f64().iter().zip(want.value.to_f64()) {
+                assert!(close(*a, b, rtol), "gamma {gamma} {dtype:?}: {a} vs {b}");
+            }
+            for (j, (a, b)) in got.grads[0]
+                .1
+                .to_f64()
+                .iter()
+                .zip(want.grads[0].1.to_f64())
+                .enumerate()
+            {
+                assert!(
+                    close(*a, b, rtol),
+                    "grad gamma {gamma} {dtype:?} at {j} (x {}, y {}): {a} vs {b}",
+                    x[j],
+                    y[j]
+                );
+            }
+            // The same value may be given again; another may not.
+            assert!(c
+                .call(
+                    &inputs,
+                    &[("gamma", ParamValue::Real(gamma))],
+                    Reduction::None,
+                    None
+                )
+                .is_ok());
+            let e = c
+                .call(
+                    &inputs,
+                    &[("gamma", ParamValue::Real(gamma + 1.0))],
+                    Reduction::None,
+                    None,
+                )
+                .unwrap_err();
+            assert!(e.message().contains("baked"), "{}", e.message());
+        }
+    }
+}

@@ -125,6 +125,7 @@ fn make_input(p: &Program, k: usize, ext: &[usize], rng: &mut fastrand::Rng, f32
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     lib: &Library,
     entry: &str,
@@ -133,11 +134,33 @@ pub fn run(
     threads: usize,
     reps: usize,
     json: bool,
+    bake: bool,
 ) -> Result<()> {
     if threads == 0 {
         return Err(Error::new(ErrorKind::Data, "--threads must be at least 1"));
     }
-    let options = k.options()?.threads(threads);
+    let mut options = k.options()?.threads(threads);
+    if bake {
+        // Parameters at their defaults, fixed in the code (as a traced constant is in JAX).
+        let p = lib.loss(entry)?;
+        let env = crate::interp::Env {
+            f32: false,
+            extents: vec![0; p.indices.len()],
+            inputs: vec![],
+            params: vec![],
+        };
+        for q in &p.params {
+            // (defaults that read the inputs or extents stay per call)
+            if let Ok(v) = crate::interp::eval_scalar(p, &env, q.default) {
+                let v = match v {
+                    crate::interp::Value::Real(x) => crate::runtime::ParamValue::Real(x),
+                    crate::interp::Value::Int(x) => crate::runtime::ParamValue::Int(x),
+                    crate::interp::Value::Bool(x) => crate::runtime::ParamValue::Bool(x),
+                };
+                options = options.bake(&q.name, v);
+            }
+        }
+    }
     let f32 = options.dtype == DType::F32;
     let reduction = options.reduction;
     // Source text to machine code: parse and check the loss's file, then compile.
@@ -230,6 +253,7 @@ pub fn run(
             "grad": options.grad,
             "reduction": reduction.name(),
             "threads": threads,
+            "baked_params": bake,
             "reps": times.len(),
             "median_s": median,
             "min_s": sorted[0],

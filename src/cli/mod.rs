@@ -101,6 +101,9 @@ enum Command {
         /// print one JSON object
         #[arg(long)]
         json: bool,
+        /// keep parameters per call instead of baking their defaults into the code
+        #[arg(long)]
+        no_bake: bool,
     },
     /// Evaluate a loss on arrays (.npy files or literals such as [1,0,1])
     Eval {
@@ -397,9 +400,10 @@ fn run(cli: Cli) -> CliResult {
             threads,
             reps,
             json,
+            no_bake,
         } => {
             let (lib, entry) = plain(resolve(&k.name))?;
-            match crate::cli::bench::run(&lib, &entry, &k, &dims, threads, reps, json) {
+            match crate::cli::bench::run(&lib, &entry, &k, &dims, threads, reps, json, !no_bake) {
                 Ok(()) => Ok(0),
                 Err(e) => Err((e, Some(lib))),
             }

@@ -492,12 +492,17 @@ impl Diff {
                 out.push((a, with(da)));
             }
         } else {
-            let one = self.real(1.0);
-            let bm1 = self.sub(b, one);
-            let pw = self.bin(Bin::Pow, a, bm1);
-            let bp = self.mul(b, pw);
-            let da = self.mul(v, bp);
-            out.push((a, with(da)));
+            // (a constant exponent 0: a^0 = 1 has no gradient, even where a^-1 is inf)
+            let zero_exp =
+                matches!(self.q.pool.get(b), Expr::Real(bits) if f64::from_bits(*bits) == 0.0);
+            if !zero_exp {
+                let one = self.real(1.0);
+                let bm1 = self.sub(b, one);
+                let pw = self.bin(Bin::Pow, a, bm1);
+                let bp = self.mul(b, pw);
+                let da = self.mul(v, bp);
+                out.push((a, with(da)));
+            }
             // d/db a^b = a^b log a; 0 where a == 0 (the limit from the right for b > 0).
             let zero = self.real(0.0);
             let nz = self.cmp(Bin::Ne, a, zero);

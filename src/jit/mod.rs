@@ -170,6 +170,13 @@ fn jit_module() -> Result<JITModule> {
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
+    if let Ok(extra) = std::env::var("LOSSC_CL_FLAGS") {
+        for kv in extra.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                set(&mut flags, k, v)?;
+            }
+        }
+    }
     let isa = cranelift_native::builder()
         .map_err(|e| internal(format!("host machine not supported: {e}")))?
         .finish(settings::Flags::new(flags))

@@ -20,10 +20,36 @@ use std::collections::HashMap;
 
 /// Simplifies every expression of `p` (definitions, output, parameters, extents, passes).
 pub fn simplify(p: &Program) -> Program {
+    simplify_baked(p, &[])
+}
+
+/// A constant value for a parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Const {
+    Real(f64),
+    Int(i64),
+    Bool(bool),
+}
+
+/// [`simplify`] with some parameters replaced by constants first ("baked"), so that what
+/// depends on them folds away (`gamma == 0.0` branches, `x ^ 2` powers).
+pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Program {
     let mut q = p.clone();
     let mut o = Opt {
         memo: HashMap::new(),
     };
+    for (id, v) in bake {
+        let ty = q.params[id.ix()].ty;
+        let node = q.pool.add(Expr::Param(*id), ty);
+        let c = match (ty, v) {
+            (Ty::Real, Const::Real(x)) => q.pool.real(*x),
+            (Ty::Real, Const::Int(x)) => q.pool.real(*x as f64),
+            (Ty::Int, Const::Int(x)) => q.pool.int(*x),
+            (Ty::Bool, Const::Bool(b)) => q.pool.add(Expr::Bool(*b), Ty::Bool),
+            _ => continue,
+        };
+        o.memo.insert(node, c);
+    }
     for k in 0..q.params.len() {
         let d = q.params[k].default;
         q.params[k].default = o.expr(&mut q, d);
@@ -164,7 +190,52 @@ impl Opt {
                 int_of(q, a).map(|v| q.pool.int(v.wrapping_neg()))
             }
             Expr::Unary(Un::ToReal, a) => int_of(q, a).map(|v| q.pool.real(v as f64)),
+            Expr::Unary(Un::Not, a) => match q.pool.get(a) {
+                Expr::Bool(v) => {
+                    let v = !*v;
+                    Some(q.pool.add(Expr::Bool(v), Ty::Bool))
+                }
+                _ => None,
+            },
+            // A constant left side decides `&&` and `||` (the right side is never evaluated,
+            // or is the value).
+            Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => match (op, q.pool.get(a)) {
+                (Bin::And, Expr::Bool(true)) | (Bin::Or, Expr::Bool(false)) => Some(b),
+                (Bin::And, Expr::Bool(false)) | (Bin::Or, Expr::Bool(true)) => Some(a),
+                _ => None,
+            },
             Expr::Binary(op, a, b) => {
+                let cmp = |o: std::cmp::Ordering| -> Option<bool> {
+                    use std::cmp::Ordering::*;
+                    Some(match op {
+                        Bin::Eq => o == Equal,
+                        Bin::Ne => o != Equal,
+                        Bin::Lt => o == Less,
+                        Bin::Le => o != Greater,
+                        Bin::Gt => o == Greater,
+                        Bin::Ge => o != Less,
+                        _ => return None,
+                    })
+                };
+                if let (Some(x), Some(y)) = (real_of(q, a), real_of(q, b)) {
+                    // comparisons of numbers (NaN compares unordered: only != holds)
+                    if let Some(o) = x.partial_cmp(&y) {
+                        if let Some(v) = cmp(o) {
+                            return Some(q.pool.add(Expr::Bool(v), Ty::Bool));
+                        }
+                    } else if matches!(
+                        op,
+                        Bin::Eq | Bin::Ne | Bin::Lt | Bin::Le | Bin::Gt | Bin::Ge
+                    ) {
+                        let v = op == Bin::Ne;
+                        return Some(q.pool.add(Expr::Bool(v), Ty::Bool));
+                    }
+                }
+                if let (Some(x), Some(y)) = (int_of(q, a), int_of(q, b)) {
+                    if let Some(v) = cmp(x.cmp(&y)) {
+                        return Some(q.pool.add(Expr::Bool(v), Ty::Bool));
+                    }
+                }
                 if let (Some(x), Some(y)) = (real_of(q, a), real_of(q, b)) {
                     let v = match op {
                         Bin::Add => x + y,
@@ -280,6 +351,14 @@ impl Opt {
             Bin::Pow => {
                 if int_of(q, b) == Some(1) || rb == Some(1.0) {
                     return a;
+                }
+                // x ^ 0 is 1 for every x, NaN and inf included (as pow defines it)
+                if int_of(q, b) == Some(0) || rb == Some(0.0) {
+                    return if q.pool.ty(e) == Ty::Int {
+                        q.pool.int(1)
+                    } else {
+                        self.real(q, 1.0)
+                    };
                 }
                 if rb == Some(2.0) {
                     return self.bin(q, Bin::Mul, a, a);

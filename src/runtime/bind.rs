@@ -201,7 +201,7 @@ pub(crate) fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-fn param_value(p: &Program, k: usize, v: ParamValue) -> Result<Value> {
+pub(crate) fn param_value(p: &Program, k: usize, v: ParamValue) -> Result<Value> {
     let prm = &p.params[k];
     let bad = |what: String| {
         Error::new(

@@ -32,6 +32,8 @@ pub struct Options {
     pub weighted: bool,
     /// worker threads; results are bitwise the same for any number
     pub threads: usize,
+    /// parameters fixed at compile time (folded into the code; a call may not change them)
+    pub bake: Vec<(String, ParamValue)>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             reduction: Reduction::Mean,
             weighted: false,
             threads: 1,
+            bake: vec![],
         }
     }
 }
@@ -64,6 +67,11 @@ impl Options {
     }
     pub fn weighted(mut self, w: bool) -> Options {
         self.weighted = w;
+        self
+    }
+    /// Fixes a parameter's value in the compiled code.
+    pub fn bake(mut self, name: &str, v: impl Into<ParamValue>) -> Options {
+        self.bake.push((name.to_string(), v.into()));
         self
     }
     pub fn threads(mut self, n: usize) -> Options {
@@ -211,6 +219,23 @@ impl CompiledLoss {
     pub(crate) fn new(p: &Program, options: Options) -> Result<CompiledLoss> {
         let t0 = Instant::now();
         bind::validate_grad(p, &options.grad)?;
+        let mut consts = Vec::new();
+        for (name, v) in &options.bake {
+            let Some(id) = p.param(name) else {
+                return Err(Error::new(
+                    ErrorKind::Unknown,
+                    format!("unknown parameter `{name}` for `{}` (to bake)", p.name),
+                ));
+            };
+            let c = match bind::param_value(p, id.ix(), *v)? {
+                interp::Value::Real(x) => crate::opt::Const::Real(x),
+                interp::Value::Int(x) => crate::opt::Const::Int(x),
+                interp::Value::Bool(b) => crate::opt::Const::Bool(b),
+            };
+            consts.push((id, c));
+        }
+        let baked = crate::opt::simplify_baked(p, &consts);
+        let p = &baked;
         bind::check_reduction(p, options.reduction)?;
         let wrt: Vec<InputId> = options.grad.iter().filter_map(|g| p.input(g)).collect();
         let mut roots: Vec<ir::ExprId> = p.params.iter().map(|q| q.default).collect();
@@ -669,6 +694,20 @@ impl CompiledLoss {
         let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
         let pnames: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
         bind::check_names(p, &names, &pnames)?;
+        for (name, v) in params {
+            if let Some((_, b)) = self.options.bake.iter().find(|(n, _)| n == name) {
+                let k = p.param(name).map(|i| i.ix()).unwrap_or(0);
+                if bind::param_value(p, k, *v)? != bind::param_value(p, k, *b)? {
+                    return Err(Error::new(
+                        ErrorKind::Type,
+                        format!(
+                            "parameter `{name}` is baked into this compiled `{}` as {b:?}; compile again to change it",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
         for (name, v) in inputs {
             let n: usize = v.shape.iter().product();
             if n != v.data.len() {
