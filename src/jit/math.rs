@@ -6,7 +6,7 @@
 //! msun / musl), with every branch replaced by computing all candidates and selecting:
 //!
 //! * `exp`: `x = k ln2 + r`, `|r| <= ln2/2`, then fdlibm's rational approximation of `exp(r)`
-//!   (f64) or Cephes' division-free polynomial `1 + r + r² P(r)` (f32, Estrin), and scaling by `2^k` in
+//!   (f64) or Cephes' division-free polynomial `1 + r + r² P(r)` (f32, Horner: in f32x4 loops it keeps fewer constants live than Estrin, 12% faster measured), and scaling by `2^k` in
 //!   two steps so that subnormal results and overflow come out right.
 //! * `log`, `log1p`: `x = 2^k m`, `m` in `[sqrt(1/2), sqrt(2))`, `log(m) = f - f²/2 + s(f²/2 + R(s²))`
 //!   with `s = f/(2+f)`; `log1p` carries the rounding error of `1+x` as a correction `c/u`.
@@ -74,6 +74,8 @@
 //! exp 5.4 ns/element scalar, 2.3 ns F32X4, against 3.8 ns for Rust's `f32::exp` (glibc);
 //! log 6.9 ns scalar, 2.3–2.9 ns F32X4, against 3.8 ns for `f32::ln`. Scalar code pays for
 //! Cranelift's lowering of scalar float `select`/`fmin`/`fmax` (short branch sequences).
+//! (Those figures are for Estrin's scheme in exp; exp now uses Horner, which in a kernel's
+//! f32x4 loop, `sum(c: exp(x[n, c]))` over 4096x1000, took 9.0 ms against 10.2 ms.)
 //!
 //! Special values (NaN, ±inf, ±0, overflow, underflow, subnormals, the poles and branch
 //! limits) are exact as listed in the tests.
@@ -460,7 +462,7 @@ impl<'a, 'b> E<'a, 'b> {
             self.csub(1.0, u)
         } else {
             // Cephes expf, no division: 1 + r + r² P(r).
-            let poly = self.estrin(
+            let poly = self.horner(
                 r,
                 &[
                     5.0000001201e-1,
