@@ -395,3 +395,51 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_prints_json_and_refuses_sizes_it_cannot_allocate() {
+    let o = lossc(&[
+        "bench",
+        "focal_loss",
+        "--dims",
+        "n=1000",
+        "--grad",
+        "logits",
+        "--reps",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(j["median_s"].as_f64().unwrap() > 0.0);
+    assert!(j["compile_s"].as_f64().unwrap() > 0.0);
+    let o = lossc(&[
+        "bench",
+        "focal_loss",
+        "--dims",
+        "n=1000000000000",
+        "--grad",
+        "logits",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("size") || stderr(&o).contains("elements"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lossc(&[
+        "bench",
+        "softmax_cross_entropy",
+        "--dims",
+        "n=100000,c=100000",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("elements"), "{}", stderr(&o));
+    // clif and asm print code; an unknown loss is exit 2.
+    let o = lossc(&["clif", "mean_squared_error", "--grad", "predictions"]);
+    assert!(stdout(&o).starts_with("function"));
+    let o = lossc(&["asm", "mean_squared_error"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!stdout(&o).is_empty());
+    assert_eq!(lossc(&["clif", "no_such_loss"]).status.code(), Some(2));
+}

@@ -263,6 +263,22 @@ fn compiled_losses_call_into_caller_buffers_and_report_bad_ids() {
         "{}",
         e.message()
     );
+    // A shape of 10^12 elements over a few numbers, or one whose size overflows, is an error.
+    let huge = [1_000_000usize, 1_000_000];
+    let inputs_huge = [
+        ("labels", View::i64(&shape_y, &labels)),
+        ("logits", View::f32(&huge, &logits)),
+    ];
+    let e = sce
+        .call(&inputs_huge, &[], Reduction::Mean, None)
+        .unwrap_err();
+    assert_eq!(e.kind, lossc::diag::ErrorKind::Shape, "{}", e.message());
+    let overflow = [usize::MAX, 3];
+    let inputs_over = [
+        ("labels", View::i64(&shape_y, &labels)),
+        ("logits", View::f32(&overflow, &logits)),
+    ];
+    assert!(sce.call(&inputs_over, &[], Reduction::Mean, None).is_err());
     // Wrong buffer sizes and precisions are errors too.
     let inputs = [
         ("labels", View::i64(&shape_y, &labels)),

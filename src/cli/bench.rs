@@ -177,6 +177,23 @@ pub fn run(
     let p = compiled.program();
     let dims = parse_dims(dims)?;
     let ext = extents(p, &dims)?;
+    // Refuse sizes whose inputs could not be allocated (a clear error, not an abort).
+    for inp in &p.inputs {
+        let n = inp
+            .dims
+            .iter()
+            .try_fold(1usize, |a, d| a.checked_mul(ext[d.ix()]));
+        if n.is_none_or(|n| n > crate::runtime::MAX_ELEMENTS) {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "input `{}` would have more than {} elements; choose smaller --dims",
+                    inp.name,
+                    crate::runtime::MAX_ELEMENTS
+                ),
+            ));
+        }
+    }
     let mut rng = fastrand::Rng::with_seed(7);
     let datas: Vec<Data> = (0..p.inputs.len())
         .map(|i| make_input(p, i, &ext, &mut rng, f32))

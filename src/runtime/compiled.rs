@@ -409,6 +409,7 @@ impl CompiledLoss {
         value: &mut [R],
         grads: &mut [&mut [R]],
     ) -> Result<()> {
+        check_views(inputs)?;
         if let Some(plan) = self.blocks(inputs, reduction, weights.is_some(), R::F32)? {
             return self.call_blocks(&plan, inputs, params, reduction, value, grads);
         }
@@ -708,19 +709,7 @@ impl CompiledLoss {
                 }
             }
         }
-        for (name, v) in inputs {
-            let n: usize = v.shape.iter().product();
-            if n != v.data.len() {
-                return Err(Error::new(
-                    ErrorKind::Shape,
-                    format!(
-                        "input `{name}` has shape {:?} ({n} elements) but holds {}",
-                        v.shape,
-                        v.data.len()
-                    ),
-                ));
-            }
-        }
+        check_views(inputs)?;
         let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, v)| (*n, v.shape)).collect();
         let Shapes { extents, lead } = bind::bind_shapes(p, &shapes)?;
         let view = |k: usize| -> Option<&View> {
@@ -975,6 +964,24 @@ fn batch_index(p: &Program) -> Option<ir::IndexId> {
         }
     }
     Some(b0)
+}
+
+/// Every view's shape describes exactly its data (the product checked for overflow).
+fn check_views(inputs: &[(&str, View)]) -> Result<()> {
+    for (name, v) in inputs {
+        let n = v.shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+        if n != Some(v.data.len()) {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                format!(
+                    "input `{name}` has shape {:?} but holds {} elements",
+                    v.shape,
+                    v.data.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn pack_f32(v: &[f32]) -> Vec<u64> {
