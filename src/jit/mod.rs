@@ -796,15 +796,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         if lists.len() < 2 {
             return Ok(());
         }
-        let mut count = vec![0u32; self.p.pool.len()];
-        for l in lists {
-            let seen = self.an.reach(l);
-            for (k, s) in seen.iter().enumerate() {
-                if *s {
-                    count[k] += 1;
-                }
-            }
-        }
+        let count = self.an.reach_counts(lists);
         for (k, c) in count.iter().enumerate() {
             let e = ExprId(k as u32);
             if *c >= 2
@@ -1237,6 +1229,14 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
     }
 
+    /// `e` in a scope of its own (a lazily evaluated side: its values are not seen after).
+    fn emit_scoped(&mut self, e: ExprId) -> Result<Value> {
+        self.push();
+        let v = self.emit(e);
+        self.pop();
+        v
+    }
+
     /// `if c { a } else { b }` with branches; each side in its own scope.
     fn branch(&mut self, c: Value, vt: Type, a: ExprId, b: ExprId) -> Result<Value> {
         let then_b = self.b.create_block();
@@ -1246,10 +1246,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().brif(c, then_b, &[], else_b, &[]);
         for (blk, side) in [(then_b, a), (else_b, b)] {
             self.b.switch_to_block(blk);
-            self.push();
-            let v = self.emit(side);
-            self.pop();
-            let v = v?;
+            let v = self.emit_scoped(side)?;
             self.b.ins().jump(join, &[BlockArg::Value(v)]);
         }
         self.b.switch_to_block(join);
@@ -1285,10 +1282,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     .brif(x, join, &[BlockArg::Value(t)], then_b, &[]);
             }
             self.b.switch_to_block(then_b);
-            self.push();
-            let y = self.emit(b);
-            self.pop();
-            let y = y?;
+            let y = self.emit_scoped(b)?;
             self.b.ins().jump(join, &[BlockArg::Value(y)]);
             self.b.switch_to_block(join);
             return Ok(self.b.block_params(join)[0]);

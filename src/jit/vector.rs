@@ -289,14 +289,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         if lists.len() < 2 {
             return Ok(());
         }
-        let mut count = vec![0u32; self.p.pool.len()];
-        for l in lists {
-            for (k, s) in self.an.reach(l).iter().enumerate() {
-                if *s {
-                    count[k] += 1;
-                }
-            }
-        }
+        let count = self.an.reach_counts(lists);
         for (k, c) in count.iter().enumerate() {
             let e = ExprId(k as u32);
             if *c >= 2
@@ -342,11 +335,25 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// The row-major offset of a read whose last index is the vector loop's (its base cell).
     fn voffset(&mut self, dims: &[IndexId], args: &[ExprId]) -> Result<Value> {
+        self.offset_with(dims, args, None)
+    }
+
+    /// The row-major offset of `args`, with the loop index `sub.0` read as the cell `sub.1`
+    /// (one lane's cell) when given.
+    fn offset_with(
+        &mut self,
+        dims: &[IndexId],
+        args: &[ExprId],
+        sub: Option<(IndexId, Value)>,
+    ) -> Result<Value> {
         let mut off = self.b.ins().iconst(types::I64, 0);
         for (a, d) in args.iter().zip(dims) {
-            let v = self.checked_arg(*a, *d)?;
+            let x = match sub {
+                Some((ix, k)) if matches!(self.p.pool.get(*a), Expr::Index(i) if *i == ix) => k,
+                _ => self.checked_arg(*a, *d)?,
+            };
             let m = self.b.ins().imul(off, self.ext[d.ix()]);
-            off = self.b.ins().iadd(m, v);
+            off = self.b.ins().iadd(m, x);
         }
         Ok(off)
     }
@@ -402,16 +409,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let flags = MemFlagsData::trusted().with_readonly();
         for lane in 0..self.lanes() {
             let k = self.b.ins().iadd_imm_s(base, lane);
-            let mut off = self.b.ins().iconst(types::I64, 0);
-            for (a, d) in args.iter().zip(dims) {
-                let x = if matches!(self.p.pool.get(*a), Expr::Index(i) if *i == ix) {
-                    k
-                } else {
-                    self.checked_arg(*a, *d)?
-                };
-                let m = self.b.ins().imul(off, self.ext[d.ix()]);
-                off = self.b.ins().iadd(m, x);
-            }
+            let off = self.offset_with(dims, args, Some((ix, k)))?;
             let addr = self.addr(slot, Elem::Real, off);
             let x = self.b.ins().load(self.rt, flags, addr, 0);
             v = self.b.ins().insertlane(v, x, lane as u8);
@@ -486,12 +484,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                             let x = self.b.ins().extractlane(v, lane as u8);
                             s = self.b.ins().fadd(s, x);
                         }
-                        let mut off = self.b.ins().iconst(types::I64, 0);
-                        for (a, d) in r.index.iter().zip(&dims) {
-                            let x = self.checked_arg(*a, *d)?;
-                            let m = self.b.ins().imul(off, self.ext[d.ix()]);
-                            off = self.b.ins().iadd(m, x);
-                        }
+                        let off = self.offset_with(&dims, &r.index, None)?;
                         self.accumulate(slot, off, s);
                         continue;
                     }
@@ -501,17 +494,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                             self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
                         for lane in 0..self.lanes() {
                             let k = self.b.ins().iadd_imm_s(base, lane);
-                            let mut off = self.b.ins().iconst(types::I64, 0);
-                            for (a, d) in r.index.iter().zip(&dims) {
-                                let x = if matches!(self.p.pool.get(*a), Expr::Index(i) if *i == ix)
-                                {
-                                    k
-                                } else {
-                                    self.checked_arg(*a, *d)?
-                                };
-                                let m = self.b.ins().imul(off, self.ext[d.ix()]);
-                                off = self.b.ins().iadd(m, x);
-                            }
+                            let off = self.offset_with(&dims, &r.index, Some((ix, k)))?;
                             let x = self.b.ins().extractlane(v, lane as u8);
                             self.accumulate(slot, off, x);
                         }

@@ -174,6 +174,17 @@ impl<'a> Analysis<'a> {
         seen
     }
 
+    /// For every node, how many of `lists` reach it.
+    pub fn reach_counts(&self, lists: &[Vec<ExprId>]) -> Vec<u32> {
+        let mut count = vec![0u32; self.p.pool.len()];
+        for l in lists {
+            for (k, s) in self.reach(l).iter().enumerate() {
+                count[k] += *s as u32;
+            }
+        }
+        count
+    }
+
     /// Reductions worth computing once at a loop level where the indices `bound` are bound
     /// (`new` just became bound), found from `roots`, in an order where every reduction comes
     /// after the reductions in its body: those whose free indices are all bound and include
