@@ -152,6 +152,24 @@ struct E<'a, 'b> {
     ity: Type,
     /// Whether the lanes are f64.
     d: bool,
+    /// Whether `fma` is a native instruction (else Cranelift would call a library function).
+    fma: bool,
+}
+
+/// Whether the host CPU has fused multiply-add (which `cranelift_native` then enables).
+pub fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 fn le() -> MemFlagsData {
@@ -167,7 +185,13 @@ impl<'a, 'b> E<'a, 'b> {
             types::F64X2 => (types::I64X2, true),
             other => panic!("math::emit: unsupported type {other}"),
         };
-        E { b, ty, ity, d }
+        E {
+            b,
+            ty,
+            ity,
+            d,
+            fma: has_fma(),
+        }
     }
 
     // ---- constants and plumbing ------------------------------------------------------------
@@ -248,6 +272,26 @@ impl<'a, 'b> E<'a, 'b> {
         for &k in cs[..cs.len() - 1].iter().rev() {
             acc = self.mul(acc, z);
             acc = self.addc(acc, k);
+        }
+        acc
+    }
+
+    /// `a * b + c`, fused where the CPU has FMA (one rounding), else a multiply and an add.
+    fn fma(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let p = self.mul(a, b);
+            self.add(p, c)
+        }
+    }
+
+    /// [`Self::horner`] with fused multiply-adds.
+    fn horner_fma(&mut self, z: Value, cs: &[f64]) -> Value {
+        let mut acc = self.c(cs[cs.len() - 1]);
+        for &k in cs[..cs.len() - 1].iter().rev() {
+            let kc = self.c(k);
+            acc = self.fma(acc, z, kc);
         }
         acc
     }
@@ -428,6 +472,9 @@ impl<'a, 'b> E<'a, 'b> {
         let lo = self.c2(-104.0, -746.0);
         let hi = self.c2(89.0, 710.0);
         let xc = self.clamp(x, lo, hi);
+        if !self.d && self.fma {
+            return self.exp_f32_fma(xc);
+        }
         let t = self.mulc(xc, std::f64::consts::LOG2_E);
         let (kf, k) = self.round_int(t);
         let (ln2hi, ln2lo) = if self.d {
@@ -477,6 +524,41 @@ impl<'a, 'b> E<'a, 'b> {
             let y = self.add(zp, r);
             self.addc(y, 1.0)
         };
+        self.scale2(y, k)
+    }
+
+    /// f32 `exp` of a clamped `x` with fused multiply-adds: rounding folded into one fma,
+    /// Cody-Waite reduction in two exact-product steps, and a degree-6 minimax polynomial
+    /// `1 + r (1 + r P(r))` (relative error 3e-9 on `|r| <= ln2/2`), about ten instructions
+    /// fewer than the unfused form and fewer live constants.
+    fn exp_f32_fma(&mut self, xc: Value) -> Value {
+        let magic = 12582912.0_f32;
+        let m = self.c(magic as f64);
+        let l2e = self.c(std::f64::consts::LOG2_E);
+        let t = self.fma(xc, l2e, m);
+        let kf = self.sub(t, m);
+        let bits = self.bits_of(t);
+        let mb = self.ci(magic.to_bits() as i64);
+        let k = self.b.ins().isub(bits, mb);
+        let ln2hi = std::f64::consts::LN_2 as f32 as f64;
+        let ln2lo = std::f64::consts::LN_2 - ln2hi;
+        let nhi = self.c(-ln2hi);
+        let r = self.fma(kf, nhi, xc);
+        let nlo = self.c(-ln2lo);
+        let r = self.fma(kf, nlo, r);
+        let p = self.horner_fma(
+            r,
+            &[
+                0.4999999403953552,
+                0.1666652113199234,
+                0.04166838899254799,
+                0.0083687175065279,
+                0.0013814596459269524,
+            ],
+        );
+        let one = self.c(1.0);
+        let q = self.fma(r, p, one);
+        let y = self.fma(r, q, one);
         self.scale2(y, k)
     }
 

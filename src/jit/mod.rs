@@ -190,6 +190,12 @@ fn jit_module() -> Result<JITModule> {
 
 /// Compiles a scheduled program for one precision.
 pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
+    if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
+        eprintln!("{}", crate::ir::print_program(p));
+        for st in &s.stages {
+            eprintln!("{st:?}");
+        }
+    }
     let mut module = jit_module()?;
     let ptr = module.target_config().pointer_type();
     let mut ctx = module.make_context();
@@ -216,11 +222,18 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
         .compiled_code()
         .and_then(|c| c.vcode.clone())
         .unwrap_or_default();
+    let bytes = std::env::var_os("LOSSC_DEBUG_CODE")
+        .and_then(|_| ctx.compiled_code().map(|c| c.code_buffer().to_vec()));
     module.clear_context(&mut ctx);
     module
         .finalize_definitions()
         .map_err(|e| internal(e.to_string()))?;
     let code = module.get_finalized_function(id);
+    if let (Some(bytes), Some(dir)) = (bytes, std::env::var_os("LOSSC_DEBUG_CODE")) {
+        // (profiling aid: the machine code and its load address, for objdump and perf)
+        let path = std::path::Path::new(&dir).join(format!("{}-{:x}.bin", p.name, code as usize));
+        let _ = std::fs::write(path, bytes);
+    }
     // SAFETY: `code` is the finalized function just defined with the signature
     // `fn(*const Args) -> i64` (one pointer parameter, one i64 result, system call conv).
     let entry: Entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
@@ -403,8 +416,14 @@ impl<'a, 'b> Gen<'a, 'b> {
             .collect()
     }
 
+    /// The value of condition `c` wherever the loops now open are running, if that decides it
+    /// (see `Analysis::known`).
+    fn known(&self, c: ExprId) -> Option<bool> {
+        self.an.known(c, &|i: IndexId| self.idx[i.ix()].is_some())
+    }
+
     /// Emits the reductions worth computing here (see `Analysis::hoistable`).
-    fn hoist(&mut self, roots: &[ExprId], new: Option<IndexId>, deeper: bool) -> Result<()> {
+    fn hoist(&mut self, roots: &[ExprId], new: Option<IndexId>, deeper: &[IndexId]) -> Result<()> {
         let bound = self.bound();
         for r in self.an.hoistable(roots, &bound, new, deeper) {
             self.emit(r)?;
@@ -613,7 +632,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             vars.push(v);
         }
         let mut step = |g: &mut Self, lane: usize| -> Result<()> {
-            g.hoist(roots, Some(ix), !rest.is_empty())?;
+            g.hoist(roots, Some(ix), rest)?;
             g.nest(rest, reverse, roots, deeper_carried, vw, inner)?;
             for (c, var) in accs.iter().zip(&vars[lane]) {
                 let v = g.emit(c.body)?;
@@ -718,7 +737,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     ),
                 };
                 let body = *body;
-                self.hoist(&[body], None, !indices.is_empty())?;
+                self.hoist(&[body], None, indices)?;
                 let dims = indices.clone();
                 let vw = VecWork::Fill {
                     slot,
@@ -743,7 +762,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     .flat_map(|g| g.runs.iter())
                     .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
                     .collect();
-                self.hoist(&roots, None, true)?;
+                self.hoist(&roots, None, space)?;
                 self.nest(space, *reverse, &roots, &[], None, &mut |g: &mut Self| {
                     for grp in groups {
                         g.group(grp)?;
@@ -1205,6 +1224,10 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             Expr::Binary(op, a, b) => self.binary(e, op, a, b)?,
             Expr::Select(c, a, b) => {
+                // (inside a loop over `n`, a mean's `N == 0` guard is known false)
+                if let Some(v) = self.known(c) {
+                    return self.emit(if v { a } else { b });
+                }
                 let cv = self.emit(c)?;
                 let mut budget = 12;
                 if self.cheap(a, &mut budget) && self.cheap(b, &mut budget) {
@@ -1257,6 +1280,11 @@ impl<'a, 'b> Gen<'a, 'b> {
         let p = self.p;
         let (ta, tb) = (p.pool.ty(a), p.pool.ty(b));
         if matches!(op, Bin::And | Bin::Or) {
+            match self.known(a) {
+                Some(v) if v == (op == Bin::And) => return self.emit(b),
+                Some(v) => return Ok(self.b.ins().iconst(types::I8, v as i64)),
+                None => {}
+            }
             let x = self.emit(a)?;
             let mut budget = 12;
             if self.cheap(b, &mut budget) {
@@ -1713,7 +1741,7 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     fn reduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId, ty: Ty) -> Result<Value> {
         // Reductions in the body that do not depend on `i` are computed once, before the loop.
-        self.hoist(&[body], None, true)?;
+        self.hoist(&[body], None, &[i])?;
         let n = self.ext[i.ix()];
         if ty == Ty::Int {
             let (init, empty_err) = match red {

@@ -261,6 +261,9 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             }
             Expr::Select(c, a, b) => {
+                if let Some(v) = self.known(c) {
+                    return self.emit_v(if v { a } else { b }, ix);
+                }
                 let m = self.emit_v(c, ix)?;
                 let mut budget = 12;
                 if self.cheap(a, &mut budget) && self.cheap(b, &mut budget) {

@@ -15,7 +15,7 @@
 //!
 //! Common subexpressions are shared by construction (the pool hash-conses).
 
-use crate::ir::{Bin, Expr, ExprId, Extent, Func, Program, Red, Ty, Un};
+use crate::ir::{Bin, Expr, ExprId, Extent, Func, Program, Red, TensorId, Ty, Un};
 use std::collections::HashMap;
 
 /// Simplifies every expression of `p` (definitions, output, parameters, extents, passes).
@@ -78,6 +78,7 @@ pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Prog
         }
     }
     q.passes = passes;
+    reuse_tables(&mut q);
     // Keep the spans of rebuilt loads for run-time messages.
     let mut spans: Vec<(ExprId, crate::diag::Span)> =
         p.spans.iter().map(|(k, v)| (*k, *v)).collect();
@@ -88,6 +89,90 @@ pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Prog
         }
     }
     q
+}
+
+/// Backward passes read tables the forward pass filled instead of recomputing them: a node
+/// equal to a table's body (one that holds a reduction, over exactly the table's indices) is
+/// replaced by a read of the table at its own indices. The derivative of `logsumexp(c: x)` is
+/// `exp(x - logsumexp(c: x))`, so without this softmax cross-entropy's gradient would compute
+/// every row's logsumexp a second time.
+fn reuse_tables(q: &mut Program) {
+    let mut map: HashMap<ExprId, ExprId> = HashMap::new();
+    for (k, t) in q.tensors.iter().enumerate() {
+        if t.recurrent || t.accumulated || t.pad.is_some() {
+            continue;
+        }
+        let mut free = q.pool.free(t.body).to_vec();
+        free.sort();
+        let mut dims = t.indices.clone();
+        dims.sort();
+        dims.dedup();
+        if free != dims || dims.len() != t.indices.len() || !has_reduction(q, t.body) {
+            continue;
+        }
+        let args: Vec<ExprId> = t
+            .indices
+            .iter()
+            .map(|i| q.pool.add(Expr::Index(*i), Ty::Int))
+            .collect();
+        let read = q.pool.add(Expr::Tensor(TensorId(k as u32), args), t.ty);
+        map.entry(t.body).or_insert(read);
+    }
+    if map.is_empty() {
+        return;
+    }
+    let mut memo = map;
+    let mut passes = std::mem::take(&mut q.passes);
+    for pass in &mut passes {
+        for c in &mut pass.contributions {
+            c.value = substitute(q, c.value, &mut memo);
+            c.guards = c
+                .guards
+                .iter()
+                .map(|g| substitute(q, *g, &mut memo))
+                .collect();
+        }
+    }
+    q.passes = passes;
+}
+
+fn has_reduction(q: &Program, e: ExprId) -> bool {
+    let mut stack = vec![e];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        if matches!(q.pool.get(x), Expr::Reduce(..)) {
+            return true;
+        }
+        q.pool.get(x).for_each_child(|c| stack.push(c));
+    }
+    false
+}
+
+/// `e` with the nodes of `memo` replaced (and its parents rebuilt).
+fn substitute(q: &mut Program, e: ExprId, memo: &mut HashMap<ExprId, ExprId>) -> ExprId {
+    if let Some(r) = memo.get(&e) {
+        return *r;
+    }
+    let ty = q.pool.ty(e);
+    let node = q.pool.get(e).clone();
+    let mut sub = |x: ExprId| substitute(q, x, memo);
+    let rebuilt = match node {
+        Expr::Input(i, a) => Expr::Input(i, a.iter().map(|x| sub(*x)).collect()),
+        Expr::Tensor(t, a) => Expr::Tensor(t, a.iter().map(|x| sub(*x)).collect()),
+        Expr::Call(f, a) => Expr::Call(f, a.iter().map(|x| sub(*x)).collect()),
+        Expr::Unary(op, a) => Expr::Unary(op, sub(a)),
+        Expr::Binary(op, a, b) => Expr::Binary(op, sub(a), sub(b)),
+        Expr::Select(c, a, b) => Expr::Select(sub(c), sub(a), sub(b)),
+        Expr::Reduce(r, i, b) => Expr::Reduce(r, i, sub(b)),
+        Expr::StopGrad(a) => Expr::StopGrad(sub(a)),
+        leaf => leaf,
+    };
+    let r = q.pool.add(rebuilt, ty);
+    memo.insert(e, r);
+    r
 }
 
 struct Opt {

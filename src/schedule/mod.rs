@@ -189,22 +189,64 @@ impl<'a> Analysis<'a> {
     /// (`new` just became bound), found from `roots`, in an order where every reduction comes
     /// after the reductions in its body: those whose free indices are all bound and include
     /// `new` (or, with `new` = None, have none), and that are evaluated unconditionally or
-    /// are safe and would otherwise be recomputed inside a deeper loop. `deeper` says that
-    /// `roots` themselves are evaluated inside further loops (which may run zero times, so
-    /// only safe reductions move out of them).
+    /// are safe and would otherwise be recomputed inside a deeper loop. `deeper` lists the further
+    /// loops `roots` are evaluated inside (which may run zero times, so only safe reductions
+    /// move out of them; an int max/min over one of those loops' indices is not empty there).
     pub fn hoistable(
         &self,
         roots: &[ExprId],
         bound: &[IndexId],
         new: Option<IndexId>,
-        deeper: bool,
+        deeper: &[IndexId],
     ) -> Vec<ExprId> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let inside = deeper.to_vec();
         for r in roots {
-            self.walk(*r, !deeper, deeper, bound, new, &mut seen, &mut out);
+            self.walk(
+                *r,
+                deeper.is_empty(),
+                &inside,
+                bound,
+                new,
+                &mut seen,
+                &mut out,
+            );
         }
         out
+    }
+
+    /// The value of a condition wherever the indices for which `bound` holds are bound (inside
+    /// loops over them), when that alone decides it: inside a loop over `n`, `N == 0` is false (the mean's guard against an empty batch).
+    pub fn known(&self, e: ExprId, bound: &dyn Fn(IndexId) -> bool) -> Option<bool> {
+        let pool = &self.p.pool;
+        let nonempty = |x: ExprId| matches!(pool.get(x), Expr::Extent(i) if bound(*i));
+        let zero = |x: ExprId| matches!(pool.get(x), Expr::Int(0));
+        match pool.get(e) {
+            Expr::Bool(v) => Some(*v),
+            Expr::Unary(crate::ir::Un::Not, x) => self.known(*x, bound).map(|v| !v),
+            Expr::Binary(op @ (Bin::Eq | Bin::Ne | Bin::Gt | Bin::Le), a, b)
+                if nonempty(*a) && zero(*b) =>
+            {
+                Some(matches!(op, Bin::Ne | Bin::Gt))
+            }
+            Expr::Binary(op @ (Bin::Eq | Bin::Ne | Bin::Lt | Bin::Ge), a, b)
+                if zero(*a) && nonempty(*b) =>
+            {
+                Some(matches!(op, Bin::Ne | Bin::Lt))
+            }
+            Expr::Binary(Bin::And, a, b) => match (self.known(*a, bound), self.known(*b, bound)) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            },
+            Expr::Binary(Bin::Or, a, b) => match (self.known(*a, bound), self.known(*b, bound)) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -212,16 +254,17 @@ impl<'a> Analysis<'a> {
         &self,
         e: ExprId,
         uncond: bool,
-        deeper: bool,
+        inside: &[IndexId],
         bound: &[IndexId],
         new: Option<IndexId>,
-        seen: &mut std::collections::HashSet<(ExprId, bool, bool)>,
+        seen: &mut std::collections::HashSet<(ExprId, bool, Vec<IndexId>)>,
         out: &mut Vec<ExprId>,
     ) {
         let pool = &self.p.pool;
-        if pool.get(e).is_leaf() || !seen.insert((e, uncond, deeper)) {
+        if pool.get(e).is_leaf() || !seen.insert((e, uncond, inside.to_vec())) {
             return;
         }
+        let inb = &|i: IndexId| bound.contains(&i);
         // Nothing below a node that does not depend on `new` can qualify at this level,
         // except at the top level, where everything closed does.
         if let Some(n) = new {
@@ -230,20 +273,43 @@ impl<'a> Analysis<'a> {
             }
         }
         match pool.get(e) {
+            Expr::Select(c, a, b) if self.known(*c, inb).is_some() => {
+                self.walk(*c, uncond, inside, bound, new, seen, out);
+                let (taken, other) = if self.known(*c, inb) == Some(true) {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                self.walk(*taken, uncond, inside, bound, new, seen, out);
+                self.walk(*other, false, inside, bound, new, seen, out);
+            }
             Expr::Select(c, a, b) => {
-                self.walk(*c, uncond, deeper, bound, new, seen, out);
-                self.walk(*a, false, deeper, bound, new, seen, out);
-                self.walk(*b, false, deeper, bound, new, seen, out);
+                self.walk(*c, uncond, inside, bound, new, seen, out);
+                self.walk(*a, false, inside, bound, new, seen, out);
+                self.walk(*b, false, inside, bound, new, seen, out);
             }
-            Expr::Binary(Bin::And | Bin::Or, a, b) => {
-                self.walk(*a, uncond, deeper, bound, new, seen, out);
-                self.walk(*b, false, deeper, bound, new, seen, out);
+            Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => {
+                self.walk(*a, uncond, inside, bound, new, seen, out);
+                // `a && b` evaluates `b` whenever `a` is known true here (`||`: known false).
+                let always = self.known(*a, inb) == Some(*op == Bin::And);
+                self.walk(*b, uncond && always, inside, bound, new, seen, out);
             }
-            Expr::Reduce(_, _, body) => {
-                self.walk(*body, false, true, bound, new, seen, out);
+            Expr::Reduce(red, i, body) => {
+                let mut within = inside.to_vec();
+                within.push(*i);
+                self.walk(*body, false, &within, bound, new, seen, out);
                 let free = pool.free(e);
                 let closed = free.iter().all(|f| bound.contains(f));
-                let ok = if deeper { self.safe(e) } else { uncond };
+                // An int max/min is unsafe only over an empty range; inside a loop over its
+                // index the range is not empty wherever the node would be evaluated.
+                let nonempty = matches!(red, crate::ir::Red::Max | crate::ir::Red::Min)
+                    && inside.contains(i)
+                    && self.safe(*body);
+                let ok = if inside.is_empty() {
+                    uncond
+                } else {
+                    self.safe(e) || nonempty
+                };
                 if closed && ok && !out.contains(&e) {
                     out.push(e);
                 }
@@ -252,7 +318,7 @@ impl<'a> Analysis<'a> {
                 let mut kids = Vec::new();
                 other.for_each_child(|c| kids.push(c));
                 for c in kids {
-                    self.walk(c, uncond, deeper, bound, new, seen, out);
+                    self.walk(c, uncond, inside, bound, new, seen, out);
                 }
             }
         }
@@ -317,20 +383,29 @@ pub fn schedule(p: &Program) -> Schedule {
         })
         .collect();
 
-    // Direct writes: the only run writing a tensor, at its own indices, over loops that are
-    // exactly those indices.
-    let mut writers = vec![0usize; p.tensors.len()];
-    for s in &passes {
+    // Direct writes: the first stage writing a tensor has only one run writing it, at its own
+    // indices, over loops that are exactly those indices: it stores every cell once (zero
+    // where its guards fail), which replaces the zero fill; later stages add to it. (Adjoints
+    // are read only by their own tensor's pass, after every stage that writes them.)
+    let mut first: Vec<Option<usize>> = vec![None; p.tensors.len()];
+    let mut runs_in_first = vec![0usize; p.tensors.len()];
+    for (k, s) in passes.iter().enumerate() {
         if let Stage::Scatter { groups, .. } = s {
             for g in groups {
                 for r in &g.runs {
-                    writers[r.target.ix()] += 1;
+                    let t = r.target.ix();
+                    if first[t].is_none() {
+                        first[t] = Some(k);
+                    }
+                    if first[t] == Some(k) {
+                        runs_in_first[t] += 1;
+                    }
                 }
             }
         }
     }
     let mut direct = vec![false; p.tensors.len()];
-    for s in &mut passes {
+    for (k, s) in passes.iter_mut().enumerate() {
         if let Stage::Scatter { space, groups, .. } = s {
             for g in groups.iter_mut() {
                 let mut loops: Vec<IndexId> = space.clone();
@@ -348,7 +423,8 @@ pub fn schedule(p: &Program) -> Schedule {
                     sorted_dims.sort();
                     let once =
                         sorted_loops == sorted_dims && sorted_dims.windows(2).all(|w| w[0] != w[1]);
-                    if writers[r.target.ix()] == 1 && own && once {
+                    let t = r.target.ix();
+                    if first[t] == Some(k) && runs_in_first[t] == 1 && own && once {
                         r.direct = true;
                         direct[r.target.ix()] = true;
                     }
