@@ -277,6 +277,9 @@ struct Gen<'a, 'b> {
     /// tensors whose gradient buffer is written directly
     trusted: MemFlagsData,
     readonly: MemFlagsData,
+    /// in a vector loop over `VecWork::Runs`: per run, the vector accumulators of a run whose
+    /// target cell does not move with the loop (added to memory once, after the loop)
+    vcells: Vec<Option<Vec<Variable>>>,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -360,6 +363,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             funcs: HashMap::new(),
             trusted,
             readonly,
+            vcells: Vec::new(),
         })
     }
 
@@ -835,7 +839,26 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(())
     }
 
+    /// `r` without the guards the open loops decide: terms under a guard known false are
+    /// dropped, guards known true removed (a mean's `N != 0`).
+    pub(crate) fn prune(&self, r: &Run) -> Run {
+        let mut out = r.clone();
+        out.terms.retain_mut(|t| {
+            let mut keep = true;
+            t.guards.retain(|g| match self.known(*g) {
+                Some(v) => {
+                    keep &= v;
+                    false
+                }
+                None => true,
+            });
+            keep
+        });
+        out
+    }
+
     fn run(&mut self, r: &Run) -> Result<()> {
+        let r = &self.prune(r);
         let slot = self.p.inputs.len() + r.target.ix();
         let index_safe = r.index.iter().all(|e| self.an.safe(*e));
         if !index_safe {

@@ -450,7 +450,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                     .collect();
                 lists.extend(carried.iter().map(|c| vec![c.body]));
                 self.vshared(&lists, ix)?;
-                for r in runs.iter() {
+                for (k, r) in runs.iter().enumerate() {
+                    let r = &self.prune(r);
                     let mut acc: Option<Value> = None;
                     for t in &r.terms {
                         let mut mask: Option<Value> = None;
@@ -477,9 +478,27 @@ impl<'a, 'b> Gen<'a, 'b> {
                             None => v,
                         });
                     }
-                    let Some(v) = acc else { continue };
+                    let v = match acc {
+                        Some(v) => v,
+                        // (every term pruned: a direct write still stores its zeros)
+                        None if r.direct => {
+                            let z = self.real_const(0.0);
+                            self.splat_v(z)
+                        }
+                        None => continue,
+                    };
                     let dims = self.p.tensors[r.target.ix()].indices.clone();
                     let slot = self.p.inputs.len() + r.target.ix();
+                    if let Some(Some(vars)) = self.vcells.get(k).cloned() {
+                        // one cell for every lane, summed in registers over the loop
+                        let parts = self.widen_lanes(v);
+                        for (var, part) in vars.iter().zip(parts) {
+                            let a = self.b.use_var(*var);
+                            let s = self.b.ins().fadd(a, part);
+                            self.b.def_var(*var, s);
+                        }
+                        continue;
+                    }
                     if r.index.iter().all(|a| !self.p.pool.free(*a).contains(&ix)) {
                         // one cell for every lane: add the lanes (in order), then the cell
                         let mut s = self.b.ins().extractlane(v, 0);
@@ -552,15 +571,48 @@ impl<'a, 'b> Gen<'a, 'b> {
                     let var = self.b.declare_var(self.vtype());
                     self.b.def_var(var, v);
                     vs.push(var);
+                    // lanes that saw a NaN (the compare+select below drops them)
+                    let ity = self.vtype().as_int();
+                    let z = self.b.ins().iconst(ity.lane_type(), 0);
+                    let z = self.b.ins().splat(ity, z);
+                    let nan = self.b.declare_var(ity);
+                    self.b.def_var(nan, z);
+                    vs.push(nan);
                 }
             }
             vaccs.push(vs);
         }
+        // Runs into one cell whatever the loop index: f64 vector accumulators.
+        let cells: Vec<Option<Vec<Variable>>> = match w {
+            VecWork::Runs(runs) => runs
+                .iter()
+                .map(|r| {
+                    let one = r
+                        .index
+                        .iter()
+                        .all(|a| !self.p.pool.free(*a).contains(&ix) && self.an.safe(*a));
+                    one.then(|| {
+                        (0..if self.f32 { 2 } else { 1 })
+                            .map(|_| {
+                                let z = self.b.ins().f64const(0.0);
+                                let z = self.b.ins().splat(types::F64X2, z);
+                                let var = self.b.declare_var(types::F64X2);
+                                self.b.def_var(var, z);
+                                var
+                            })
+                            .collect()
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let saved_cells = std::mem::replace(&mut self.vcells, cells.clone());
         let var = self.b.declare_var(types::I64);
         let zero = self.b.ins().iconst(types::I64, 0);
         self.b.def_var(var, zero);
         let body = self.b.create_block();
         let exit = self.b.create_block();
+        let flush = self.b.create_block();
         let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, main_n, 0);
         self.b.ins().brif(nonempty, body, &[], exit, &[]);
         self.b.switch_to_block(body);
@@ -591,15 +643,22 @@ impl<'a, 'b> Gen<'a, 'b> {
                             self.b.def_var(*var, s);
                         }
                     }
-                    Red::Max => {
+                    red => {
+                        // `v > a ? v : a` (max) or `v < a ? v : a` (min): one maxps/minps on
+                        // x86, where fmax/fmin take about eight instructions for their NaN
+                        // and signed-zero rules; NaNs are tracked apart.
                         let a = self.b.use_var(vs[0]);
-                        let s = self.b.ins().fmax(a, v);
+                        let take = if red == Red::Max {
+                            self.b.ins().fcmp(FloatCC::LessThan, a, v)
+                        } else {
+                            self.b.ins().fcmp(FloatCC::LessThan, v, a)
+                        };
+                        let s = self.sel(take, v, a);
                         self.b.def_var(vs[0], s);
-                    }
-                    _ => {
-                        let a = self.b.use_var(vs[0]);
-                        let s = self.b.ins().fmin(a, v);
-                        self.b.def_var(vs[0], s);
+                        let un = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+                        let nan = self.b.use_var(vs[1]);
+                        let nan = self.b.ins().bor(nan, un);
+                        self.b.def_var(vs[1], nan);
                     }
                 }
             }
@@ -612,12 +671,50 @@ impl<'a, 'b> Gen<'a, 'b> {
         let next = self.b.ins().iadd_imm_s(k, lanes);
         self.b.def_var(var, next);
         let more = self.b.ins().icmp(IntCC::SignedLessThan, next, main_n);
-        self.b.ins().brif(more, body, &[], exit, &[]);
+        self.b.ins().brif(more, body, &[], flush, &[]);
+        // After a loop that ran: the one-cell sums go to memory, lanes in order.
+        self.b.switch_to_block(flush);
+        self.vcells = saved_cells;
+        if let VecWork::Runs(runs) = w {
+            for (r, vars) in runs.iter().zip(&cells) {
+                let Some(vars) = vars else { continue };
+                let mut acc: Option<Value> = None;
+                for var in vars {
+                    let v = self.b.use_var(*var);
+                    for l in 0..2u8 {
+                        let x = self.b.ins().extractlane(v, l);
+                        acc = Some(match acc {
+                            Some(a) => self.b.ins().fadd(a, x),
+                            None => x,
+                        });
+                    }
+                }
+                let Some(s) = acc else { continue };
+                let s = if self.f32 {
+                    self.b.ins().fdemote(types::F32, s)
+                } else {
+                    s
+                };
+                let dims = self.p.tensors[r.target.ix()].indices.clone();
+                let slot = self.p.inputs.len() + r.target.ix();
+                let off = self.offset_with(&dims, &r.index, None)?;
+                self.accumulate(slot, off, s);
+            }
+        }
+        self.b.ins().jump(exit, &[]);
         self.b.switch_to_block(exit);
         // Fold the lanes into the scalar accumulators, in lane order.
         for (c, vs) in accs.iter().zip(&vaccs) {
             let mut lanes_v: Vec<Value> = Vec::new();
-            for var in vs {
+            let nan = match c.red {
+                Red::Sum | Red::Mean => None,
+                _ => {
+                    let m = self.b.use_var(vs[1]);
+                    Some(self.b.ins().vany_true(m))
+                }
+            };
+            let parts = if nan.is_some() { &vs[..1] } else { &vs[..] };
+            for var in parts {
                 let v = self.b.use_var(*var);
                 let ty = self.b.func.dfg.value_type(v);
                 for l in 0..ty.lane_count() {
@@ -631,6 +728,10 @@ impl<'a, 'b> Gen<'a, 'b> {
                     Red::Max => self.b.ins().fmax(acc, *x),
                     _ => self.b.ins().fmin(acc, *x),
                 };
+            }
+            if let Some(any) = nan {
+                let q = self.real_const(f64::NAN);
+                acc = self.b.ins().select(any, q, acc);
             }
             let old = self.b.use_var(c.var);
             let s = match c.red {

@@ -220,7 +220,16 @@ impl<'a> Analysis<'a> {
     /// loops over them), when that alone decides it: inside a loop over `n`, `N == 0` is false (the mean's guard against an empty batch).
     pub fn known(&self, e: ExprId, bound: &dyn Fn(IndexId) -> bool) -> Option<bool> {
         let pool = &self.p.pool;
-        let nonempty = |x: ExprId| matches!(pool.get(x), Expr::Extent(i) if bound(*i));
+        let extent = |x: ExprId| matches!(pool.get(x), Expr::Extent(i) if bound(*i));
+        // `#rows` (a row block's mean divides by the whole call's rows) is at least the block's
+        // extent of the index its default names.
+        let nonempty = |x: ExprId| match pool.get(x) {
+            Expr::Param(k) => {
+                let prm = &self.p.params[k.ix()];
+                prm.name == crate::ir::ROWS && extent(prm.default)
+            }
+            _ => extent(x),
+        };
         let zero = |x: ExprId| matches!(pool.get(x), Expr::Int(0));
         match pool.get(e) {
             Expr::Bool(v) => Some(*v),
