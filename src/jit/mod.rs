@@ -280,6 +280,7 @@ struct Gen<'a, 'b> {
     /// in a vector loop over `VecWork::Runs`: per run, the vector accumulators of a run whose
     /// target cell does not move with the loop (added to memory once, after the loop)
     vcells: Vec<Option<Vec<Variable>>>,
+    frontend: cranelift_codegen::isa::TargetFrontendConfig,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -289,6 +290,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         module: &'b mut JITModule,
         f32: bool,
     ) -> Result<Gen<'a, 'b>> {
+        let frontend = module.target_config();
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
@@ -364,6 +366,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             trusted,
             readonly,
             vcells: Vec::new(),
+            frontend,
         })
     }
 
@@ -713,16 +716,22 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn stage(&mut self, st: &Stage) -> Result<()> {
         match st {
             Stage::Zero(t) => {
-                let dims = self.p.tensors[t.ix()].indices.clone();
-                let zero = self.real_const(0.0);
+                // One memset over the whole table (its size was bounded when the call was
+                // bound): a loop nest would pay a loop header per row of `x[n, 4]`.
                 let slot = self.p.inputs.len() + t.ix();
-                let dims2 = dims.clone();
-                let vw = VecWork::Zero { slot, dims: &dims };
-                self.nest(&dims, false, &[], &[], Some(&vw), &mut |g: &mut Self| {
-                    let off = g.row_major(&dims2)?;
-                    g.store(slot, Elem::Real, off, zero);
-                    Ok(())
-                })
+                let mut cells = self.b.ins().iconst(types::I64, 1);
+                for d in &self.p.tensors[t.ix()].indices {
+                    cells = self.b.ins().imul(cells, self.ext[d.ix()]);
+                }
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let base = self.addr(slot, Elem::Real, zero);
+                let bytes = self
+                    .b
+                    .ins()
+                    .imul_imm_s(cells, Elem::Real.size(self.f32) as i64);
+                let byte = self.b.ins().iconst(types::I8, 0);
+                self.b.call_memset(self.frontend, base, byte, bytes);
+                Ok(())
             }
             Stage::Fill {
                 tensor,
@@ -973,7 +982,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         for (a, d) in r.index.iter().zip(&dims) {
             let v = self.emit(*a)?;
             let n = self.ext[d.ix()];
-            if !matches!(self.p.pool.get(*a), Expr::Index(i) if i == d) {
+            if !crate::schedule::in_range(self.p, *a, *d) {
                 let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
                 let next = self.b.create_block();
                 self.b.ins().brif(bad, skip, &[], next, &[]);
@@ -1080,7 +1089,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         for (k, (a, d)) in args.iter().zip(dims).enumerate() {
             let v = self.emit(*a)?;
             let n = self.ext[d.ix()];
-            let trivially = matches!(p.pool.get(*a), Expr::Index(i) if i == d);
+            let trivially = crate::schedule::in_range(p, *a, *d);
             if !trivially {
                 let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
                 if pad.is_some() && is_offset(p, *a) {

@@ -17,8 +17,6 @@ use cranelift_frontend::Variable;
 
 /// What the innermost level of a nest does, for the vector path.
 pub(super) enum VecWork<'w> {
-    /// store zero in every cell of a table over `dims`
-    Zero { slot: usize, dims: &'w [IndexId] },
     /// store `body` in every cell of a real table over `dims`
     Fill {
         slot: usize,
@@ -74,11 +72,6 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
         match w {
             VecWork::Nothing => {}
-            VecWork::Zero { dims, .. } => {
-                if !last_is(dims) {
-                    return false;
-                }
-            }
             VecWork::Fill { body, dims, .. } => {
                 if !last_is(dims) || p.pool.ty(*body) != Ty::Real {
                     return false;
@@ -366,7 +359,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// a future relaxation from reading out of bounds.)
     fn checked_arg(&mut self, a: ExprId, d: IndexId) -> Result<Value> {
         let v = self.emit(a)?;
-        if !matches!(self.p.pool.get(a), Expr::Index(i) if *i == d) {
+        if !crate::schedule::in_range(self.p, a, d) {
             let n = self.ext[d.ix()];
             let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
             self.check(bad, super::ERR_RANGE, a, 0, v);
@@ -429,13 +422,6 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn vwork(&mut self, w: &VecWork, carried: &[Carried], ix: IndexId) -> Result<()> {
         match w {
             VecWork::Nothing => {}
-            VecWork::Zero { slot, dims } => {
-                let off = self.row_major(dims)?;
-                let a = self.addr(*slot, Elem::Real, off);
-                let z = self.real_const(0.0);
-                let v = self.splat_v(z);
-                self.vstore(a, v);
-            }
             VecWork::Fill { slot, body, dims } => {
                 let v = self.emit_v(*body, ix)?;
                 let off = self.row_major(dims)?;

@@ -336,7 +336,7 @@ impl<'a> Analysis<'a> {
 
 /// `a` is always a valid index into a dimension `d`: it is `d` itself, or a constant inside
 /// a literal dimension (`boxes[n, 2]` of `boxes[n, 4]`).
-fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
+pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
     match p.pool.get(a) {
         Expr::Index(i) => *i == d,
         Expr::Int(k) => {
