@@ -192,6 +192,12 @@ fn jit_module() -> Result<JITModule> {
 pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
     if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
         eprintln!("{}", crate::ir::print_program(p));
+        for (k, t) in p.tensors.iter().enumerate() {
+            if t.accumulated {
+                let t = Some(crate::ir::TensorId(k as u32));
+                eprintln!("{}", crate::ir::to_source(p, &p.name, t, ""));
+            }
+        }
         for st in &s.stages {
             eprintln!("{st:?}");
         }
@@ -1649,17 +1655,20 @@ impl<'a, 'b> Gen<'a, 'b> {
         let e = self.exp_neg_abs(x, node)?;
         let one = self.rc(x, 1.0);
         let d = self.b.ins().fadd(one, e);
-        let r = self.b.ins().fdiv(one, d);
-        let l = self.b.ins().fdiv(e, d);
         let z = self.rc(x, 0.0);
         let pos = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, z);
-        Ok(self.sel(pos, r, l))
+        // (one division: the numerator is picked first)
+        let num = self.sel(pos, one, e);
+        Ok(self.b.ins().fdiv(num, d))
     }
 
     /// max(x, 0) + log1p(e^-|x|).
     fn softplus(&mut self, x: Value, node: ExprId) -> Result<Value> {
+        // max(x, 0) as `0 < x ? x : 0` (one maxps; a NaN x still gives NaN through the log1p
+        // term), not fmax, whose NaN and signed-zero rules cost about eight instructions
         let z = self.rc(x, 0.0);
-        let m = self.b.ins().fmax(x, z);
+        let pos = self.b.ins().fcmp(FloatCC::LessThan, z, x);
+        let m = self.sel(pos, x, z);
         let e = self.exp_neg_abs(x, node)?;
         let base = match self.p.pool.get(node) {
             Expr::Unary(Un::Neg, y) => *y,
