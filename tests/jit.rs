@@ -664,3 +664,30 @@ fn argmax_of_a_max_gradient_is_hoisted_out_of_the_row() {
         vec![0.0, 0.5, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]
     );
 }
+
+/// CTC's backward pass reads each cell's logsumexp back from alpha (alpha - emit) instead of
+/// recomputing it; where an emission is -inf that would give NaN, so it recomputes there. A
+/// -inf logit must leave every gradient finite, the same in both backends.
+#[test]
+fn ctc_with_minus_infinity_logits_has_finite_gradients() {
+    let lib = Library::with_stdlib().unwrap();
+    let inf = f64::INFINITY;
+    let logits = vec![
+        0.1, -inf, 0.3, 0.5, 0.2, -inf, 0.3, 0.1, 0.2, -inf, 0.4, 0.1,
+    ];
+    let call = Call::new()
+        .input("labels", Array::int(vec![1, 2], vec![1, 2]))
+        .input("logits", Array::real(vec![1, 4, 3], logits))
+        .input("label_lengths", Array::int(vec![1], vec![2]))
+        .input("logit_lengths", Array::int(vec![1], vec![4]))
+        .reduction(Reduction::Mean)
+        .grad("logits");
+    let mut failures = Vec::new();
+    compare("ctc -inf", &lib, "ctc_loss", &call, 1e-12, &mut failures);
+    assert!(failures.is_empty(), "{failures:?}");
+    let out = lib.call("ctc_loss", &call).unwrap();
+    let g = out.grads[0].1.to_f64();
+    assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    // where the softmax gives a class probability 0, its gradient is 0
+    assert_eq!(g[1], 0.0);
+}

@@ -180,10 +180,105 @@ impl Diff {
                 .collect();
             let seed = self.q.pool.add(Expr::Tensor(adj, args), Ty::Real);
             // A recurrence's adjoint runs against its fill order.
-            passes.push(self.pass(t.indices.clone(), t.recurrent && !t.reverse, t.body, seed));
+            let mut pass = self.pass(t.indices.clone(), t.recurrent && !t.reverse, t.body, seed);
+            if t.recurrent {
+                self.reuse_value(&t, TensorId(k as u32), &mut pass);
+            }
+            passes.push(pass);
         }
         passes.retain(|p| !p.contributions.is_empty());
         self.q.passes = passes;
+    }
+
+    /// In a recurrence's own pass, a costly term `a` of a branch `a + b` of its body (CTC's
+    /// `logsumexp` of the previous column plus the emission) is read back from the table as
+    /// `T[cell] - b` rather than computed again: the pass only evaluates the derivative of `a`
+    /// where the forward pass took that branch at that cell. When `b` is not finite the
+    /// subtraction would not give `a` back, so `a` is computed then. Only when `a` occurs
+    /// nowhere else in the body.
+    fn reuse_value(&mut self, t: &crate::ir::Tensor, id: TensorId, pass: &mut Pass) {
+        fn leaves(q: &Program, e: ExprId, conds: &mut Vec<ExprId>, out: &mut Vec<ExprId>) {
+            match q.pool.get(e) {
+                Expr::Select(c, a, b) => {
+                    conds.push(*c);
+                    leaves(q, *a, conds, out);
+                    leaves(q, *b, conds, out);
+                }
+                _ => out.push(e),
+            }
+        }
+        let costly = |q: &Program, e: ExprId| {
+            let mut stack = vec![e];
+            while let Some(x) = stack.pop() {
+                match q.pool.get(x) {
+                    Expr::Call(Func::LogSumExp, _) | Expr::Reduce(..) => return true,
+                    Expr::Tensor(..) | Expr::Input(..) => {}
+                    other => other.for_each_child(|c| stack.push(c)),
+                }
+            }
+            false
+        };
+        let reach = |q: &Program, roots: &[ExprId]| {
+            let mut seen = std::collections::HashSet::new();
+            let mut stack = roots.to_vec();
+            while let Some(x) = stack.pop() {
+                if seen.insert(x) {
+                    q.pool.get(x).for_each_child(|c| stack.push(c));
+                }
+            }
+            seen
+        };
+        let (mut conds, mut ls) = (Vec::new(), Vec::new());
+        leaves(&self.q, t.body, &mut conds, &mut ls);
+        let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
+        for (k, leaf) in ls.iter().enumerate() {
+            let Expr::Binary(Bin::Add, x, y) = *self.q.pool.get(*leaf) else {
+                continue;
+            };
+            let (a, b) = if costly(&self.q, x) && !costly(&self.q, y) {
+                (x, y)
+            } else if costly(&self.q, y) && !costly(&self.q, x) {
+                (y, x)
+            } else {
+                continue;
+            };
+            let mut others: Vec<ExprId> = conds.clone();
+            others.extend(
+                ls.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != k)
+                    .map(|(_, e)| *e),
+            );
+            others.push(b);
+            if reach(&self.q, &others).contains(&a) {
+                continue;
+            }
+            let args: Vec<ExprId> = t
+                .indices
+                .iter()
+                .map(|i| self.q.pool.add(Expr::Index(*i), Ty::Int))
+                .collect();
+            let own = self.q.pool.add(Expr::Tensor(id, args), Ty::Real);
+            let back = self.sub(own, b);
+            let inf = self.real(f64::INFINITY);
+            let ninf = self.real(f64::NEG_INFINITY);
+            let above = self.cmp(Bin::Gt, b, ninf);
+            let below = self.cmp(Bin::Lt, b, inf);
+            let finite = self.and(above, below);
+            let r = self.q.pool.add(Expr::Select(finite, back, a), Ty::Real);
+            memo.insert(a, r);
+        }
+        if memo.is_empty() {
+            return;
+        }
+        for c in &mut pass.contributions {
+            c.value = crate::opt::substitute(&mut self.q, c.value, &mut memo);
+            c.guards = c
+                .guards
+                .iter()
+                .map(|g| crate::opt::substitute(&mut self.q, *g, &mut memo))
+                .collect();
+        }
     }
 
     /// Backpropagates `seed` from `root` over the cells of `space`.

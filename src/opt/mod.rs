@@ -152,7 +152,7 @@ fn has_reduction(q: &Program, e: ExprId) -> bool {
 }
 
 /// `e` with the nodes of `memo` replaced (and its parents rebuilt).
-fn substitute(q: &mut Program, e: ExprId, memo: &mut HashMap<ExprId, ExprId>) -> ExprId {
+pub(crate) fn substitute(q: &mut Program, e: ExprId, memo: &mut HashMap<ExprId, ExprId>) -> ExprId {
     if let Some(r) = memo.get(&e) {
         return *r;
     }
