@@ -691,3 +691,40 @@ fn ctc_with_minus_infinity_logits_has_finite_gradients() {
     // where the softmax gives a class probability 0, its gradient is 0
     assert_eq!(g[1], 0.0);
 }
+
+/// Box losses over enough boxes to run the vector loop (rows of 4 loaded and transposed,
+/// gradient columns transposed back and stored directly) and its scalar tail, every reduction,
+/// both precisions, against the interpreter.
+#[test]
+fn box_losses_vector_path_matches_the_interpreter() {
+    let lib = Library::with_stdlib().unwrap();
+    let mut rng = Rng(99);
+    let n = 37;
+    let mut boxes = |rng: &mut Rng| -> Vec<f64> {
+        (0..n)
+            .flat_map(|_| {
+                let (x, y) = (rng.next() * 10.0, rng.next() * 10.0);
+                let (w, h) = (rng.next() * 5.0, rng.next() * 5.0);
+                [x, y, x + w, y + h]
+            })
+            .collect()
+    };
+    let (p, t) = (boxes(&mut rng), boxes(&mut rng));
+    let mut failures = Vec::new();
+    for loss in ["giou_loss", "diou_loss", "ciou_loss"] {
+        for dtype in [DType::F64, DType::F32] {
+            for r in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+                let call = Call::new()
+                    .input("pred_boxes", Array::real(vec![n, 4], p.clone()))
+                    .input("target_boxes", Array::real(vec![n, 4], t.clone()))
+                    .reduction(r)
+                    .dtype(dtype)
+                    .grad("pred_boxes")
+                    .grad("target_boxes");
+                let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+                compare(loss, &lib, loss, &call, rtol, &mut failures);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -287,6 +287,8 @@ struct Gen<'a, 'b> {
     /// target cell does not move with the loop (added to memory once, after the loop)
     vcells: Vec<Option<Vec<Variable>>>,
     frontend: cranelift_codegen::isa::TargetFrontendConfig,
+    /// in a vector step: the columns of a table of short rows, by (slot, step's first cell)
+    vcols: HashMap<(usize, Value), Vec<Value>>,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -373,6 +375,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             readonly,
             vcells: Vec::new(),
             frontend,
+            vcols: HashMap::new(),
         })
     }
 

@@ -82,8 +82,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 for r in runs.iter() {
                     let tn = &p.tensors[r.target.ix()];
                     let contiguous = unit_stride(p, &r.index, &tn.indices, ix);
-                    // strided targets are accumulated lane by lane
-                    let strided = !r.direct && plain(p, &r.index, &tn.indices, ix);
+                    // strided targets are accumulated (or stored) lane by lane
+                    let strided = plain(p, &r.index, &tn.indices, ix);
                     if !(contiguous || strided) || !r.index.iter().all(|a| self.an.errorfree(*a)) {
                         return false;
                     }
@@ -400,6 +400,9 @@ impl<'a, 'b> Gen<'a, 'b> {
             return self.vload(slot, dims, args, true);
         }
         let base = self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
+        if let Some(v) = self.vcolumn(slot, dims, args, ix, base)? {
+            return Ok(v);
+        }
         let z = self.real_const(0.0);
         let mut v = self.splat_v(z);
         let flags = MemFlagsData::trusted().with_readonly();
@@ -411,6 +414,141 @@ impl<'a, 'b> Gen<'a, 'b> {
             v = self.b.ins().insertlane(v, x, lane as u8);
         }
         Ok(v)
+    }
+
+    /// A column `c` of a table of short rows, `boxes[n, c]` over a literal `[n, 4]` (f32) or
+    /// `[n, 2]`/`[n, 4]` (f64) with the loop over `n`: the rows of the vector step are loaded
+    /// whole and transposed with unpack shuffles, once for all the columns (kept by table and
+    /// step), instead of one scalar load per lane and column.
+    fn vcolumn(
+        &mut self,
+        slot: usize,
+        dims: &[IndexId],
+        args: &[ExprId],
+        ix: IndexId,
+        base: Value,
+    ) -> Result<Option<Value>> {
+        let Some((width, col)) = self.column_of(dims, args, ix) else {
+            return Ok(None);
+        };
+        if let Some(cols) = self.vcols.get(&(slot, base)) {
+            return Ok(Some(cols[col]));
+        }
+        // rows base.. of `width` reals each, contiguous
+        let off = self.b.ins().imul_imm_s(base, width);
+        let a = self.addr(slot, Elem::Real, off);
+        let flags = MemFlagsData::trusted().with_readonly();
+        let loads = (width as usize * self.lanes() as usize) / if self.f32 { 4 } else { 2 };
+        let r: Vec<Value> = (0..loads)
+            .map(|k| self.load_v(flags, a, 16 * k as i32))
+            .collect();
+        // byte masks of the unpack shuffles (lanes of `a` then `b`)
+        const LO32: [u8; 16] = [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23];
+        const HI32: [u8; 16] = [8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31];
+        const LO64: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+        const HI64: [u8; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
+        let cols = if self.f32 {
+            let t0 = self.shuffle(r[0], r[1], LO32);
+            let t1 = self.shuffle(r[2], r[3], LO32);
+            let t2 = self.shuffle(r[0], r[1], HI32);
+            let t3 = self.shuffle(r[2], r[3], HI32);
+            vec![
+                self.shuffle(t0, t1, LO64),
+                self.shuffle(t0, t1, HI64),
+                self.shuffle(t2, t3, LO64),
+                self.shuffle(t2, t3, HI64),
+            ]
+        } else if width == 2 {
+            vec![
+                self.shuffle(r[0], r[1], LO64),
+                self.shuffle(r[0], r[1], HI64),
+            ]
+        } else {
+            // row 0 is r[0], r[1]; row 1 is r[2], r[3]
+            vec![
+                self.shuffle(r[0], r[2], LO64),
+                self.shuffle(r[0], r[2], HI64),
+                self.shuffle(r[1], r[3], LO64),
+                self.shuffle(r[1], r[3], HI64),
+            ]
+        };
+        let v = cols[col];
+        self.vcols.insert((slot, base), cols);
+        Ok(Some(v))
+    }
+
+    /// `(width, c)` when `args` is `[n, c]` (a literal `c`) over dims `[n, w]` with the loop
+    /// over `n` and `w` a literal width whose rows a vector step transposes (see
+    /// [`Gen::vcolumn`]).
+    fn column_of(&self, dims: &[IndexId], args: &[ExprId], ix: IndexId) -> Option<(i64, usize)> {
+        let p = self.p;
+        let ([d0, d1], [a0, a1]) = (dims, args) else {
+            return None;
+        };
+        let crate::ir::Extent::Fixed(width) = p.indices[d1.ix()].extent else {
+            return None;
+        };
+        let col = match p.pool.get(*a1) {
+            Expr::Int(c) if (0..width).contains(c) => *c as usize,
+            _ => return None,
+        };
+        let ok_shape = if self.f32 {
+            width == 4
+        } else {
+            width == 2 || width == 4
+        };
+        (*d0 == ix && matches!(p.pool.get(*a0), Expr::Index(i) if *i == ix) && ok_shape)
+            .then_some((width, col))
+    }
+
+    /// The inverse of [`Gen::vcolumn`]'s shuffles: the column vectors of a vector step, as the
+    /// vectors to store at the step's rows (in memory order).
+    fn rows_of(&mut self, cols: &[Value]) -> Vec<Value> {
+        const LO32: [u8; 16] = [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23];
+        const HI32: [u8; 16] = [8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31];
+        const LO64: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+        const HI64: [u8; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
+        if self.f32 {
+            // a 4x4 transpose is its own inverse
+            let t0 = self.shuffle(cols[0], cols[1], LO32);
+            let t1 = self.shuffle(cols[2], cols[3], LO32);
+            let t2 = self.shuffle(cols[0], cols[1], HI32);
+            let t3 = self.shuffle(cols[2], cols[3], HI32);
+            vec![
+                self.shuffle(t0, t1, LO64),
+                self.shuffle(t0, t1, HI64),
+                self.shuffle(t2, t3, LO64),
+                self.shuffle(t2, t3, HI64),
+            ]
+        } else if cols.len() == 2 {
+            vec![
+                self.shuffle(cols[0], cols[1], LO64),
+                self.shuffle(cols[0], cols[1], HI64),
+            ]
+        } else {
+            vec![
+                self.shuffle(cols[0], cols[1], LO64),
+                self.shuffle(cols[2], cols[3], LO64),
+                self.shuffle(cols[0], cols[1], HI64),
+                self.shuffle(cols[2], cols[3], HI64),
+            ]
+        }
+    }
+
+    /// Lanes of `a` and `b` picked by a byte mask (as Cranelift's `shuffle` on bytes).
+    fn shuffle(&mut self, a: Value, b: Value, mask: [u8; 16]) -> Value {
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let ab = self.b.ins().bitcast(types::I8X16, le, a);
+        let bb = self.b.ins().bitcast(types::I8X16, le, b);
+        let imm = self
+            .b
+            .func
+            .dfg
+            .immediates
+            .push(ConstantData::from(mask.to_vec()));
+        let s = self.b.ins().shuffle(ab, bb, imm);
+        let t = self.vtype();
+        self.b.ins().bitcast(t, le, s)
     }
 
     fn vstore(&mut self, a: Value, v: Value) {
@@ -436,6 +574,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                     .collect();
                 lists.extend(carried.iter().map(|c| vec![c.body]));
                 self.vshared(&lists, ix)?;
+                // direct column runs of short-row tables, stored together once all are known
+                let mut pending: Vec<(usize, Vec<Option<Value>>)> = Vec::new();
                 for (k, r) in runs.iter().enumerate() {
                     let r = &self.prune(r);
                     let mut acc: Option<Value> = None;
@@ -496,6 +636,31 @@ impl<'a, 'b> Gen<'a, 'b> {
                         self.accumulate(slot, off, s);
                         continue;
                     }
+                    if let (true, Some((w, col))) = (r.direct, self.column_of(&dims, &r.index, ix))
+                    {
+                        let at = match pending.iter().position(|(s, _)| *s == slot) {
+                            Some(at) => at,
+                            None => {
+                                pending.push((slot, vec![None; w as usize]));
+                                pending.len() - 1
+                            }
+                        };
+                        pending[at].1[col] = Some(v);
+                        if pending[at].1.iter().all(|c| c.is_some()) {
+                            let (slot, cols) = pending.remove(at);
+                            let cols: Vec<Value> = cols.into_iter().flatten().collect();
+                            let rows = self.rows_of(&cols);
+                            let base = self.idx[ix.ix()]
+                                .ok_or_else(|| internal("vector index not bound"))?;
+                            let off = self.b.ins().imul_imm_s(base, w);
+                            let a = self.addr(slot, Elem::Real, off);
+                            for (k, row) in rows.into_iter().enumerate() {
+                                let flags = MemFlagsData::new().with_notrap();
+                                self.b.ins().store(flags, row, a, 16 * k as i32);
+                            }
+                        }
+                        continue;
+                    }
                     if !unit_stride(self.p, &r.index, &dims, ix) {
                         // lane by lane: cell k + lane of the loop index
                         let base =
@@ -504,7 +669,11 @@ impl<'a, 'b> Gen<'a, 'b> {
                             let k = self.b.ins().iadd_imm_s(base, lane);
                             let off = self.offset_with(&dims, &r.index, Some((ix, k)))?;
                             let x = self.b.ins().extractlane(v, lane as u8);
-                            self.accumulate(slot, off, x);
+                            if r.direct {
+                                self.store(slot, Elem::Real, off, x);
+                            } else {
+                                self.accumulate(slot, off, x);
+                            }
                         }
                         continue;
                     }
@@ -517,6 +686,10 @@ impl<'a, 'b> Gen<'a, 'b> {
                         let s = self.b.ins().fadd(old, v);
                         self.vstore(a, s);
                     }
+                }
+                // (the schedule makes a table's direct columns complete within one group)
+                if !pending.is_empty() {
+                    return Err(internal("incomplete direct columns"));
                 }
             }
         }

@@ -438,6 +438,41 @@ pub fn schedule(p: &Program) -> Schedule {
                         direct[r.target.ix()] = true;
                     }
                 }
+                // The columns of a table of short rows, `g[n, 0] ... g[n, 3]` over a loop over
+                // `n` (box gradients), one run each: together they store every cell once.
+                for t in 0..p.tensors.len() {
+                    if first[t] != Some(k) || direct[t] {
+                        continue;
+                    }
+                    let dims = &p.tensors[t].indices;
+                    let [d0, d1] = dims[..] else { continue };
+                    let crate::ir::Extent::Fixed(w) = p.indices[d1.ix()].extent else {
+                        continue;
+                    };
+                    let mut cols: Vec<i64> = Vec::new();
+                    let mut all = loops == [d0];
+                    for r in g.runs.iter().filter(|r| r.target.ix() == t) {
+                        match (
+                            r.index.first().map(|e| p.pool.get(*e)),
+                            r.index.get(1).map(|e| p.pool.get(*e)),
+                        ) {
+                            (Some(Expr::Index(i)), Some(Expr::Int(c)))
+                                if *i == d0 && r.index.len() == 2 =>
+                            {
+                                cols.push(*c)
+                            }
+                            _ => all = false,
+                        }
+                    }
+                    cols.sort();
+                    let complete = cols.iter().copied().eq(0..w);
+                    if all && complete && runs_in_first[t] == cols.len() {
+                        for r in g.runs.iter_mut().filter(|r| r.target.ix() == t) {
+                            r.direct = true;
+                        }
+                        direct[t] = true;
+                    }
+                }
             }
         }
     }
