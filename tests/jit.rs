@@ -700,7 +700,7 @@ fn box_losses_vector_path_matches_the_interpreter() {
     let lib = Library::with_stdlib().unwrap();
     let mut rng = Rng(99);
     let n = 37;
-    let mut boxes = |rng: &mut Rng| -> Vec<f64> {
+    let boxes = |rng: &mut Rng| -> Vec<f64> {
         (0..n)
             .flat_map(|_| {
                 let (x, y) = (rng.next() * 10.0, rng.next() * 10.0);
