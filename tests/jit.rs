@@ -726,5 +726,20 @@ fn box_losses_vector_path_matches_the_interpreter() {
             }
         }
     }
+    // rows of 2 (f64: a square transpose of its own)
+    let src =
+        "loss pts(p[n, 2], q[n, 2]) -> [n] { (p[n, 0] - q[n, 0]) ^ 2 + 3 * p[n, 1] * q[n, 1] }";
+    let lib = Library::from_source("pts.loss", src).unwrap();
+    for dtype in [DType::F64, DType::F32] {
+        let call = Call::new()
+            .input("p", Array::real(vec![n, 2], p[..2 * n].to_vec()))
+            .input("q", Array::real(vec![n, 2], t[..2 * n].to_vec()))
+            .reduction(Reduction::Mean)
+            .dtype(dtype)
+            .grad("p")
+            .grad("q");
+        let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+        compare("pts", &lib, "pts", &call, rtol, &mut failures);
+    }
     assert!(failures.is_empty(), "{failures:#?}");
 }

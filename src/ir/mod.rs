@@ -286,6 +286,22 @@ impl ExprPool {
         self.types[id.ix()]
     }
     /// The indices an expression depends on and does not reduce over, sorted.
+    /// Whether a node reachable from `roots` (they included) satisfies `f`.
+    pub fn reaches(&self, roots: &[ExprId], f: impl Fn(&Expr) -> bool) -> bool {
+        let mut stack = roots.to_vec();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(e) = stack.pop() {
+            if !seen.insert(e) {
+                continue;
+            }
+            if f(self.get(e)) {
+                return true;
+            }
+            self.get(e).for_each_child(|c| stack.push(c));
+        }
+        false
+    }
+
     pub fn free(&self, id: ExprId) -> &[IndexId] {
         &self.free[id.ix()]
     }

@@ -442,36 +442,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let r: Vec<Value> = (0..loads)
             .map(|k| self.load_v(flags, a, 16 * k as i32))
             .collect();
-        // byte masks of the unpack shuffles (lanes of `a` then `b`)
-        const LO32: [u8; 16] = [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23];
-        const HI32: [u8; 16] = [8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31];
-        const LO64: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
-        const HI64: [u8; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
-        let cols = if self.f32 {
-            let t0 = self.shuffle(r[0], r[1], LO32);
-            let t1 = self.shuffle(r[2], r[3], LO32);
-            let t2 = self.shuffle(r[0], r[1], HI32);
-            let t3 = self.shuffle(r[2], r[3], HI32);
-            vec![
-                self.shuffle(t0, t1, LO64),
-                self.shuffle(t0, t1, HI64),
-                self.shuffle(t2, t3, LO64),
-                self.shuffle(t2, t3, HI64),
-            ]
-        } else if width == 2 {
-            vec![
-                self.shuffle(r[0], r[1], LO64),
-                self.shuffle(r[0], r[1], HI64),
-            ]
-        } else {
-            // row 0 is r[0], r[1]; row 1 is r[2], r[3]
-            vec![
-                self.shuffle(r[0], r[2], LO64),
-                self.shuffle(r[0], r[2], HI64),
-                self.shuffle(r[1], r[3], LO64),
-                self.shuffle(r[1], r[3], HI64),
-            ]
-        };
+        let cols = self.regroup(&r, false);
         let v = cols[col];
         self.vcols.insert((slot, base), cols);
         Ok(Some(v))
@@ -501,38 +472,49 @@ impl<'a, 'b> Gen<'a, 'b> {
             .then_some((width, col))
     }
 
-    /// The inverse of [`Gen::vcolumn`]'s shuffles: the column vectors of a vector step, as the
-    /// vectors to store at the step's rows (in memory order).
-    fn rows_of(&mut self, cols: &[Value]) -> Vec<Value> {
+    /// The unpack shuffles between the vectors loaded from a vector step's rows (memory
+    /// order) and its column vectors ([`Gen::vcolumn`]): rows to columns, or back with
+    /// `to_rows`. f32 rows of 4 and f64 rows of 2 are square transposes (their own inverse);
+    /// f64 rows of 4 are two vectors per row.
+    fn regroup(&mut self, v: &[Value], to_rows: bool) -> Vec<Value> {
+        // byte masks (lanes of `a` then `b`)
         const LO32: [u8; 16] = [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23];
         const HI32: [u8; 16] = [8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31];
         const LO64: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
         const HI64: [u8; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
-        if self.f32 {
-            // a 4x4 transpose is its own inverse
-            let t0 = self.shuffle(cols[0], cols[1], LO32);
-            let t1 = self.shuffle(cols[2], cols[3], LO32);
-            let t2 = self.shuffle(cols[0], cols[1], HI32);
-            let t3 = self.shuffle(cols[2], cols[3], HI32);
-            vec![
-                self.shuffle(t0, t1, LO64),
-                self.shuffle(t0, t1, HI64),
-                self.shuffle(t2, t3, LO64),
-                self.shuffle(t2, t3, HI64),
-            ]
-        } else if cols.len() == 2 {
-            vec![
-                self.shuffle(cols[0], cols[1], LO64),
-                self.shuffle(cols[0], cols[1], HI64),
-            ]
+        let (v, pairs): (Vec<Value>, [(usize, usize); 2]) = if self.f32 {
+            let t = vec![
+                self.shuffle(v[0], v[1], LO32),
+                self.shuffle(v[2], v[3], LO32),
+                self.shuffle(v[0], v[1], HI32),
+                self.shuffle(v[2], v[3], HI32),
+            ];
+            (t, [(0, 1), (2, 3)])
+        } else if v.len() == 2 {
+            (v.to_vec(), [(0, 1), (0, 1)])
+        } else if to_rows {
+            // columns 0,1 give the rows' first halves, 2,3 their second
+            let (a, b) = (
+                [
+                    self.shuffle(v[0], v[1], LO64),
+                    self.shuffle(v[2], v[3], LO64),
+                ],
+                [
+                    self.shuffle(v[0], v[1], HI64),
+                    self.shuffle(v[2], v[3], HI64),
+                ],
+            );
+            return vec![a[0], a[1], b[0], b[1]];
         } else {
-            vec![
-                self.shuffle(cols[0], cols[1], LO64),
-                self.shuffle(cols[2], cols[3], LO64),
-                self.shuffle(cols[0], cols[1], HI64),
-                self.shuffle(cols[2], cols[3], HI64),
-            ]
+            // rows are v[0], v[1] and v[2], v[3]
+            (vec![v[0], v[2], v[1], v[3]], [(0, 1), (2, 3)])
+        };
+        let mut out = Vec::new();
+        for (a, b) in pairs.iter().take(if v.len() == 2 { 1 } else { 2 }) {
+            out.push(self.shuffle(v[*a], v[*b], LO64));
+            out.push(self.shuffle(v[*a], v[*b], HI64));
         }
+        out
     }
 
     /// Lanes of `a` and `b` picked by a byte mask (as Cranelift's `shuffle` on bytes).
@@ -649,7 +631,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                         if pending[at].1.iter().all(|c| c.is_some()) {
                             let (slot, cols) = pending.remove(at);
                             let cols: Vec<Value> = cols.into_iter().flatten().collect();
-                            let rows = self.rows_of(&cols);
+                            let rows = self.regroup(&cols, true);
                             let base = self.idx[ix.ix()]
                                 .ok_or_else(|| internal("vector index not bound"))?;
                             let off = self.b.ins().imul_imm_s(base, w);

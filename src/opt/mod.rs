@@ -107,7 +107,10 @@ fn reuse_tables(q: &mut Program) {
         let mut dims = t.indices.clone();
         dims.sort();
         dims.dedup();
-        if free != dims || dims.len() != t.indices.len() || !has_reduction(q, t.body) {
+        if free != dims
+            || dims.len() != t.indices.len()
+            || !q.pool.reaches(&[t.body], |x| matches!(x, Expr::Reduce(..)))
+        {
             continue;
         }
         let args: Vec<ExprId> = t
@@ -134,21 +137,6 @@ fn reuse_tables(q: &mut Program) {
         }
     }
     q.passes = passes;
-}
-
-fn has_reduction(q: &Program, e: ExprId) -> bool {
-    let mut stack = vec![e];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(x) = stack.pop() {
-        if !seen.insert(x) {
-            continue;
-        }
-        if matches!(q.pool.get(x), Expr::Reduce(..)) {
-            return true;
-        }
-        q.pool.get(x).for_each_child(|c| stack.push(c));
-    }
-    false
 }
 
 /// `e` with the nodes of `memo` replaced (and its parents rebuilt).

@@ -243,7 +243,7 @@ impl CompiledLoss {
             ir::Extent::Computed(e) => Some(e),
             _ => None,
         }));
-        let defaults_read_inputs = reads_inputs(p, &roots);
+        let defaults_read_inputs = p.pool.reaches(&roots, |e| matches!(e, Expr::Input(..)));
         let batch = if defaults_read_inputs {
             None
         } else {
@@ -991,21 +991,6 @@ fn pack_f32(v: &[f32]) -> Vec<u64> {
         out[k / 2] |= bits << (32 * (k % 2));
     }
     out
-}
-
-fn reads_inputs(p: &Program, roots: &[ir::ExprId]) -> bool {
-    let mut stack = roots.to_vec();
-    let mut seen = std::collections::HashSet::new();
-    while let Some(e) = stack.pop() {
-        if !seen.insert(e) {
-            continue;
-        }
-        if matches!(p.pool.get(e), Expr::Input(..)) {
-            return true;
-        }
-        p.pool.get(e).for_each_child(|c| stack.push(c));
-    }
-    false
 }
 
 /// Compile-time and run-time of one call, for `lossc bench`.
