@@ -226,8 +226,8 @@ fn the_deepest_accepted_programs_compile_on_a_small_stack() {
         .map(|k| format!("let a{k} = tanh(a{}) * a{};\n", k - 1, k - 1))
         .collect();
     on_small_stack_run(
-        300,
-        format!("loss g(x[i]) -> [i] {{\nlet a0 = x[i];\n{lets}a300 }}"),
+        150,
+        format!("loss g(x[i]) -> [i] {{\nlet a0 = x[i];\n{lets}a150 }}"),
     );
 }
 
