@@ -325,7 +325,7 @@ fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
 /// The header text of an `.npy` file (as far as the bytes go): after the magic, the version and
 /// the header length (2 bytes in version 1, 4 after).
 fn npy_header(bytes: &[u8]) -> &[u8] {
-    let (start, len) = match bytes.get(6) {
+    let (start, len): (usize, Option<usize>) = match bytes.get(6) {
         Some(1) => (
             10,
             bytes
