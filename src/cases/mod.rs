@@ -216,8 +216,7 @@ impl Case {
                     }
                 },
             };
-            *own = Some(lib);
-            Ok((own.as_ref().expect("just set"), entry))
+            Ok((&*own.insert(lib), entry))
         } else {
             Ok((stdlib, loss.to_string()))
         }

@@ -550,6 +550,7 @@ impl<'a> Lower<'a> {
         let e = self.expr(&l.value)?;
         self.scopes
             .last_mut()
+            // Cannot fail: the checker starts with one scope and pops only what it pushed.
             .expect("a scope")
             .insert(l.name.name.clone(), e);
         Ok(())

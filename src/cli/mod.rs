@@ -452,7 +452,9 @@ pub fn grad_source(
         )
     })?;
     crate::runtime::validate_grad(p, &[wrt.to_string()])?;
-    let input = p.input(wrt).expect("validated");
+    let input = p
+        .input(wrt)
+        .ok_or_else(|| Error::new(ErrorKind::Unknown, format!("unknown input `{wrt}`")))?;
     let q = crate::opt::simplify(&ir::with_reduction(p, r, weighted));
     let g = crate::opt::simplify(&crate::grad::differentiate(&q, &[input])?);
     let target = g.grads[0].1;

@@ -95,6 +95,30 @@ pub fn run_with_grads(p: &Program, env: &Env) -> Result<(Vec<f64>, Vec<Vec<f64>>
     Ok((out.into_iter().map(|v| v.as_f64()).collect(), grads))
 }
 
+/// The nodes worth caching per cell: shared by two or more parents, and not leaves.
+fn shared_nodes(p: &Program) -> Vec<bool> {
+    let mut uses = vec![0u32; p.pool.len()];
+    for k in 0..p.pool.len() {
+        p.pool
+            .get(ExprId(k as u32))
+            .for_each_child(|c| uses[c.ix()] = uses[c.ix()].saturating_add(1));
+    }
+    (0..p.pool.len())
+        .map(|k| {
+            let leaf = matches!(
+                p.pool.get(ExprId(k as u32)),
+                Expr::Real(_)
+                    | Expr::Int(_)
+                    | Expr::Bool(_)
+                    | Expr::Index(_)
+                    | Expr::Extent(_)
+                    | Expr::Param(_)
+            );
+            uses[k] >= 2 && !leaf
+        })
+        .collect()
+}
+
 /// Number of cells of an index space, or a limit error.
 pub fn table_size(p: &Program, extents: &[i64], indices: &[IndexId]) -> Result<usize> {
     let mut n: u64 = 1;
@@ -123,6 +147,11 @@ struct Machine<'a> {
     at: Vec<i64>,
     /// reductions already computed, by node and the values of their free indices
     memo: HashMap<(ExprId, Vec<i64>), Value>,
+    /// nodes with several parents (not leaves): evaluated once per cell, through `cache`;
+    /// without it a DAG of shared aliases (`let a2 = a1 * a1; ...`) takes exponential time
+    shared: Vec<bool>,
+    /// values of shared nodes in the current cell, by node and the values of its free indices
+    cache: HashMap<(ExprId, Vec<i64>), Value>,
     /// the indices being iterated, outermost first (for messages)
     live: Vec<IndexId>,
 }
@@ -246,6 +275,8 @@ impl<'a> Machine<'a> {
             tensors: vec![None; p.tensors.len()],
             at: vec![0; p.indices.len()],
             memo: HashMap::new(),
+            shared: shared_nodes(p),
+            cache: HashMap::new(),
             live: vec![],
         }
     }
@@ -293,6 +324,8 @@ impl<'a> Machine<'a> {
             self.at[i.ix()] = saved;
             return Ok(());
         }
+        // Tables change between contributions (adjoints accumulate): start a new cell.
+        self.cache.clear();
         for g in &c.guards {
             if !self.eval(*g)?.bool() {
                 return Ok(());
@@ -347,6 +380,7 @@ impl<'a> Machine<'a> {
                 self.at[indices[k].ix()] = (rest % e) as i64;
                 rest /= e;
             }
+            self.cache.clear();
             let v = self.eval(body)?;
             match slot {
                 Some(k) => {
@@ -408,6 +442,20 @@ impl<'a> Machine<'a> {
     }
 
     fn eval(&mut self, e: ExprId) -> Result<Value> {
+        if !self.shared.get(e.ix()).copied().unwrap_or(false) {
+            return self.eval_node(e);
+        }
+        let free = self.p.pool.free(e);
+        let key = (e, free.iter().map(|f| self.at[f.ix()]).collect::<Vec<_>>());
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(*v);
+        }
+        let v = self.eval_node(e)?;
+        self.cache.insert(key, v);
+        Ok(v)
+    }
+
+    fn eval_node(&mut self, e: ExprId) -> Result<Value> {
         let p = self.p;
         Ok(match p.pool.get(e) {
             Expr::Real(b) => self.r(f64::from_bits(*b)),

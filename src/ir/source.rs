@@ -601,14 +601,19 @@ impl<'a> Src<'a> {
     }
 
     fn reads(&self, e: ExprId, t: TensorId) -> bool {
-        match self.q.pool.get(e) {
-            Expr::Tensor(k, _) if *k == t => true,
-            other => {
-                let mut found = false;
-                other.for_each_child(|c| found = found || self.reads(c, t));
-                found
+        // Each node once: walking the DAG as a tree takes exponential time on shared aliases.
+        let mut seen = vec![false; self.q.pool.len()];
+        let mut stack = vec![e];
+        while let Some(x) = stack.pop() {
+            if std::mem::replace(&mut seen[x.ix()], true) {
+                continue;
+            }
+            match self.q.pool.get(x) {
+                Expr::Tensor(k, _) if *k == t => return true,
+                other => other.for_each_child(|c| stack.push(c)),
             }
         }
+        false
     }
 
     fn body_of(&mut self, t: TensorId) -> ExprId {

@@ -957,6 +957,7 @@ impl<'a, 'b> E<'a, 'b> {
             });
         }
         let np = self.mulc(nf, parts[last]);
+        // Cannot fail: both constant tables have at least three parts, so the loop ran.
         let rl = self.sub(rl.unwrap(), np);
         // Renormalise (fast two-sum: |rh| >= |rl|).
         let r = self.add(rh, rl);

@@ -279,6 +279,8 @@ struct Gen<'a, 'b> {
     /// the index each scope binds (a loop body's scope), parallel to `scopes`
     binds: Vec<Option<IndexId>>,
     err: Block,
+    /// where the error exit writes its record
+    err_p: Value,
     funcs: HashMap<&'static str, FuncRef>,
     /// tensors whose gradient buffer is written directly
     trusted: MemFlagsData,
@@ -340,22 +342,12 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             })
             .collect();
-        // The error exit: record (code, node, dim, value) and return 1.
+        // The error exit: record (code, node, dim, value) and return 1. Its body is emitted
+        // after the kernel's (`body`): Cranelift forbids leaving the entry block unfinished.
         let err = b.create_block();
         for _ in 0..4 {
             b.append_block_param(err, types::I64);
         }
-        let cur = b
-            .current_block()
-            .ok_or_else(|| internal("no entry block"))?;
-        b.switch_to_block(err);
-        let ps = b.block_params(err).to_vec();
-        for (k, v) in ps.iter().enumerate() {
-            b.ins().store(trusted, *v, err_p, (8 * k) as i32);
-        }
-        let one = b.ins().iconst(types::I64, 1);
-        b.ins().return_(&[one]);
-        b.switch_to_block(cur);
         Ok(Gen {
             p,
             an: Analysis::new(p),
@@ -370,6 +362,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             scopes: vec![HashMap::new()],
             binds: vec![None],
             err,
+            err_p,
             funcs: HashMap::new(),
             trusted,
             readonly,
@@ -385,6 +378,15 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         let zero = self.b.ins().iconst(types::I64, 0);
         self.b.ins().return_(&[zero]);
+        self.b.switch_to_block(self.err);
+        let ps = self.b.block_params(self.err).to_vec();
+        for (k, v) in ps.iter().enumerate() {
+            self.b
+                .ins()
+                .store(self.trusted, *v, self.err_p, (8 * k) as i32);
+        }
+        let one = self.b.ins().iconst(types::I64, 1);
+        self.b.ins().return_(&[one]);
         Ok(())
     }
 
@@ -1095,6 +1097,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         };
         let mut off = self.b.ins().iconst(types::I64, 0);
         let mut inside: Option<Value> = None;
+        let mut checked = false;
         for (k, (a, d)) in args.iter().zip(dims).enumerate() {
             let v = self.emit(*a)?;
             let n = self.ext[d.ix()];
@@ -1109,13 +1112,19 @@ impl<'a, 'b> Gen<'a, 'b> {
                     });
                 } else {
                     self.check(bad, ERR_RANGE, e, k, v);
+                    checked = true;
                 }
             }
             let m = self.b.ins().imul(off, n);
             off = self.b.ins().iadd(m, v);
         }
-        let flags = if readonly {
+        // A load behind a range check (or a pad's emptiness test) must stay behind it:
+        // `can_move` would let Cranelift hoist it out of a loop, above the check, and read
+        // out of bounds (found by fuzzing: `max(j: m[i, lab[i]])` with lab[i] = 10^9).
+        let flags = if readonly && !checked && inside.is_none() {
             self.readonly
+        } else if readonly {
+            MemFlagsData::trusted().with_readonly()
         } else {
             self.trusted
         };

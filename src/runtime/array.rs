@@ -111,6 +111,20 @@ impl Array {
                 format!("{what}: not a valid .npy file: {m}"),
             )
         };
+        // npyz's header parser takes exponential time on deeply nested brackets (found by
+        // fuzzing: 200 bytes of `[[[[...` hung it); a real header nests two deep.
+        let header = npy_header(bytes);
+        let mut depth = 0usize;
+        for c in header.iter() {
+            match c {
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > 4 {
+                return Err(bad("the header nests brackets too deep".into()));
+            }
+        }
         let npy = npyz::NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
         let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
         let fortran = npy.order() == npyz::Order::Fortran;
@@ -306,6 +320,28 @@ fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
         }
     }
     out.push(']');
+}
+
+/// The header text of an `.npy` file (as far as the bytes go): after the magic, the version and
+/// the header length (2 bytes in version 1, 4 after).
+fn npy_header(bytes: &[u8]) -> &[u8] {
+    let (start, len): (usize, Option<usize>) = match bytes.get(6) {
+        Some(1) => (
+            10,
+            bytes
+                .get(8..10)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize),
+        ),
+        Some(_) => (
+            12,
+            bytes
+                .get(8..12)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize),
+        ),
+        None => (0, None),
+    };
+    let end = start.saturating_add(len.unwrap_or(0)).min(bytes.len());
+    bytes.get(start.min(end)..end).unwrap_or(&[])
 }
 
 /// The elements of an `.npy` file of element type `T`, converted.

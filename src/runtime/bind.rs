@@ -146,9 +146,28 @@ pub(crate) fn output_shape(
     shape
 }
 
+/// The number of cells of a shape, or a `Limit` error when it is past `interp::MAX_TABLE`
+/// (or overflows): checked before anything of that size is allocated.
+pub(crate) fn cells(shape: &[usize], what: &str) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d))
+        .filter(|n| *n as u64 <= interp::MAX_TABLE)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "{what} of shape {shape:?} is too large (the limit is {} elements)",
+                    interp::MAX_TABLE
+                ),
+            )
+        })
+}
+
 /// Broadcasts weights (NumPy rules) to the output's shape, flattened row-major.
 pub(crate) fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
     w.validate("weights")?;
+    let n = cells(shape, "the output")?;
     let wv = w.to_f64();
     let bad = || {
         Error::new(
@@ -180,7 +199,6 @@ pub(crate) fn broadcast(w: &Array, shape: &[usize]) -> Result<Vec<f64>> {
             return Err(bad());
         }
     }
-    let n: usize = shape.iter().product();
     let mut out = Vec::with_capacity(n);
     let mut idx = vec![0usize; shape.len()];
     for _ in 0..n {
@@ -320,7 +338,9 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
             format!("[{}]", d.join(", "))
         };
         if arr_shape.len() < rank
-            || (rank == 0 && !arr_shape.is_empty() && arr_shape.iter().product::<usize>() != 1)
+            || (rank == 0
+                && !arr_shape.is_empty()
+                && arr_shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)) != Some(1))
         {
             return Err(Error::new(
                 ErrorKind::Shape,
@@ -337,7 +357,7 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
         let mut shape: Vec<usize> = Vec::new();
         if rank > 0 {
             let extra = arr_shape.len() - rank;
-            let first: usize = arr_shape[..=extra].iter().product();
+            let first = cells(&arr_shape[..=extra], &format!("input `{}`", inp.name))?;
             shape.push(first);
             shape.extend(&arr_shape[extra + 1..]);
             let l = arr_shape[..=extra].to_vec();
@@ -362,6 +382,19 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
             }
         }
         for (k, d) in inp.dims.iter().enumerate() {
+            // No index is longer than the largest table (a `[0, 2^63]` shape holds no data
+            // but would make an extent that no longer fits an i64).
+            if shape[k] as u64 > interp::MAX_TABLE {
+                return Err(Error::new(
+                    ErrorKind::Limit,
+                    format!(
+                        "input `{}` has shape {:?}; dimension {k} is past the limit of {} elements",
+                        inp.name,
+                        arr_shape,
+                        interp::MAX_TABLE
+                    ),
+                ));
+            }
             let got = shape[k] as i64;
             let ix = d.ix();
             if let Extent::Fixed(n) = p.indices[ix].extent {
@@ -518,6 +551,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
 
     // Reduction and weights.
     let out_shape = output_shape(p, &env.extents, &lead);
+    cells(&out_shape, "the output")?;
     check_reduction(p, call.reduction)?;
     let wdata = match &call.weights {
         Some(w) => Some(broadcast(w, &out_shape)?),

@@ -324,14 +324,15 @@ impl CompiledLoss {
 
     /// The number of cells of the value for these input shapes and reduction.
     pub fn value_len(&self, inputs: &[(&str, View)], reduction: Reduction) -> Result<usize> {
-        let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, v)| (*n, v.shape)).collect();
-        let Shapes { extents, lead } = bind::bind_shapes(&self.base, &shapes)?;
+        check_views(inputs)?;
+        let (extents, lead, _) = self.bind_env(inputs, &[])?;
         if reduction != Reduction::None {
             return Ok(1);
         }
-        Ok(bind::output_shape(&self.base, &extents, &lead)
-            .iter()
-            .product())
+        bind::cells(
+            &bind::output_shape(&self.base, &extents, &lead),
+            "the output",
+        )
     }
 
     /// Evaluates the loss; returns the value and the gradients of the compiled inputs.
@@ -342,14 +343,14 @@ impl CompiledLoss {
         reduction: Reduction,
         weights: Option<View>,
     ) -> Result<Output> {
-        let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, v)| (*n, v.shape)).collect();
-        let Shapes { extents, lead } = bind::bind_shapes(&self.base, &shapes)?;
+        check_views(inputs)?;
+        let (extents, lead, _) = self.bind_env(inputs, params)?;
         let out_shape = if reduction == Reduction::None {
             bind::output_shape(&self.base, &extents, &lead)
         } else {
             vec![]
         };
-        let n: usize = out_shape.iter().product();
+        let n = bind::cells(&out_shape, "the output")?;
         let mut value = vec![0f64; n];
         let mut grads: Vec<Vec<f64>> = Vec::new();
         for w in &self.wrt {
@@ -666,50 +667,16 @@ impl CompiledLoss {
         Ok(())
     }
 
-    /// One kernel call on the whole of `inputs` (`rows`: the batch's row count when these
-    /// inputs are one block of it).
-    #[allow(clippy::too_many_arguments)]
-    fn call_single<R: Real>(
+    /// Binds the views' shapes and the parameters: every index's extent (computed ones
+    /// included), the leading dimensions folded into each index, and the parameter values.
+    #[allow(clippy::type_complexity)]
+    fn bind_env(
         &self,
         inputs: &[(&str, View)],
         params: &[(&str, ParamValue)],
-        reduction: Reduction,
-        weights: Option<View>,
-        value: &mut [R],
-        grads: &mut [&mut [R]],
-        rows: Option<i64>,
-    ) -> Result<()> {
-        let f32 = self.options.dtype == DType::F32;
-        if R::F32 != f32 {
-            return Err(Error::new(
-                ErrorKind::Type,
-                format!(
-                    "`{}` was compiled for {}, but the output buffers are {}",
-                    self.base.name,
-                    self.options.dtype.name(),
-                    if R::F32 { "f32" } else { "f64" }
-                ),
-            ));
-        }
+    ) -> Result<(Vec<i64>, Vec<Option<Vec<usize>>>, Vec<interp::Value>)> {
         let p = &self.base;
-        let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
-        let pnames: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
-        bind::check_names(p, &names, &pnames)?;
-        for (name, v) in params {
-            if let Some((_, b)) = self.options.bake.iter().find(|(n, _)| n == name) {
-                let k = p.param(name).map(|i| i.ix()).unwrap_or(0);
-                if bind::param_value(p, k, *v)? != bind::param_value(p, k, *b)? {
-                    return Err(Error::new(
-                        ErrorKind::Type,
-                        format!(
-                            "parameter `{name}` is baked into this compiled `{}` as {b:?}; compile again to change it",
-                            p.name
-                        ),
-                    ));
-                }
-            }
-        }
-        check_views(inputs)?;
+        let f32 = self.options.dtype == DType::F32;
         let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, v)| (*n, v.shape)).collect();
         let Shapes { extents, lead } = bind::bind_shapes(p, &shapes)?;
         let view = |k: usize| -> Option<&View> {
@@ -754,6 +721,66 @@ impl CompiledLoss {
         let given: Vec<(String, ParamValue)> =
             params.iter().map(|(n, v)| (n.to_string(), *v)).collect();
         bind::bind_params(p, &given, &mut env)?;
+        Ok((env.extents, lead, env.params))
+    }
+
+    /// One kernel call on the whole of `inputs` (`rows`: the batch's row count when these
+    /// inputs are one block of it).
+    #[allow(clippy::too_many_arguments)]
+    fn call_single<R: Real>(
+        &self,
+        inputs: &[(&str, View)],
+        params: &[(&str, ParamValue)],
+        reduction: Reduction,
+        weights: Option<View>,
+        value: &mut [R],
+        grads: &mut [&mut [R]],
+        rows: Option<i64>,
+    ) -> Result<()> {
+        let f32 = self.options.dtype == DType::F32;
+        if R::F32 != f32 {
+            return Err(Error::new(
+                ErrorKind::Type,
+                format!(
+                    "`{}` was compiled for {}, but the output buffers are {}",
+                    self.base.name,
+                    self.options.dtype.name(),
+                    if R::F32 { "f32" } else { "f64" }
+                ),
+            ));
+        }
+        let p = &self.base;
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+        let pnames: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
+        bind::check_names(p, &names, &pnames)?;
+        for (name, v) in params {
+            if let Some((_, b)) = self.options.bake.iter().find(|(n, _)| n == name) {
+                let k = p.param(name).map(|i| i.ix()).unwrap_or(0);
+                if bind::param_value(p, k, *v)? != bind::param_value(p, k, *b)? {
+                    return Err(Error::new(
+                        ErrorKind::Type,
+                        format!(
+                            "parameter `{name}` is baked into this compiled `{}` as {b:?}; compile again to change it",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
+        check_views(inputs)?;
+        let (extents, lead, prm) = self.bind_env(inputs, params)?;
+        let view = |k: usize| -> Option<&View> {
+            inputs
+                .iter()
+                .find(|(n, _)| *n == p.inputs[k].name)
+                .map(|(_, v)| v)
+        };
+        let mut env = Env {
+            f32,
+            extents,
+            inputs: vec![],
+            params: prm,
+        };
 
         let var = self.variant(reduction, weights.is_some())?;
         let q = &var.program;
@@ -819,7 +846,7 @@ impl CompiledLoss {
         }
         // Weights: the last input of the weighted program, broadcast to the output's shape.
         if let Some(w) = weights {
-            let out_shape = bind::output_shape(p, &extents, &lead);
+            let out_shape = bind::output_shape(p, &env.extents, &lead);
             let arr = Array::real(w.shape.to_vec(), w.data.to_f64());
             let wv = bind::broadcast(&arr, &out_shape)?;
             let buf = if f32 {

@@ -371,6 +371,7 @@ pub fn schedule(p: &Program) -> Schedule {
                         carried: vec![vec![]; c.extra.len()],
                     });
                 }
+                // Cannot fail: a group was pushed above when the list was empty.
                 let g = groups.last_mut().expect("pushed above");
                 match g.runs.last_mut() {
                     Some(r) if r.target == c.target && r.index == c.index => {

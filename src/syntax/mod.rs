@@ -111,7 +111,9 @@ fn parse_here(file: u32, text: &str) -> Result<File> {
         ));
     }
     check_nesting(file, text)?;
+    check_chains(file, text)?;
     let mut pairs = LossParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e))?;
+    // Cannot fail: a successful parse of `file` yields exactly one pair.
     let root = pairs.next().expect("the file rule always yields one pair");
     let b = Builder { file };
     let mut items = Vec::new();
@@ -145,6 +147,77 @@ fn check_nesting(file: u32, text: &str) -> Result<()> {
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// The Pratt parser recurses once per prefix operator (`- - - x`) and per `^` of a chain
+/// (right-associative), without brackets; four million of them overflow even the parser's
+/// 512 MiB stack. Such a chain of n operators is at least n deep, so a chain longer than
+/// [`MAX_DEPTH`] would be refused after parsing anyway: refuse it before.
+fn check_chains(file: u32, text: &str) -> Result<()> {
+    let bytes = text.as_bytes();
+    // chain length at each bracket level; whether the last token ended an operand
+    let mut chains: Vec<usize> = vec![0];
+    let mut operand = false;
+    let mut k = 0;
+    while k < bytes.len() {
+        let c = bytes[k];
+        let next = bytes.get(k + 1).copied();
+        match c {
+            b'/' if next == Some(b'/') => {
+                while k < bytes.len() && bytes[k] != b'\n' {
+                    k += 1;
+                }
+                continue;
+            }
+            b'/' if next == Some(b'*') => {
+                k += 2;
+                while k < bytes.len() && !(bytes[k] == b'*' && bytes.get(k + 1) == Some(&b'/')) {
+                    k += 1;
+                }
+                k += 2;
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                chains.push(0);
+                operand = false;
+            }
+            b')' | b']' | b'}' => {
+                if chains.len() > 1 {
+                    chains.pop();
+                }
+                operand = true;
+            }
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            // A prefix operator, or `^`: the chain goes on.
+            b'-' | b'!' | b'^' if (c == b'^' || !operand) && next != Some(b'=') => {
+                let n = chains.last_mut().map(|n| {
+                    *n += 1;
+                    *n
+                });
+                if n.unwrap_or(0) > MAX_DEPTH {
+                    return Err(Error::from_diag(
+                        ErrorKind::Limit,
+                        Diagnostic::new(format!(
+                            "more than {MAX_DEPTH} prefix operators or `^` in a row"
+                        ))
+                        .primary(Span::new(file, k, k + 1), "too deep"),
+                    ));
+                }
+                operand = false;
+            }
+            // Any other operator, separator or binary minus ends the chain.
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'<' | b'>' | b'=' | b'!' | b'&' | b'|' | b','
+            | b';' | b':' => {
+                if let Some(n) = chains.last_mut() {
+                    *n = 0;
+                }
+                operand = false;
+            }
+            _ => operand = true,
+        }
+        k += 1;
     }
     Ok(())
 }

@@ -1,0 +1,656 @@
+//! Hostile input (docs/RELIABILITY.md): every fuzz crasher kept under
+//! `tests/fuzz-regressions/<target>/` replayed through the fuzz targets' own code, nesting
+//! 100,000 deep, 10^12-element shapes, out-of-range class ids and lengths, NaN and inf. Each
+//! must end in an `Error` (or a value), never a panic, an abort or a stack overflow.
+
+#[path = "hostile/harness.rs"]
+mod harness;
+
+use lossc::cases;
+use lossc::diag::ErrorKind;
+use lossc::runtime::{Array, Backend, Call, DType, Library, Options, Reduction, View};
+use std::path::{Path, PathBuf};
+
+const DEEP: usize = 100_000;
+
+fn regressions(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions")
+        .join(target);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Runs `f` on a thread with a 2 MiB stack (a typical worker thread's), so that a recursion
+/// the limits do not bound shows up as a stack overflow here.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .expect("spawn")
+        .join()
+        .expect("no panic")
+}
+
+#[test]
+fn parse_check_crashers_end_cleanly() {
+    for f in regressions("parse_check") {
+        let bytes = std::fs::read(&f).unwrap();
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            harness::front_end(text);
+        }
+    }
+}
+
+#[test]
+fn case_json_crashers_end_cleanly() {
+    for f in regressions("case_json") {
+        let bytes = std::fs::read(&f).unwrap();
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            if let Err(e) = harness::case_json(text) {
+                panic!("{}: {e}", f.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn npy_crashers_end_cleanly() {
+    for f in regressions("npy") {
+        let bytes = std::fs::read(&f).unwrap();
+        if let Err(e) = harness::npy(&bytes) {
+            panic!("{}: {e}", f.display());
+        }
+    }
+}
+
+/// The `backends` target's crashers, kept as reference cases (the generated `.loss` and a
+/// case JSON naming it): both backends agree on them.
+#[test]
+fn backends_crashers_agree() {
+    for f in regressions("backends") {
+        if f.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let case = cases::load(&f).unwrap();
+        let (lib, entry) = cases::loss_library(&case).unwrap();
+        let call = case.call(Backend::Interp).unwrap();
+        let rtol = if call.dtype == DType::F64 { 1e-6 } else { 1e-2 };
+        if let Err(e) = harness::compare_backends(&lib, &entry, &call, Some(rtol)) {
+            panic!("{}: {e}", f.display());
+        }
+    }
+}
+
+/// Open findings of the `backends` target (docs/RELIABILITY.md, "Open"): the backends still
+/// disagree on these, but neither panics nor reads out of bounds.
+#[test]
+fn backends_open_findings_end_cleanly() {
+    for f in regressions("backends-open") {
+        if f.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let case = cases::load(&f).unwrap();
+        let (lib, entry) = cases::loss_library(&case).unwrap();
+        let call = case.call(Backend::Interp).unwrap();
+        let _ = harness::compare_backends(&lib, &entry, &call, None);
+    }
+}
+
+/// Losses nested 100,000 deep in every way the grammar allows.
+fn deep_sources() -> Vec<(&'static str, String)> {
+    let wrap = |open: &str, close: &str| {
+        format!(
+            "loss g(x[i]) -> [i] {{ {}x[i]{} }}",
+            open.repeat(DEEP),
+            close.repeat(DEEP)
+        )
+    };
+    let lets: String = (1..DEEP)
+        .map(|k| format!("let a{k} = a{} + a{};\n", k - 1, k - 1))
+        .collect();
+    vec![
+        ("brackets", wrap("(", ")")),
+        ("unary minus", wrap("-", "")),
+        ("not", wrap("!", "")),
+        ("calls", wrap("exp(", ")")),
+        ("reads", wrap("x[", "]")),
+        (
+            "powers",
+            format!("loss g(x[i]) -> [i] {{ x[i]{} }}", " ^ x[i]".repeat(DEEP)),
+        ),
+        (
+            "sum chain",
+            format!("loss g(x[i]) -> [i] {{ x[i]{} }}", " + x[i]".repeat(DEEP)),
+        ),
+        (
+            "if chain",
+            format!(
+                "loss g(x[i]) -> [i] {{ {} {{ 0.0 }} }}",
+                "if x[i] > 0.0 { x[i] } else ".repeat(DEEP)
+            ),
+        ),
+        (
+            "let chain",
+            format!(
+                "loss g(x[i]) -> [i] {{\nlet a0 = x[i];\n{lets}a{} }}",
+                DEEP - 1
+            ),
+        ),
+        (
+            "helper chain",
+            format!(
+                "fn f0(a) = a;\n{}loss g(x[i]) -> [i] {{ f{}(x[i]) }}",
+                (1..DEEP)
+                    .map(|k| format!("fn f{k}(a) = f{}(a) + 1.0;\n", k - 1))
+                    .collect::<String>(),
+                DEEP - 1
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn nesting_100000_deep_is_an_error() {
+    for (what, src) in deep_sources() {
+        let e = Library::from_source("deep.loss", &src).expect_err(what);
+        assert!(
+            matches!(
+                e.kind,
+                ErrorKind::Limit | ErrorKind::Syntax | ErrorKind::Check
+            ),
+            "{what}: {:?} {}",
+            e.kind,
+            e.message()
+        );
+    }
+}
+
+#[test]
+fn nesting_100000_deep_is_an_error_on_a_small_stack() {
+    on_small_stack(|| {
+        for (what, src) in deep_sources() {
+            let e = Library::from_source("deep.loss", &src).expect_err(what);
+            assert!(
+                matches!(
+                    e.kind,
+                    ErrorKind::Limit | ErrorKind::Syntax | ErrorKind::Check
+                ),
+                "{what}"
+            );
+        }
+    });
+}
+
+/// Programs just inside the depth limits compile (value and gradient: grad, opt, schedule,
+/// JIT) and run on a 2 MiB stack: the limits are low enough for every recursive pass.
+/// The longest chain of `lets` (`step(k)` defines `a{k}` from `a{k-1}`) that still checks,
+/// found by bisection: the deepest program the IR depth limit accepts.
+fn deepest(step: impl Fn(usize) -> String) -> (usize, String) {
+    let src = |n: usize| {
+        let lets: String = (1..=n).map(&step).collect();
+        format!("loss g(x[i]) -> [i] {{\nlet a0 = x[i];\n{lets}a{n} }}")
+    };
+    let (mut lo, mut hi) = (1usize, lossc::check::MAX_IR_DEPTH + 1);
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if Library::from_source("deep.loss", &src(mid)).is_ok() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo, src(lo))
+}
+
+/// Programs at the IR depth limit compile (value and gradient: grad, opt, schedule, JIT) and
+/// run on a 2 MiB stack: the limit is low enough for every recursive pass.
+#[test]
+fn the_deepest_accepted_programs_compile_on_a_small_stack() {
+    let chains: Vec<Box<dyn Fn(usize) -> String>> = vec![
+        Box::new(|k| format!("let a{k} = sin(a{}) + x[i];\n", k - 1)),
+        // (Chains where each alias is used twice inside `if` or `logsumexp` take exponential
+        // time in grad: an open finding, docs/RELIABILITY.md.)
+        Box::new(|k| format!("let a{k} = -a{};\n", k - 1)),
+    ];
+    for step in chains {
+        let (n, src) = deepest(step);
+        on_small_stack_run(n, src);
+    }
+    // Each alias used twice: a DAG (this one 150 deep: Cranelift's register allocator is slow on
+    // the full depth's gradient kernel, though it fits the stack).
+    let lets: String = (1..=150)
+        .map(|k| format!("let a{k} = tanh(a{}) * a{};\n", k - 1, k - 1))
+        .collect();
+    on_small_stack_run(
+        150,
+        format!("loss g(x[i]) -> [i] {{\nlet a0 = x[i];\n{lets}a150 }}"),
+    );
+}
+
+fn on_small_stack_run(n: usize, src: String) {
+    {
+        assert!(n >= 100, "only {n} levels accepted");
+        on_small_stack(move || {
+            let lib = Library::from_source("deep.loss", &src).unwrap();
+            // f64 only: the kernels are large, and the recursion is the same in f32.
+            let c = lib
+                .compile("g", Options::new().dtype(DType::F64).grad("x"))
+                .unwrap();
+            let x = [0.5f64, -0.25];
+            c.call(&[("x", View::f64(&[2], &x))], &[], Reduction::Mean, None)
+                .unwrap();
+            let call = Call::new()
+                .input("x", Array::real(vec![2], vec![0.5, -0.25]))
+                .grad("x");
+            harness::compare_backends(&lib, "g", &call, Some(1e-9)).unwrap();
+            lossc::cli::grad_source(&lib, "g", "x", "sum", false).unwrap();
+        });
+    }
+}
+
+#[test]
+fn sources_past_the_length_limit_are_refused() {
+    let src = format!(
+        "loss g(x[i]) -> [i] {{ x[i] }}\n{}",
+        " ".repeat(lossc::syntax::MAX_SOURCE_LEN)
+    );
+    let e = Library::from_source("long.loss", &src).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Limit);
+}
+
+#[test]
+fn import_chains_past_the_limit_are_refused() {
+    let dir = std::env::temp_dir().join(format!("lossc-imports-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in 0..300 {
+        std::fs::write(
+            dir.join(format!("f{k}.loss")),
+            format!("import \"f{}.loss\";\nfn h{k}(a) = a;\n", k + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("f300.loss"), "fn h300(a) = a;\n").unwrap();
+    let e = Library::from_file(&dir.join("f0.loss")).unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+}
+
+/// Every way to ask for 10^12 cells is a Limit (or Shape) error before anything is allocated.
+#[test]
+fn shapes_of_ten_to_the_twelve_are_errors() {
+    let tera = 1_000_000usize;
+    // An input whose array claims the shape.
+    let lib = Library::from_source("g.loss", "loss g(x[i, j]) -> [i] { sum(j: x[i, j]) }").unwrap();
+    let x = Array::real(vec![tera, tera], vec![]);
+    for b in [Backend::Interp, Backend::Jit] {
+        let mut c = Call::new().input("x", x.clone());
+        c.backend = b;
+        let e = lib.call("g", &c).unwrap_err();
+        assert!(
+            matches!(e.kind, ErrorKind::Limit | ErrorKind::Shape),
+            "{}",
+            e.message()
+        );
+    }
+    // Through the compiled path, with a view that claims it.
+    let c = lib.compile("g", Options::new().dtype(DType::F64)).unwrap();
+    let e = c
+        .call(
+            &[("x", View::f64(&[tera, tera], &[]))],
+            &[],
+            Reduction::Sum,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::Limit | ErrorKind::Shape),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .call(
+            &[("x", View::f64(&[usize::MAX, 3, 0], &[]))],
+            &[],
+            Reduction::Sum,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::Limit | ErrorKind::Shape),
+        "{}",
+        e.message()
+    );
+    // An index space of 10^12 from small inputs: an outer product, and a declared extent.
+    let outer =
+        Library::from_source("o.loss", "loss o(x[i], y[j]) -> [i, j] { x[i] * y[j] }").unwrap();
+    let v = Array::real(vec![tera], vec![1.0; tera]);
+    for b in [Backend::Interp, Backend::Jit] {
+        let mut c = Call::new()
+            .input("x", v.clone())
+            .input("y", v.clone())
+            .grad("x");
+        c.backend = b;
+        let e = outer.call("o", &c).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+    }
+    let oc = outer
+        .compile(
+            "o",
+            Options::new().dtype(DType::F32).reduction(Reduction::None),
+        )
+        .unwrap();
+    let vs = vec![1f32; tera];
+    let shape = [tera];
+    let views = [("x", View::f32(&shape, &vs)), ("y", View::f32(&shape, &vs))];
+    let e = oc.call(&views, &[], Reduction::None, None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+    let e = oc.value_len(&views, Reduction::None);
+    assert!(e.is_err() || e.unwrap() == tera * tera);
+    let declared = Library::from_source(
+        "t.loss",
+        "loss t(x[i]) -> [] { let t[j: 1000000000000] = x[0] * real(j); sum(j: t[j]) }",
+    )
+    .unwrap();
+    for b in [Backend::Interp, Backend::Jit] {
+        let mut c = Call::new()
+            .input("x", Array::real(vec![1], vec![1.0]))
+            .grad("x");
+        c.backend = b;
+        let e = declared.call("t", &c).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+    }
+    // A literal extent in the signature, and one that overflows when multiplied.
+    let lit = Library::from_source(
+        "l.loss",
+        "loss l(x[i, 1000000, 1000000]) -> [i] { x[i, 0, 0] }",
+    );
+    if let Ok(lit) = lit {
+        let e = lit
+            .call(
+                "l",
+                &Call::new().input("x", Array::real(vec![1, tera, tera], vec![])),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e.kind, ErrorKind::Limit | ErrorKind::Shape),
+            "{}",
+            e.message()
+        );
+    }
+    let big = Library::from_source(
+        "b.loss",
+        "loss b(x[i]) -> [] { let t[j: 4611686018427387904, k: 4611686018427387904] = 1.0; sum(j, k: t[j, k]) }",
+    );
+    if let Ok(big) = big {
+        for b in [Backend::Interp, Backend::Jit] {
+            let mut c = Call::new().input("x", Array::real(vec![1], vec![1.0]));
+            c.backend = b;
+            let e = big.call("b", &c).unwrap_err();
+            assert!(
+                matches!(
+                    e.kind,
+                    ErrorKind::Limit | ErrorKind::Range | ErrorKind::Check
+                ),
+                "{}",
+                e.message()
+            );
+        }
+    }
+    // A `.npy` header and a case file claiming the shape.
+    let hdr = "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000, 1000000), }";
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let pad = 64 - (10 + hdr.len() + 1) % 64;
+    let header = format!("{hdr}{}\n", " ".repeat(pad));
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    npy.extend_from_slice(&[0u8; 64]);
+    let e = Array::from_npy(&npy, "x").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+    let case = r#"{"loss": "mean_squared_error", "inputs": {
+        "labels": {"shape": [1000000, 1000000], "data": []},
+        "predictions": {"shape": [1000000, 1000000], "data": []}}}"#;
+    let c = cases::parse(case, Path::new("big.json")).unwrap();
+    let e = c.run(harness::stdlib(), Backend::Jit).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+}
+
+fn kinds(lib: &Library, entry: &str, call: &Call) -> Vec<ErrorKind> {
+    [Backend::Interp, Backend::Jit]
+        .into_iter()
+        .map(|b| {
+            let mut c = call.clone();
+            c.backend = b;
+            match lib.call(entry, &c) {
+                Ok(_) => panic!("{entry} on {b:?} accepted bad data"),
+                Err(e) => e.kind,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn class_ids_of_ten_to_the_ninth_are_range_errors() {
+    let lib = harness::stdlib();
+    for label in [1_000_000_000i64, -1, 3, i64::MAX, i64::MIN] {
+        for (name, x) in [
+            ("sparse_softmax_cross_entropy", "logits"),
+            ("softmax_focal_loss", "logits"),
+            ("sparse_categorical_crossentropy", "probs"),
+        ] {
+            let call = Call::new()
+                .input("labels", Array::int(vec![2], vec![0, label]))
+                .input(x, Array::real(vec![2, 3], vec![0.25; 6]))
+                .grad(x);
+            for dtype in [DType::F64, DType::F32] {
+                let k = kinds(lib, name, &call.clone().dtype(dtype));
+                assert_eq!(
+                    k,
+                    vec![ErrorKind::Range, ErrorKind::Range],
+                    "{name} {label}"
+                );
+            }
+            // The compiled path.
+            let c = lib
+                .compile(name, Options::new().dtype(DType::F32).grad(x))
+                .unwrap();
+            let (labels, xs) = ([0i64, label], [0.25f32; 6]);
+            let mut value = [0f32];
+            let mut g = [0f32; 6];
+            let e = c
+                .call_into(
+                    &[
+                        ("labels", View::i64(&[2], &labels)),
+                        (x, View::f32(&[2, 3], &xs)),
+                    ],
+                    &[],
+                    Reduction::Mean,
+                    None,
+                    &mut value,
+                    &mut [&mut g],
+                )
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Range, "{name} {label}: {}", e.message());
+        }
+    }
+}
+
+#[test]
+fn ctc_lengths_past_the_padding_are_range_errors() {
+    let lib = harness::stdlib();
+    // 2 sequences, 3 labels of padding, 4 frames, 5 classes.
+    let bad = [
+        (vec![1, 2], vec![4, 5]), // logit length past T
+        (vec![4, 2], vec![4, 4]), // label length past S
+        (vec![-1, 2], vec![4, 4]),
+        (vec![1, 2], vec![-1, 4]),
+        (vec![1_000_000_000, 2], vec![4, 4]),
+        (vec![1, 2], vec![1_000_000_000, 4]),
+    ];
+    for (label_lengths, logit_lengths) in bad {
+        let call = Call::new()
+            .input("labels", Array::int(vec![2, 3], vec![1, 2, 3, 1, 1, 0]))
+            .input("logits", Array::real(vec![2, 4, 5], vec![0.1; 40]))
+            .input("label_lengths", Array::int(vec![2], label_lengths.clone()))
+            .input("logit_lengths", Array::int(vec![2], logit_lengths.clone()))
+            .grad("logits");
+        for dtype in [DType::F64, DType::F32] {
+            let k = kinds(lib, "ctc_loss", &call.clone().dtype(dtype));
+            assert_eq!(
+                k,
+                vec![ErrorKind::Range, ErrorKind::Range],
+                "{label_lengths:?} {logit_lengths:?}"
+            );
+        }
+    }
+    // Class ids of 10^9 in the labels.
+    let call = Call::new()
+        .input("labels", Array::int(vec![1, 2], vec![1, 1_000_000_000]))
+        .input("logits", Array::real(vec![1, 4, 5], vec![0.1; 20]))
+        .input("label_lengths", Array::int(vec![1], vec![2]))
+        .input("logit_lengths", Array::int(vec![1], vec![4]))
+        .grad("logits");
+    assert_eq!(
+        kinds(lib, "ctc_loss", &call),
+        vec![ErrorKind::Range, ErrorKind::Range]
+    );
+}
+
+/// NaN and inf inputs give values (NaN or inf where they reach the output), never a crash, and
+/// both backends agree on every reference case with its real inputs poisoned.
+#[test]
+fn nan_and_inf_inputs_propagate() {
+    let lib = harness::stdlib();
+    let call = Call::new()
+        .input("labels", Array::real(vec![3], vec![1.0, 0.0, 1.0]))
+        .input(
+            "predictions",
+            Array::real(vec![3], vec![f64::NAN, f64::INFINITY, 1.0]),
+        )
+        .grad("predictions");
+    for b in [Backend::Interp, Backend::Jit] {
+        let mut c = call.clone();
+        c.backend = b;
+        let out = lib.call("mean_squared_error", &c).unwrap();
+        let v = out.value.to_f64();
+        assert!(
+            v[0].is_nan() && v[1] == f64::INFINITY && v[2] == 0.0,
+            "{b:?} {v:?}"
+        );
+        let g = out.grads[0].1.to_f64();
+        assert!(g[0].is_nan() && g[1] == f64::INFINITY, "{b:?} {g:?}");
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
+    let mut n = 0;
+    for f in cases::collect(&[dir]).unwrap() {
+        let case = cases::load(&f).unwrap();
+        let Ok((lib, entry)) = cases::loss_library(&case) else {
+            continue;
+        };
+        let Ok(call) = case.call(Backend::Interp) else {
+            continue;
+        };
+        for poison in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut c = call.clone();
+            for (_, a) in c.inputs.iter_mut() {
+                if let lossc::runtime::Data::Real(v) = &mut a.data {
+                    if let Some(x) = v.first_mut() {
+                        *x = poison;
+                    }
+                }
+            }
+            // NaN propagation differs between reductions by design (max/min propagate);
+            // the backends agree on where it lands.
+            if let Err(e) = harness::compare_backends(&lib, &entry, &c, Some(1e-4)) {
+                panic!("{} with {poison}: {e}", case.name);
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 100, "only {n} poisoned cases");
+}
+
+/// An output over an index whose extent is computed (not bound by an input): the compiled
+/// path sizes the value from the computed extent, as the interpreter does.
+#[test]
+fn outputs_over_computed_extents_are_sized_from_them() {
+    let lib = Library::from_source(
+        "k.loss",
+        "loss g(x[i]) -> [k] { let t[k: 2 * I + 1] = if k < 2 * I { x[k / 2] } else { 0.5 }; t[k] }",
+    )
+    .unwrap();
+    let want = lib
+        .call(
+            "g",
+            &Call::new().input("x", Array::real(vec![2], vec![1.0, 2.0])),
+        )
+        .unwrap();
+    assert_eq!(want.value.shape, vec![5]);
+    let c = lib
+        .compile(
+            "g",
+            Options::new().dtype(DType::F64).reduction(Reduction::None),
+        )
+        .unwrap();
+    let x = [1.0f64, 2.0];
+    let views = [("x", View::f64(&[2], &x))];
+    let got = c.call(&views, &[], Reduction::None, None);
+    match got {
+        Ok(got) => assert_eq!(got.value, want.value),
+        Err(e) => assert_ne!(e.kind, ErrorKind::Limit, "{}", e.message()),
+    }
+}
+
+/// A shape with a zero and a huge dimension holds no data but must not make an extent past
+/// the limits (or one that wraps to a negative i64).
+#[test]
+fn empty_arrays_with_huge_dimensions_are_refused_or_consistent() {
+    let lib = harness::stdlib();
+    for huge in [1usize << 31, 1 << 62, 1 << 63, usize::MAX] {
+        for shape in [vec![huge, 0], vec![0, huge]] {
+            for b in [Backend::Interp, Backend::Jit] {
+                let mut c = Call::new()
+                    .input("p", Array::real(shape.clone(), vec![]))
+                    .input("q", Array::real(shape.clone(), vec![]))
+                    .grad("q");
+                c.backend = b;
+                match lib.call("kl_divergence", &c) {
+                    Ok(out) => out.value.validate("value").unwrap(),
+                    Err(e) => assert!(
+                        matches!(e.kind, ErrorKind::Limit | ErrorKind::Shape),
+                        "{shape:?}: {}",
+                        e.message()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Chains as long as the source limit allows (millions of levels, not brackets): still an
+/// error, not an overflow of the parser's stack.
+#[test]
+fn chains_as_long_as_the_source_limit_are_errors() {
+    let room = lossc::syntax::MAX_SOURCE_LEN - 100;
+    for (what, unit, tail) in [
+        ("unary minus", "-", "x[i]"),
+        ("not", "!", "x[i]"),
+        ("powers", "x[i] ^ ", "x[i]"),
+        ("sums", "x[i] + ", "x[i]"),
+        ("else if", "if x[i] > 0.0 { x[i] } else ", "{ 0.0 }"),
+    ] {
+        let src = format!(
+            "loss g(x[i]) -> [i] {{ {}{tail} }}",
+            unit.repeat(room / unit.len())
+        );
+        let e = Library::from_source("long.loss", &src).expect_err(what);
+        assert!(
+            matches!(e.kind, ErrorKind::Limit | ErrorKind::Syntax),
+            "{what}: {}",
+            e.message()
+        );
+    }
+}
