@@ -325,7 +325,7 @@ impl<'a> Machine<'a> {
             return Ok(());
         }
         // Tables change between contributions (adjoints accumulate): start a new cell.
-        self.cache.clear();
+        self.new_cell();
         for g in &c.guards {
             if !self.eval(*g)?.bool() {
                 return Ok(());
@@ -380,7 +380,7 @@ impl<'a> Machine<'a> {
                 self.at[indices[k].ix()] = (rest % e) as i64;
                 rest /= e;
             }
-            self.cache.clear();
+            self.new_cell();
             let v = self.eval(body)?;
             match slot {
                 Some(k) => {
@@ -439,6 +439,16 @@ impl<'a> Machine<'a> {
             off = off * ext + v;
         }
         Ok(Ok(off as usize))
+    }
+
+    /// Forgets the shared values of the previous cell. `clear` costs the map's capacity, which
+    /// a reduction over a large index can have grown: a large map is dropped instead.
+    fn new_cell(&mut self) {
+        if self.cache.capacity() > 1024 {
+            self.cache = HashMap::new();
+        } else {
+            self.cache.clear();
+        }
     }
 
     fn eval(&mut self, e: ExprId) -> Result<Value> {
