@@ -104,18 +104,7 @@ fn shared_nodes(p: &Program) -> Vec<bool> {
             .for_each_child(|c| uses[c.ix()] = uses[c.ix()].saturating_add(1));
     }
     (0..p.pool.len())
-        .map(|k| {
-            let leaf = matches!(
-                p.pool.get(ExprId(k as u32)),
-                Expr::Real(_)
-                    | Expr::Int(_)
-                    | Expr::Bool(_)
-                    | Expr::Index(_)
-                    | Expr::Extent(_)
-                    | Expr::Param(_)
-            );
-            uses[k] >= 2 && !leaf
-        })
+        .map(|k| uses[k] >= 2 && !p.pool.get(ExprId(k as u32)).is_leaf())
         .collect()
 }
 
