@@ -173,12 +173,8 @@ impl Diff {
             }
             let t = self.q.tensors[k].clone();
             let adj = self.tensor_adj[&TensorId(k as u32)];
-            let args: Vec<ExprId> = t
-                .indices
-                .iter()
-                .map(|i| self.q.pool.add(Expr::Index(*i), Ty::Int))
-                .collect();
-            let seed = self.q.pool.add(Expr::Tensor(adj, args), Ty::Real);
+            // (an adjoint has its tensor's indices)
+            let seed = self.q.own_read(adj, Ty::Real);
             // A recurrence's adjoint runs against its fill order.
             let mut pass = self.pass(t.indices.clone(), t.recurrent && !t.reverse, t.body, seed);
             if t.recurrent {
@@ -218,16 +214,6 @@ impl Diff {
             }
             false
         };
-        let reach = |q: &Program, roots: &[ExprId]| {
-            let mut seen = std::collections::HashSet::new();
-            let mut stack = roots.to_vec();
-            while let Some(x) = stack.pop() {
-                if seen.insert(x) {
-                    q.pool.get(x).for_each_child(|c| stack.push(c));
-                }
-            }
-            seen
-        };
         let (mut conds, mut ls) = (Vec::new(), Vec::new());
         leaves(&self.q, t.body, &mut conds, &mut ls);
         let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
@@ -250,15 +236,10 @@ impl Diff {
                     .map(|(_, e)| *e),
             );
             others.push(b);
-            if reach(&self.q, &others).contains(&a) {
+            if self.q.pool.reaches(&others, |x, _| x == a) {
                 continue;
             }
-            let args: Vec<ExprId> = t
-                .indices
-                .iter()
-                .map(|i| self.q.pool.add(Expr::Index(*i), Ty::Int))
-                .collect();
-            let own = self.q.pool.add(Expr::Tensor(id, args), Ty::Real);
+            let own = self.q.own_read(id, Ty::Real);
             let back = self.sub(own, b);
             let inf = self.real(f64::INFINITY);
             let ninf = self.real(f64::NEG_INFINITY);

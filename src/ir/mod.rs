@@ -287,14 +287,14 @@ impl ExprPool {
     }
     /// The indices an expression depends on and does not reduce over, sorted.
     /// Whether a node reachable from `roots` (they included) satisfies `f`.
-    pub fn reaches(&self, roots: &[ExprId], f: impl Fn(&Expr) -> bool) -> bool {
+    pub fn reaches(&self, roots: &[ExprId], f: impl Fn(ExprId, &Expr) -> bool) -> bool {
         let mut stack = roots.to_vec();
         let mut seen = std::collections::HashSet::new();
         while let Some(e) = stack.pop() {
             if !seen.insert(e) {
                 continue;
             }
-            if f(self.get(e)) {
+            if f(e, self.get(e)) {
                 return true;
             }
             self.get(e).for_each_child(|c| stack.push(c));
@@ -457,6 +457,17 @@ pub struct Program {
 }
 
 impl Program {
+    /// A read of table `t` at its own indices (`t[i, j]` for `t[i, j]`), typed `ty`.
+    pub fn own_read(&mut self, t: TensorId, ty: Ty) -> ExprId {
+        let args: Vec<ExprId> = self.tensors[t.ix()]
+            .indices
+            .clone()
+            .into_iter()
+            .map(|i| self.pool.add(Expr::Index(i), Ty::Int))
+            .collect();
+        self.pool.add(Expr::Tensor(t, args), ty)
+    }
+
     pub fn input(&self, name: &str) -> Option<InputId> {
         self.inputs
             .iter()

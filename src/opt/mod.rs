@@ -97,7 +97,7 @@ pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Prog
 /// `exp(x - logsumexp(c: x))`, so without this softmax cross-entropy's gradient would compute
 /// every row's logsumexp a second time.
 fn reuse_tables(q: &mut Program) {
-    let mut map: HashMap<ExprId, ExprId> = HashMap::new();
+    let mut reads = Vec::new();
     for (k, t) in q.tensors.iter().enumerate() {
         if t.recurrent || t.accumulated || t.pad.is_some() {
             continue;
@@ -109,22 +109,22 @@ fn reuse_tables(q: &mut Program) {
         dims.dedup();
         if free != dims
             || dims.len() != t.indices.len()
-            || !q.pool.reaches(&[t.body], |x| matches!(x, Expr::Reduce(..)))
+            || !q
+                .pool
+                .reaches(&[t.body], |_, x| matches!(x, Expr::Reduce(..)))
         {
             continue;
         }
-        let args: Vec<ExprId> = t
-            .indices
-            .iter()
-            .map(|i| q.pool.add(Expr::Index(*i), Ty::Int))
-            .collect();
-        let read = q.pool.add(Expr::Tensor(TensorId(k as u32), args), t.ty);
-        map.entry(t.body).or_insert(read);
+        reads.push((t.body, TensorId(k as u32), t.ty));
     }
-    if map.is_empty() {
+    if reads.is_empty() {
         return;
     }
-    let mut memo = map;
+    let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
+    for (body, t, ty) in reads {
+        let read = q.own_read(t, ty);
+        memo.entry(body).or_insert(read);
+    }
     let mut passes = std::mem::take(&mut q.passes);
     for pass in &mut passes {
         for c in &mut pass.contributions {

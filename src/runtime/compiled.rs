@@ -243,7 +243,7 @@ impl CompiledLoss {
             ir::Extent::Computed(e) => Some(e),
             _ => None,
         }));
-        let defaults_read_inputs = p.pool.reaches(&roots, |e| matches!(e, Expr::Input(..)));
+        let defaults_read_inputs = p.pool.reaches(&roots, |_, e| matches!(e, Expr::Input(..)));
         let batch = if defaults_read_inputs {
             None
         } else {
