@@ -85,21 +85,6 @@ fn backends_crashers_agree() {
     }
 }
 
-/// Open findings of the `backends` target (docs/RELIABILITY.md, "Open"): the backends still
-/// disagree on these, but neither panics nor reads out of bounds.
-#[test]
-fn backends_open_findings_end_cleanly() {
-    for f in regressions("backends-open") {
-        if f.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let case = cases::load(&f).unwrap();
-        let (lib, entry) = cases::loss_library(&case).unwrap();
-        let call = case.call(Backend::Interp).unwrap();
-        let _ = harness::compare_backends(&lib, &entry, &call, None);
-    }
-}
-
 /// Losses nested 100,000 deep in every way the grammar allows.
 fn deep_sources() -> Vec<(&'static str, String)> {
     let wrap = |open: &str, close: &str| {

@@ -339,6 +339,109 @@ fn compiled_losses_call_into_caller_buffers_and_report_bad_ids() {
     assert_eq!(e.kind, lossc::diag::ErrorKind::Range, "{}", e.message());
 }
 
+/// With `weighted_mean` and all-zero weights the loss is 0 and its body is never evaluated, so
+/// a bad class id is no error, on either backend (fuzz finding 4: the JIT computed a guarded
+/// term's gather before its guard).
+#[test]
+fn zero_weights_skip_the_body_on_both_backends() {
+    let lib = Library::with_stdlib().unwrap();
+    let logits = vec![1.0f64, 2.0, 3.0, 0.5, -1.0, 0.0];
+    let bad = vec![2i64, 3];
+    let zero = vec![0.0f64; 2];
+    let want = lib
+        .call(
+            "sparse_softmax_cross_entropy",
+            &Call::new()
+                .input("labels", Array::int(vec![2], bad.clone()))
+                .input("logits", Array::real(vec![2, 3], logits.clone()))
+                .weights(Array::real(vec![2], zero.clone()))
+                .reduction(Reduction::WeightedMean)
+                .grad("logits"),
+        )
+        .unwrap();
+    assert_eq!(want.value.to_f64(), vec![0.0]);
+    assert_eq!(want.grads[0].1.to_f64(), vec![0.0; 6]);
+    for dtype in [DType::F32, DType::F64] {
+        let c = lib
+            .compile(
+                "sparse_softmax_cross_entropy",
+                Options::new().dtype(dtype).grad("logits"),
+            )
+            .unwrap();
+        let l32: Vec<f32> = logits.iter().map(|x| *x as f32).collect();
+        let z32 = vec![0f32; 2];
+        let (lv, wv) = if dtype == DType::F32 {
+            (View::f32(&[2, 3], &l32), View::f32(&[2], &z32))
+        } else {
+            (View::f64(&[2, 3], &logits), View::f64(&[2], &zero))
+        };
+        let inputs = [("labels", View::i64(&[2], &bad)), ("logits", lv)];
+        let out = c
+            .call(&inputs, &[], Reduction::WeightedMean, Some(wv))
+            .unwrap();
+        assert_eq!(out.value.to_f64(), vec![0.0], "{dtype:?}");
+        assert_eq!(out.grads[0].1.to_f64(), vec![0.0; 6], "{dtype:?}");
+        // with a nonzero weight the bad id is read, and is an error
+        let one = [1.0f64, 0.0];
+        let one32 = [1.0f32, 0.0];
+        let wv = if dtype == DType::F32 {
+            View::f32(&[2], &one32)
+        } else {
+            View::f64(&[2], &one)
+        };
+        let e = c
+            .call(&inputs, &[], Reduction::WeightedMean, Some(wv))
+            .unwrap_err();
+        assert_eq!(e.kind, lossc::diag::ErrorKind::Range, "{}", e.message());
+    }
+}
+
+/// The same with a reduction over gathered rows behind the weight-sum guard: the JIT used to
+/// compute it at the top of the loop body, before the guard, and report the bad id.
+#[test]
+fn zero_weights_skip_a_gathered_reduction() {
+    let src = "loss g(x[n], t[k, c], lab[n]: int) -> [n] { x[n] * x[n] * sum(c: t[lab[n], c]) }";
+    let lib = Library::from_source("g.loss", src).unwrap();
+    let x = vec![1.0f64, -2.0, 0.5];
+    let t = vec![1.0f64, 2.0, 3.0, 4.0];
+    let lab = vec![0i64, 1, 7];
+    for (w, ok) in [([0.0f64; 3], true), ([0.0, 0.0, 1.0], false)] {
+        let want = lib.call(
+            "g",
+            &Call::new()
+                .input("x", Array::real(vec![3], x.clone()))
+                .input("t", Array::real(vec![2, 2], t.clone()))
+                .input("lab", Array::int(vec![3], lab.clone()))
+                .weights(Array::real(vec![3], w.to_vec()))
+                .reduction(Reduction::WeightedMean)
+                .grad("x"),
+        );
+        assert_eq!(want.is_ok(), ok);
+        let c = lib
+            .compile("g", Options::new().dtype(DType::F64).grad("x"))
+            .unwrap();
+        let inputs = [
+            ("x", View::f64(&[3], &x)),
+            ("t", View::f64(&[2, 2], &t)),
+            ("lab", View::i64(&[3], &lab)),
+        ];
+        let got = c.call(
+            &inputs,
+            &[],
+            Reduction::WeightedMean,
+            Some(View::f64(&[3], &w)),
+        );
+        match (want, got) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.value.to_f64(), b.value.to_f64());
+                assert_eq!(a.grads[0].1.to_f64(), b.grads[0].1.to_f64());
+            }
+            (Err(a), Err(b)) => assert_eq!(a.kind, b.kind),
+            (a, b) => panic!("interpreter {:?}, JIT {:?}", a.is_ok(), b.is_ok()),
+        }
+    }
+}
+
 #[test]
 fn compiled_losses_are_send_and_sync_and_print_their_code() {
     fn send_sync<T: Send + Sync>(_: &T) {}
@@ -627,7 +730,7 @@ fn baked_parameters() {
 #[test]
 fn argmax_of_a_max_gradient_is_hoisted_out_of_the_row() {
     use lossc::ir::{Expr, ExprId, IndexId, Red, Ty};
-    use lossc::schedule::{contribution_roots, Analysis};
+    use lossc::schedule::{contribution_hoist_roots, Analysis, When};
     let lib = Library::from_source("m.loss", "loss m(x[n, c]) -> [n] { max(c: x[n, c]) }").unwrap();
     let c = lib
         .compile("m", Options::new().dtype(DType::F64).grad("x"))
@@ -640,10 +743,10 @@ fn argmax_of_a_max_gradient_is_hoisted_out_of_the_row() {
     let p =
         &lossc::opt::simplify(&lossc::grad::differentiate(&q, &[lossc::ir::InputId(0)]).unwrap());
     let (n, cc) = (IndexId(0), IndexId(1));
-    let roots: Vec<ExprId> = p
+    let roots: Vec<(ExprId, When)> = p
         .passes
         .iter()
-        .flat_map(|ps| ps.contributions.iter().flat_map(contribution_roots))
+        .flat_map(|ps| ps.contributions.iter().flat_map(contribution_hoist_roots))
         .collect();
     let argmax = (0..p.pool.len() as u32)
         .map(ExprId)

@@ -313,9 +313,14 @@ fn build(u: &mut Unstructured) -> Result<(String, Call)> {
         call = call.param("p", g.value()?);
     }
     if reduction == Reduction::WeightedMean {
-        // Never all-zero weights: with them the interpreter skips the loss's body while the
-        // JIT's gradient still reads it (an open finding, tests/fuzz-regressions/backends-open).
-        call = call.weights(Array::scalar(0.5 + g.value()?.abs()));
+        // Zero weights too: the interpreter then skips the loss's body, and so must the JIT
+        // (tests/fuzz-regressions/backends/zero_weights_grad_range).
+        let w = if g.u.ratio(1, 4)? {
+            0.0
+        } else {
+            0.5 + g.value()?.abs()
+        };
+        call = call.weights(Array::scalar(w));
     }
     for r in reals {
         if g.u.ratio(2, 3)? {

@@ -21,7 +21,9 @@ use vector::VecWork;
 use crate::diag::{Error, ErrorKind, Result};
 use crate::interp::is_offset;
 use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Program, Red, TensorId, Ty, Un};
-use crate::schedule::{contribution_roots, Analysis, Group, Run, Schedule, Stage};
+use crate::schedule::{
+    contribution_hoist_roots, contribution_roots, Analysis, Group, Run, Schedule, Stage, When,
+};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Block, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value,
@@ -441,7 +443,12 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// Emits the reductions worth computing here (see `Analysis::hoistable`).
-    fn hoist(&mut self, roots: &[ExprId], new: Option<IndexId>, deeper: &[IndexId]) -> Result<()> {
+    fn hoist(
+        &mut self,
+        roots: &[(ExprId, When)],
+        new: Option<IndexId>,
+        deeper: &[IndexId],
+    ) -> Result<()> {
         let bound = self.bound();
         for r in self.an.hoistable(roots, &bound, new, deeper) {
             self.emit(r)?;
@@ -587,7 +594,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         &mut self,
         loops: &[IndexId],
         reverse: bool,
-        roots: &[ExprId],
+        roots: &[(ExprId, When)],
         carried: &[Vec<ExprId>],
         vw: Option<&VecWork>,
         inner: &mut dyn FnMut(&mut Self) -> Result<()>,
@@ -625,7 +632,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         // A small innermost body carrying accumulators runs 4 cells per iteration with 4
         // independent accumulators (summed pairwise at the end): the loop is then bound by
         // throughput rather than by the latency of one chain of additions.
-        let mut body_roots: Vec<ExprId> = roots.to_vec();
+        let mut body_roots: Vec<ExprId> = roots.iter().map(|r| r.0).collect();
         body_roots.extend(accs.iter().map(|c| c.body));
         let size = self.an.reach(&body_roots).iter().filter(|x| **x).count();
         let lanes = if rest.is_empty() && !reverse && !accs.is_empty() && size <= 64 {
@@ -761,7 +768,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     ),
                 };
                 let body = *body;
-                self.hoist(&[body], None, indices)?;
+                self.hoist(&[(body, When::Always)], None, indices)?;
                 let dims = indices.clone();
                 let vw = VecWork::Fill {
                     slot,
@@ -769,22 +776,29 @@ impl<'a, 'b> Gen<'a, 'b> {
                     dims: indices,
                 };
                 let vw = (elem == Elem::Real).then_some(&vw);
-                self.nest(indices, *reverse, &[body], &[], vw, &mut |g: &mut Self| {
-                    let v = g.emit(body)?;
-                    let off = g.row_major(&dims)?;
-                    g.store(slot, elem, off, v);
-                    Ok(())
-                })
+                self.nest(
+                    indices,
+                    *reverse,
+                    &[(body, When::Always)],
+                    &[],
+                    vw,
+                    &mut |g: &mut Self| {
+                        let v = g.emit(body)?;
+                        let off = g.row_major(&dims)?;
+                        g.store(slot, elem, off, v);
+                        Ok(())
+                    },
+                )
             }
             Stage::Scatter {
                 space,
                 reverse,
                 groups,
             } => {
-                let roots: Vec<ExprId> = groups
+                let roots: Vec<(ExprId, When)> = groups
                     .iter()
                     .flat_map(|g| g.runs.iter())
-                    .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
+                    .flat_map(|r| r.terms.iter().flat_map(contribution_hoist_roots))
                     .collect();
                 self.hoist(&roots, None, space)?;
                 self.nest(space, *reverse, &roots, &[], None, &mut |g: &mut Self| {
@@ -798,10 +812,10 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn group(&mut self, grp: &Group) -> Result<()> {
-        let roots: Vec<ExprId> = grp
+        let roots: Vec<(ExprId, When)> = grp
             .runs
             .iter()
-            .flat_map(|r| r.terms.iter().flat_map(contribution_roots))
+            .flat_map(|r| r.terms.iter().flat_map(contribution_hoist_roots))
             .collect();
         // Work the carried reductions' bodies share with the contributions, computed once.
         let mut lists: Vec<Vec<ExprId>> = grp
@@ -1794,7 +1808,7 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     fn reduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId, ty: Ty) -> Result<Value> {
         // Reductions in the body that do not depend on `i` are computed once, before the loop.
-        self.hoist(&[body], None, &[i])?;
+        self.hoist(&[(body, When::Always)], None, &[i])?;
         let n = self.ext[i.ix()];
         if ty == Ty::Int {
             let (init, empty_err) = match red {

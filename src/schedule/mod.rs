@@ -188,13 +188,14 @@ impl<'a> Analysis<'a> {
     /// Reductions worth computing once at a loop level where the indices `bound` are bound
     /// (`new` just became bound), found from `roots`, in an order where every reduction comes
     /// after the reductions in its body: those whose free indices are all bound and include
-    /// `new` (or, with `new` = None, have none), and that are evaluated unconditionally or
-    /// are safe and would otherwise be recomputed inside a deeper loop. `deeper` lists the further
+    /// `new` (or, with `new` = None, have none), and that are evaluated unconditionally (or
+    /// behind guards, if safe: see [`When`]) or are safe and would otherwise be recomputed
+    /// inside a deeper loop. `deeper` lists the further
     /// loops `roots` are evaluated inside (which may run zero times, so only safe reductions
     /// move out of them; an int max/min over one of those loops' indices is not empty there).
     pub fn hoistable(
         &self,
-        roots: &[ExprId],
+        roots: &[(ExprId, When)],
         bound: &[IndexId],
         new: Option<IndexId>,
         deeper: &[IndexId],
@@ -202,10 +203,14 @@ impl<'a> Analysis<'a> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let inside = deeper.to_vec();
-        for r in roots {
+        for (r, when) in roots {
             self.walk(
                 *r,
-                deeper.is_empty(),
+                if deeper.is_empty() {
+                    *when
+                } else {
+                    When::Maybe
+                },
                 &inside,
                 bound,
                 new,
@@ -262,15 +267,15 @@ impl<'a> Analysis<'a> {
     fn walk(
         &self,
         e: ExprId,
-        uncond: bool,
+        when: When,
         inside: &[IndexId],
         bound: &[IndexId],
         new: Option<IndexId>,
-        seen: &mut std::collections::HashSet<(ExprId, bool, Vec<IndexId>)>,
+        seen: &mut std::collections::HashSet<(ExprId, When, Vec<IndexId>)>,
         out: &mut Vec<ExprId>,
     ) {
         let pool = &self.p.pool;
-        if pool.get(e).is_leaf() || !seen.insert((e, uncond, inside.to_vec())) {
+        if pool.get(e).is_leaf() || !seen.insert((e, when, inside.to_vec())) {
             return;
         }
         let inb = &|i: IndexId| bound.contains(&i);
@@ -283,30 +288,31 @@ impl<'a> Analysis<'a> {
         }
         match pool.get(e) {
             Expr::Select(c, a, b) if self.known(*c, inb).is_some() => {
-                self.walk(*c, uncond, inside, bound, new, seen, out);
+                self.walk(*c, when, inside, bound, new, seen, out);
                 let (taken, other) = if self.known(*c, inb) == Some(true) {
                     (a, b)
                 } else {
                     (b, a)
                 };
-                self.walk(*taken, uncond, inside, bound, new, seen, out);
-                self.walk(*other, false, inside, bound, new, seen, out);
+                self.walk(*taken, when, inside, bound, new, seen, out);
+                self.walk(*other, When::Maybe, inside, bound, new, seen, out);
             }
             Expr::Select(c, a, b) => {
-                self.walk(*c, uncond, inside, bound, new, seen, out);
-                self.walk(*a, false, inside, bound, new, seen, out);
-                self.walk(*b, false, inside, bound, new, seen, out);
+                self.walk(*c, when, inside, bound, new, seen, out);
+                self.walk(*a, When::Maybe, inside, bound, new, seen, out);
+                self.walk(*b, When::Maybe, inside, bound, new, seen, out);
             }
             Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => {
-                self.walk(*a, uncond, inside, bound, new, seen, out);
+                self.walk(*a, when, inside, bound, new, seen, out);
                 // `a && b` evaluates `b` whenever `a` is known true here (`||`: known false).
                 let always = self.known(*a, inb) == Some(*op == Bin::And);
-                self.walk(*b, uncond && always, inside, bound, new, seen, out);
+                let w = if always { when } else { When::Maybe };
+                self.walk(*b, w, inside, bound, new, seen, out);
             }
             Expr::Reduce(red, i, body) => {
                 let mut within = inside.to_vec();
                 within.push(*i);
-                self.walk(*body, false, &within, bound, new, seen, out);
+                self.walk(*body, When::Maybe, &within, bound, new, seen, out);
                 let free = pool.free(e);
                 let closed = free.iter().all(|f| bound.contains(f));
                 // An int max/min is unsafe only over an empty range; inside a loop over its
@@ -315,7 +321,13 @@ impl<'a> Analysis<'a> {
                     && inside.contains(i)
                     && self.safe(*body);
                 let ok = if inside.is_empty() {
-                    uncond
+                    match when {
+                        When::Always => true,
+                        // behind a term's guards: worth computing early, but only if it
+                        // cannot fail where the guards would have skipped it
+                        When::Guarded => self.safe(e),
+                        When::Maybe => false,
+                    }
                 } else {
                     self.safe(e) || nonempty
                 };
@@ -327,7 +339,7 @@ impl<'a> Analysis<'a> {
                 let mut kids = Vec::new();
                 other.for_each_child(|c| kids.push(c));
                 for c in kids {
-                    self.walk(c, uncond, inside, bound, new, seen, out);
+                    self.walk(c, when, inside, bound, new, seen, out);
                 }
             }
         }
@@ -351,6 +363,31 @@ pub fn contribution_roots(c: &Contribution) -> Vec<ExprId> {
     let mut v = c.guards.clone();
     v.extend(&c.index);
     v.push(c.value);
+    v
+}
+
+/// How surely a root is evaluated where it appears, for [`Analysis::hoistable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum When {
+    /// every time
+    Always,
+    /// when the guards before it hold (usually): hoisted only if it cannot fail
+    Guarded,
+    /// on some paths only (a branch of an `if`): not hoisted to the top of its level
+    Maybe,
+}
+
+/// [`contribution_roots`] with how surely each is evaluated: guards in order (each only when
+/// the ones before it hold), then the index and value when all of them hold.
+pub fn contribution_hoist_roots(c: &Contribution) -> Vec<(ExprId, When)> {
+    let mut when = When::Always;
+    let mut v = Vec::new();
+    for g in &c.guards {
+        v.push((*g, when));
+        when = When::Guarded;
+    }
+    v.extend(c.index.iter().map(|e| (*e, when)));
+    v.push((c.value, when));
     v
 }
 
