@@ -27,6 +27,10 @@ use crate::ir::{
 };
 use std::collections::HashMap;
 
+/// Terms of one node's adjoint over one space, under different guards, kept apart before they
+/// are folded into one (see [`Diff::fold`]).
+const FOLD_TERMS: usize = 4;
+
 /// One term of an adjoint: `value` at every point of `space` where all `guards` hold.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Term {
@@ -354,7 +358,8 @@ impl Diff {
         }
     }
 
-    /// Terms over the same space under the same guards add up into one.
+    /// Terms over the same space under the same guards add up into one. More than
+    /// [`FOLD_TERMS`] terms over one space (under different guards) are folded into one.
     fn merge(&mut self, terms: Vec<Term>) -> Vec<Term> {
         let mut out: Vec<Term> = Vec::new();
         for t in terms {
@@ -366,7 +371,65 @@ impl Diff {
                 None => out.push(t),
             }
         }
+        let mut spaces: Vec<Vec<IndexId>> = Vec::new();
+        for t in &out {
+            if !spaces.contains(&t.space) {
+                spaces.push(t.space.clone());
+            }
+        }
+        for sp in spaces {
+            if out.iter().filter(|t| t.space == sp).count() > FOLD_TERMS {
+                let (group, rest): (Vec<Term>, Vec<Term>) =
+                    out.into_iter().partition(|t| t.space == sp);
+                out = rest;
+                out.push(self.fold(group));
+            }
+        }
         out
+    }
+
+    /// Terms over one space as one: guarded by the guards they all begin with and by the
+    /// disjunction of the rest (so the node's partial derivatives are still evaluated only
+    /// where the forward pass evaluated the node), each term's value selected by its own rest.
+    /// Without this, a node used twice, once under a guard (`logsumexp(a, x) / sigmoid(a)`),
+    /// doubles the guard combinations of every node below it.
+    fn fold(&mut self, group: Vec<Term>) -> Term {
+        let first = &group[0].guards;
+        let common = (0..first.len())
+            .take_while(|&k| group.iter().all(|t| t.guards.get(k) == Some(&first[k])))
+            .count();
+        let mut guards = first[..common].to_vec();
+        let space = group[0].space.clone();
+        let mut value = self.real(0.0);
+        let mut any: Option<ExprId> = None;
+        let mut always = false;
+        for t in group {
+            let rest = &t.guards[common..];
+            let v = match rest.split_first() {
+                None => {
+                    always = true;
+                    t.value
+                }
+                Some((g, more)) => {
+                    let c = more.iter().fold(*g, |c, m| self.and(c, *m));
+                    any = Some(match any {
+                        Some(a) => self.q.pool.add(Expr::Binary(Bin::Or, a, c), Ty::Bool),
+                        None => c,
+                    });
+                    let zero = self.real(0.0);
+                    self.q.pool.add(Expr::Select(c, t.value, zero), Ty::Real)
+                }
+            };
+            value = self.add(value, v);
+        }
+        if let (false, Some(a)) = (always, any) {
+            guards.push(a);
+        }
+        Term {
+            space,
+            guards,
+            value,
+        }
     }
 
     // ---- expression builders with the obvious folds ----

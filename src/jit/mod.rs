@@ -1227,7 +1227,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         let ok = match self.p.pool.get(e) {
             Expr::Reduce(..) | Expr::Select(..) => false,
-            Expr::Binary(Bin::Pow | Bin::And | Bin::Or, _, _) => false,
+            Expr::Binary(Bin::Pow, _, _) => false,
             Expr::Call(f, _) => matches!(
                 f,
                 Func::Abs | Func::Min | Func::Max | Func::Clamp | Func::Floor | Func::Ceil
@@ -1324,8 +1324,36 @@ impl<'a, 'b> Gen<'a, 'b> {
         v
     }
 
+    /// Emits the safe nodes under `sides` that have other parents, before a branch to them: a
+    /// side's scope is dropped after it, so a node two sides share (or that selects nested
+    /// under them share: a folded gradient term, `if`s over aliases) would otherwise be
+    /// emitted once per path, exponentially many times.
+    fn before_branch(&mut self, sides: &[ExprId]) -> Result<()> {
+        let reach = self.an.reach(sides);
+        for (k, r) in reach.iter().enumerate() {
+            let x = ExprId(k as u32);
+            if *r
+                && self.an.multi(x)
+                && self.an.safe(x)
+                && self.an.flat(x)
+                && !self.p.pool.get(x).is_leaf()
+                && self.lookup(x).is_none()
+                && self
+                    .p
+                    .pool
+                    .free(x)
+                    .iter()
+                    .all(|f| self.idx[f.ix()].is_some())
+            {
+                self.emit(x)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `if c { a } else { b }` with branches; each side in its own scope.
     fn branch(&mut self, c: Value, vt: Type, a: ExprId, b: ExprId) -> Result<Value> {
+        self.before_branch(&[a, b])?;
         let then_b = self.b.create_block();
         let else_b = self.b.create_block();
         let join = self.b.create_block();
@@ -1359,6 +1387,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     self.b.ins().bor(x, y)
                 });
             }
+            self.before_branch(&[b])?;
             let t = self.b.ins().iconst(types::I8, 1);
             let f = self.b.ins().iconst(types::I8, 0);
             let then_b = self.b.create_block();

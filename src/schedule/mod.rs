@@ -73,6 +73,8 @@ pub struct Analysis<'a> {
     errorfree: Vec<bool>,
     /// the node's subtree has no reduction
     flat: Vec<bool>,
+    /// the node has two or more distinct parents in the pool
+    multi: Vec<bool>,
 }
 
 impl<'a> Analysis<'a> {
@@ -82,6 +84,7 @@ impl<'a> Analysis<'a> {
         let mut safe = vec![true; n];
         let mut errorfree = vec![true; n];
         let mut flat = vec![true; n];
+        let mut parents = vec![0u8; n];
         for k in 0..n {
             let e = ExprId(k as u32);
             let mut ef = match p.pool.get(e) {
@@ -126,11 +129,18 @@ impl<'a> Analysis<'a> {
             if !matches!(p.pool.get(e), Expr::Tensor(..)) {
                 ef = ok;
             }
+            let mut kids: Vec<ExprId> = Vec::new();
             p.pool.get(e).for_each_child(|c| {
                 ok &= safe[c.ix()];
                 ef &= errorfree[c.ix()];
                 f &= flat[c.ix()];
+                if !kids.contains(&c) {
+                    kids.push(c);
+                }
             });
+            for c in kids {
+                parents[c.ix()] = parents[c.ix()].saturating_add(1);
+            }
             safe[k] = ok;
             errorfree[k] = ef;
             flat[k] = f;
@@ -140,7 +150,13 @@ impl<'a> Analysis<'a> {
             safe,
             errorfree,
             flat,
+            multi: parents.iter().map(|c| *c >= 2).collect(),
         }
+    }
+
+    /// The node has two or more parents (anywhere in the program).
+    pub fn multi(&self, e: ExprId) -> bool {
+        self.multi[e.ix()]
     }
 
     /// The node cannot raise an error wherever it is evaluated (its value may depend on
