@@ -587,18 +587,31 @@ mod generated {
 #[test]
 fn shared_aliases_under_guards_differentiate_in_linear_time() {
     let steps: [&dyn Fn(usize) -> String; 3] = [
-        &|k| format!("let a{k} = logsumexp(a{}, x[i]) / (1 + sigmoid(a{}));", k - 1, k - 1),
+        &|k| {
+            format!(
+                "let a{k} = logsumexp(a{}, x[i]) / (1 + sigmoid(a{}));",
+                k - 1,
+                k - 1
+            )
+        },
         &|k| {
             let p = k - 1;
             format!(
                 "let a{k} = if a{p} > x[i] {{ 0.5 * a{p} + log(a{p} - x[i]) }} else {{ a{p} - 0.25 * x[i] }};"
             )
         },
-        &|k| format!("let a{k} = max(a{}, x[i]) * 0.5 + min(a{}, 0.5 * x[i]);", k - 1, k - 1),
+        &|k| {
+            format!(
+                "let a{k} = max(a{}, x[i]) * 0.5 + min(a{}, 0.5 * x[i]);",
+                k - 1,
+                k - 1
+            )
+        },
     ];
     let x = [0.3, -1.2, 2.0, 0.7, -0.4];
-    for (s, step) in steps.iter().enumerate() {
-        let levels = 60;
+    // 20 levels against finite differences (deeper, `log(a - x)` makes the chain too
+    // ill-conditioned for them), 60 against the JIT (2^60 paths without the folding)
+    for (s, step, levels) in (0..3).flat_map(|s| [(s, steps[s], 20), (s, steps[s], 60)]) {
         let mut src = String::from("loss g(x[i]) -> [i] {\n    let a0 = 0.9 * x[i] + 0.3;\n");
         for k in 1..=levels {
             src += &format!("    {}\n", step(k));
@@ -606,14 +619,19 @@ fn shared_aliases_under_guards_differentiate_in_linear_time() {
         src += &format!("    a{levels}\n}}\n");
         let l = lib(&src);
         let call = Call::new().input("x", real(&x)).grad("x");
-        let failures = check_call(&l, "g", &call, &format!("step {s}"));
-        assert!(failures.is_empty(), "{failures:?}");
+        if levels == 20 {
+            let failures = check_call(&l, "g", &call, &format!("step {s}"));
+            assert!(failures.is_empty(), "{failures:?}");
+        }
         let mut jit = call.clone();
         jit.backend = Backend::Jit;
         let a = l.call("g", &call).unwrap().grads[0].1.to_f64();
         let b = l.call("g", &jit).unwrap().grads[0].1.to_f64();
         for (u, v) in a.iter().zip(&b) {
-            assert!((u - v).abs() <= 1e-9 * (1.0 + u.abs()), "step {s}: {u} vs {v}");
+            assert!(
+                (u - v).abs() <= 1e-9 * (1.0 + u.abs()),
+                "step {s}: {u} vs {v}"
+            );
         }
     }
 }

@@ -223,9 +223,12 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
     }
     let clif = ctx.func.display().to_string();
     ctx.set_disasm(true);
-    module
-        .define_function(id, &mut ctx)
-        .map_err(|e| internal(format!("{e:?}")))?;
+    module.define_function(id, &mut ctx).map_err(|e| {
+        if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
+            eprintln!("{clif}");
+        }
+        internal(format!("{e:?}"))
+    })?;
     let asm = ctx
         .compiled_code()
         .and_then(|c| c.vcode.clone())

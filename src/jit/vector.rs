@@ -816,6 +816,9 @@ impl<'a, 'b> Gen<'a, 'b> {
         // After a loop that ran: the one-cell sums go to memory, lanes in order.
         self.b.switch_to_block(flush);
         self.vcells = saved_cells;
+        // (a scope of its own: the flush block does not dominate the scalar remainder, so an
+        // index loaded here must not be remembered for it)
+        self.push();
         if let VecWork::Runs(runs) = w {
             for (r, vars) in runs.iter().zip(&cells) {
                 let Some(vars) = vars else { continue };
@@ -838,10 +841,17 @@ impl<'a, 'b> Gen<'a, 'b> {
                 };
                 let dims = self.p.tensors[r.target.ix()].indices.clone();
                 let slot = self.p.inputs.len() + r.target.ix();
-                let off = self.offset_with(&dims, &r.index, None)?;
+                let off = match self.offset_with(&dims, &r.index, None) {
+                    Ok(off) => off,
+                    Err(e) => {
+                        self.pop();
+                        return Err(e);
+                    }
+                };
                 self.accumulate(slot, off, s);
             }
         }
+        self.pop();
         self.b.ins().jump(exit, &[]);
         self.b.switch_to_block(exit);
         // Fold the lanes into the scalar accumulators, in lane order.
