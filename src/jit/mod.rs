@@ -859,21 +859,25 @@ impl<'a, 'b> Gen<'a, 'b> {
         let count = self.an.reach_counts(lists);
         for (k, c) in count.iter().enumerate() {
             let e = ExprId(k as u32);
-            if *c >= 2
-                && self.an.safe(e)
-                && self.an.flat(e)
-                && !self.p.pool.get(e).is_leaf()
-                && self
-                    .p
-                    .pool
-                    .free(e)
-                    .iter()
-                    .all(|f| self.idx[f.ix()].is_some())
-            {
+            if *c >= 2 && self.speculable(e) {
                 self.emit(e)?;
             }
         }
         Ok(())
+    }
+
+    /// Worth computing here, ahead of where it is used: a safe, loop-free, non-leaf node
+    /// whose indices are all bound.
+    fn speculable(&self, e: ExprId) -> bool {
+        self.an.safe(e)
+            && self.an.flat(e)
+            && !self.p.pool.get(e).is_leaf()
+            && self
+                .p
+                .pool
+                .free(e)
+                .iter()
+                .all(|f| self.idx[f.ix()].is_some())
     }
 
     /// `r` without the guards the open loops decide: terms under a guard known false are
@@ -1335,19 +1339,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let reach = self.an.reach(sides);
         for (k, r) in reach.iter().enumerate() {
             let x = ExprId(k as u32);
-            if *r
-                && self.an.multi(x)
-                && self.an.safe(x)
-                && self.an.flat(x)
-                && !self.p.pool.get(x).is_leaf()
-                && self.lookup(x).is_none()
-                && self
-                    .p
-                    .pool
-                    .free(x)
-                    .iter()
-                    .all(|f| self.idx[f.ix()].is_some())
-            {
+            if *r && self.an.multi(x) && self.lookup(x).is_none() && self.speculable(x) {
                 self.emit(x)?;
             }
         }
@@ -1739,6 +1731,12 @@ impl<'a, 'b> Gen<'a, 'b> {
         };
         let l = match self.lookup_key((tag, base)) {
             Some(l) => l,
+            // (`e` is in [0, 1], or NaN: the vector code needs no general log1p)
+            None if tag == 10 => {
+                let l = math::emit(&mut self.b, math::MathFn::Log1pUnit, e);
+                self.remember_key((tag, base), l);
+                l
+            }
             None => {
                 let l = self.math(Func::Log1p, e)?;
                 self.remember_key((tag, base), l);
