@@ -103,6 +103,45 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             return false;
         }
+        // A max/min is compared for equality with its body recomputed elsewhere (the gradient's
+        // first arg-max: `i == min(i: if x[i] == max(i: x[i]) { i } else { I })`), by scalar
+        // code; the vector forms of exp, log, pow, ... round differently from the scalar ones, so
+        // such a body stays scalar, or no cell would equal the maximum.
+        let extremes: Vec<ExprId> = accs
+            .iter()
+            .filter(|c| matches!(c.red, Red::Max | Red::Min))
+            .map(|c| c.body)
+            .collect();
+        if !extremes.is_empty() {
+            let inexact = self
+                .an
+                .reach(&extremes)
+                .iter()
+                .enumerate()
+                .any(|(k, seen)| {
+                    *seen
+                        && match p.pool.get(ExprId(k as u32)) {
+                            Expr::Call(f, _) => !matches!(
+                                f,
+                                Func::Abs
+                                    | Func::Sign
+                                    | Func::Sqrt
+                                    | Func::Floor
+                                    | Func::Ceil
+                                    | Func::Min
+                                    | Func::Max
+                                    | Func::Clamp
+                                    | Func::IsNan
+                                    | Func::IsInf
+                            ),
+                            Expr::Binary(Bin::Pow, ..) => true,
+                            _ => false,
+                        }
+                });
+            if inexact {
+                return false;
+            }
+        }
         let reach = self.an.reach(&roots);
         for (k, seen) in reach.iter().enumerate() {
             let e = ExprId(k as u32);
