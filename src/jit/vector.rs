@@ -342,6 +342,10 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// x^y lane-wise as e^(y log|x|), with pow's special cases: x^0 = 1 and 1^y = 1 (even
     /// for NaN), a negative base only to an integer power (odd powers negative), else NaN.
+    /// `x ^ y` lane-wise as `exp(y log|x|)`, with C's `pow` rules for the sign and the
+    /// special values: a negative sign bit (`-0` and `-inf` included) and an odd integer `y`
+    /// negate the result; a finite negative `x` with a non-integer `y` is NaN; `y = 0`,
+    /// `x = 1` and `x = -1` with `y = ±inf` give 1.
     fn vpow(&mut self, x: Value, y: Value) -> Result<Value> {
         let ax = self.b.ins().fabs(x);
         let l = self.math(Func::Log, ax)?;
@@ -354,17 +358,34 @@ impl<'a, 'b> Gen<'a, 'b> {
         let fh = self.b.ins().floor(half);
         let odd_h = self.b.ins().fcmp(FloatCC::NotEqual, fh, half);
         let odd = self.b.ins().band(isint, odd_h);
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let it = self.mtype();
+        let xi = self.b.ins().bitcast(it, le, x);
+        let z0 = self.b.ins().iconst(it.lane_type(), 0);
+        let z0 = self.splat_m(z0);
+        let sign = self.b.ins().icmp(IntCC::SignedLessThan, xi, z0);
+        let flip = self.b.ins().band(sign, odd);
         let nr = self.b.ins().fneg(r);
-        let signed = self.sel(odd, nr, r);
-        let nan = self.rc(x, f64::NAN);
-        let negv = self.sel(isint, signed, nan);
+        let r = self.sel(flip, nr, r);
         let zero = self.rc(x, 0.0);
+        let ninf = self.rc(x, f64::NEG_INFINITY);
         let neg = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
-        let r = self.sel(neg, negv, r);
+        let finite = self.b.ins().fcmp(FloatCC::GreaterThan, x, ninf);
+        let bad = self.b.ins().band(neg, finite);
+        let notint = self.b.ins().bnot(isint);
+        let bad = self.b.ins().band(bad, notint);
+        let nan = self.rc(x, f64::NAN);
+        let r = self.sel(bad, nan, r);
         let one = self.rc(x, 1.0);
+        let inf = self.rc(x, f64::INFINITY);
         let y0 = self.b.ins().fcmp(FloatCC::Equal, y, zero);
         let x1 = self.b.ins().fcmp(FloatCC::Equal, x, one);
+        let ay = self.b.ins().fabs(y);
+        let yinf = self.b.ins().fcmp(FloatCC::Equal, ay, inf);
+        let ax1 = self.b.ins().fcmp(FloatCC::Equal, ax, one);
+        let m1inf = self.b.ins().band(yinf, ax1);
         let trivial = self.b.ins().bor(y0, x1);
+        let trivial = self.b.ins().bor(trivial, m1inf);
         Ok(self.sel(trivial, one, r))
     }
 
