@@ -67,6 +67,24 @@ fn npy_crashers_end_cleanly() {
     }
 }
 
+/// A `.npy` header length past the end of the file is refused before npyz allocates it (the
+/// `npy` fuzzer's out-of-memory input: 100 bytes declaring a 4 GiB header).
+#[test]
+fn npy_header_length_past_the_end_is_refused() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions/npy/header_length_past_the_end_oom.npy");
+    let bytes = std::fs::read(f).unwrap();
+    let e = Array::from_npy(&bytes, "x").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Data);
+    assert!(e.message().contains("header length"), "{}", e.message());
+    // a version-1 header (2-byte length) one byte past the end, likewise
+    let mut v1 = b"\x93NUMPY\x01\x00".to_vec();
+    v1.extend_from_slice(&20u16.to_le_bytes());
+    v1.extend_from_slice(&[b' '; 19]);
+    let e = Array::from_npy(&v1, "x").unwrap_err();
+    assert!(e.message().contains("header length"), "{}", e.message());
+}
+
 /// The `backends` target's crashers, kept as reference cases (the generated `.loss` and a
 /// case JSON naming it): both backends agree on them.
 #[test]

@@ -113,7 +113,11 @@ impl Array {
         };
         // npyz's header parser takes exponential time on deeply nested brackets (found by
         // fuzzing: 200 bytes of `[[[[...` hung it); a real header nests two deep.
-        let header = npy_header(bytes);
+        // npyz allocates the header length the file declares before reading it (found by
+        // fuzzing: a 100-byte file declaring a 4 GiB header); it must fit in the file.
+        let header = npy_header(bytes).ok_or_else(|| {
+            bad("the header length it declares runs past the end of the file".into())
+        })?;
         let mut depth = 0usize;
         for c in header.iter() {
             match c {
@@ -323,8 +327,9 @@ fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
 }
 
 /// The header text of an `.npy` file (as far as the bytes go): after the magic, the version and
-/// the header length (2 bytes in version 1, 4 after).
-fn npy_header(bytes: &[u8]) -> &[u8] {
+/// the header length (2 bytes in version 1, 4 after). None when the file has the magic but the
+/// header length runs past its end.
+fn npy_header(bytes: &[u8]) -> Option<&[u8]> {
     let (start, len): (usize, Option<usize>) = match bytes.get(6) {
         Some(1) => (
             10,
@@ -340,8 +345,12 @@ fn npy_header(bytes: &[u8]) -> &[u8] {
         ),
         None => (0, None),
     };
-    let end = start.saturating_add(len.unwrap_or(0)).min(bytes.len());
-    bytes.get(start.min(end)..end).unwrap_or(&[])
+    let end = start.saturating_add(len.unwrap_or(0));
+    if len.is_some() && end > bytes.len() && bytes.starts_with(b"\x93NUMPY") {
+        return None;
+    }
+    let end = end.min(bytes.len());
+    Some(bytes.get(start.min(end)..end).unwrap_or(&[]))
 }
 
 /// The elements of an `.npy` file of element type `T`, converted.
