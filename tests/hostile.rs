@@ -85,6 +85,18 @@ fn npy_header_length_past_the_end_is_refused() {
     assert!(e.message().contains("header length"), "{}", e.message());
 }
 
+/// An empty `.npy` array with a dimension of 1.3·10^19 prints as `[]` (the `npy` fuzzer's capacity
+/// overflow: printing made a list of 1.3·10^19 row numbers).
+#[test]
+fn empty_arrays_with_huge_dimensions_print() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions/npy/empty_array_with_a_huge_dimension_display.npy");
+    let a = Array::from_npy(&std::fs::read(f).unwrap(), "x").unwrap();
+    assert_eq!(a.shape, vec![13123489314157625328, 0, 2]);
+    assert_eq!(a.display(), "[]");
+    assert_eq!(Array::real(vec![0, 3], vec![]).display(), "[]");
+}
+
 /// The `backends` target's crashers, kept as reference cases (the generated `.loss` and a
 /// case JSON naming it): both backends agree on them.
 #[test]

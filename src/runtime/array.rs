@@ -280,6 +280,10 @@ impl Array {
         if self.shape.is_empty() {
             return vals.first().cloned().unwrap_or_default();
         }
+        // (as NumPy prints any empty array; a `[10^18, 0]` shape must not make 10^18 rows)
+        if vals.is_empty() {
+            return "[]".into();
+        }
         let mut out = String::new();
         nest(&mut out, &self.shape, &vals, 0);
         out
