@@ -97,6 +97,30 @@ fn empty_arrays_with_huge_dimensions_print() {
     assert_eq!(Array::real(vec![0, 3], vec![]).display(), "[]");
 }
 
+/// A `.npy` shape that is not a tuple of integers (npyz evaluates `1+++2` as Python would) or
+/// whose product overflows is a `Data` error before npyz multiplies it out (the `npy` fuzzer's
+/// overflow panic in a debug build).
+#[test]
+fn npy_shapes_must_be_integer_tuples_that_fit() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions/npy/shape_expression_product_overflow.npy");
+    let e = Array::from_npy(&std::fs::read(f).unwrap(), "x").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Data);
+    assert!(e.message().contains("shape"), "{}", e.message());
+    let npy = |shape: &str| {
+        let h = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b
+    };
+    let e = Array::from_npy(&npy("(4294967296, 4294967296, 2)"), "x").unwrap_err();
+    assert!(e.message().contains("64 bits"), "{}", e.message());
+    // ordinary shapes still load (here: no data for a non-empty shape, refused later)
+    let ok = Array::from_npy(&npy("(0, 3)"), "x").unwrap();
+    assert_eq!(ok.shape, vec![0, 3]);
+}
+
 /// The `backends` target's crashers, kept as reference cases (the generated `.loss` and a
 /// case JSON naming it): both backends agree on them.
 #[test]

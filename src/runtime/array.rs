@@ -129,6 +129,10 @@ impl Array {
                 return Err(bad("the header nests brackets too deep".into()));
             }
         }
+        // npyz evaluates the shape as a Python expression (`1+++2`) and multiplies it out
+        // unchecked (found by fuzzing: an overflow panic in debug builds): a real header's
+        // shape is a tuple of integers, whose product must fit.
+        npy_shape_fits(header).map_err(bad)?;
         let npy = npyz::NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
         let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
         let fortran = npy.order() == npyz::Order::Fortran;
@@ -355,6 +359,48 @@ fn npy_header(bytes: &[u8]) -> Option<&[u8]> {
     }
     let end = end.min(bytes.len());
     Some(bytes.get(start.min(end)..end).unwrap_or(&[]))
+}
+
+/// The header's `'shape'` is a tuple of plain integers whose product fits in 64 bits (checked
+/// only when the key is there: without it npyz reports the header).
+fn npy_shape_fits(header: &[u8]) -> std::result::Result<(), String> {
+    let Some(at) = header
+        .windows(7)
+        .position(|w| w == b"'shape'" || w == b"\"shape\"")
+    else {
+        return Ok(());
+    };
+    let rest = &header[at + 7..];
+    let open = rest.iter().position(|c| *c == b'(');
+    let close = rest.iter().position(|c| *c == b')');
+    let (Some(open), Some(close)) = (open, close) else {
+        return Err("the shape is not a tuple of integers".into());
+    };
+    if close < open || rest[..open].iter().any(|c| !matches!(c, b' ' | b':')) {
+        return Err("the shape is not a tuple of integers".into());
+    }
+    let inner = &rest[open + 1..close];
+    if inner
+        .iter()
+        .any(|c| !(c.is_ascii_digit() || matches!(c, b' ' | b',' | b'L')))
+    {
+        return Err("the shape is not a tuple of integers".into());
+    }
+    let mut product: u64 = 1;
+    for part in inner.split(|c| *c == b',') {
+        let digits: Vec<u8> = part.iter().copied().filter(u8::is_ascii_digit).collect();
+        if digits.is_empty() {
+            continue;
+        }
+        let d = std::str::from_utf8(&digits)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or("a dimension of the shape does not fit in 64 bits")?;
+        product = product
+            .checked_mul(d)
+            .ok_or("the shape's element count does not fit in 64 bits")?;
+    }
+    Ok(())
 }
 
 /// The elements of an `.npy` file of element type `T`, converted.
