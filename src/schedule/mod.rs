@@ -376,10 +376,7 @@ pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
 
 /// The roots of a contribution: its guards, target index and value.
 pub fn contribution_roots(c: &Contribution) -> Vec<ExprId> {
-    let mut v = c.guards.clone();
-    v.extend(&c.index);
-    v.push(c.value);
-    v
+    contribution_hoist_roots(c).into_iter().map(|r| r.0).collect()
 }
 
 /// How surely a root is evaluated where it appears, for [`Analysis::hoistable`].
