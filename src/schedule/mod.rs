@@ -376,7 +376,10 @@ pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
 
 /// The roots of a contribution: its guards, target index and value.
 pub fn contribution_roots(c: &Contribution) -> Vec<ExprId> {
-    contribution_hoist_roots(c).into_iter().map(|r| r.0).collect()
+    contribution_hoist_roots(c)
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
 }
 
 /// How surely a root is evaluated where it appears, for [`Analysis::hoistable`].
