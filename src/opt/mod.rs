@@ -79,6 +79,7 @@ pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Prog
     }
     q.passes = passes;
     reuse_tables(&mut q);
+    reuse_exponentials(&mut q);
     // Keep the spans of rebuilt loads for run-time messages.
     let mut spans: Vec<(ExprId, crate::diag::Span)> =
         p.spans.iter().map(|(k, v)| (*k, *v)).collect();
@@ -125,15 +126,131 @@ fn reuse_tables(q: &mut Program) {
         let read = q.own_read(t, ty);
         memo.entry(body).or_insert(read);
     }
+    substitute_passes(q, &mut memo);
+}
+
+/// Softmax gradients reuse their logsumexp's exponentials. The derivative of
+/// `lse[n] = logsumexp(c: x)` is `exp(x - lse[n])`: computed as such, a softmax cross-entropy
+/// takes two exponentials per element (one in the logsumexp, one in the gradient). When a pass
+/// holds that node and nothing but the output and the passes reads `lse`, the table is split into
+///
+/// ```text
+/// lse.max[n] = max(c: x)
+/// lse.exp[n, c] = exp(x - lse.max[n])
+/// lse.sum[n] = if lse.max[n] < inf { sum(c: lse.exp[n, c]) } else { 1.0 }
+/// lse[n] = if |lse.max[n]| < inf { lse.max[n] + log(lse.sum[n]) } else { lse.max[n] }
+/// ```
+///
+/// (the logsumexp as both backends computed it) and the passes read
+/// `lse.exp[n, c] / lse.sum[n]`: one exponential per element. This equals `exp(x - lse[n])` in
+/// every special case (a `+inf` maximum: 0 for finite `x`, NaN for `x = +inf`; a `-inf` or NaN
+/// maximum: NaN) and is within a rounding or two of it elsewhere.
+fn reuse_exponentials(q: &mut Program) {
+    if q.passes.is_empty() {
+        return;
+    }
+    let roots: Vec<ExprId> = q
+        .passes
+        .iter()
+        .flat_map(|p| p.contributions.iter())
+        .flat_map(|c| c.guards.iter().copied().chain([c.value]))
+        .collect();
+    for k in 0..q.tensors.len() {
+        let t = &q.tensors[k];
+        if t.recurrent || t.accumulated || t.pad.is_some() || t.ty != Ty::Real {
+            continue;
+        }
+        let Expr::Reduce(Red::LogSumExp, c, b) = q.pool.get(t.body).clone() else {
+            continue;
+        };
+        let mut dims = t.indices.clone();
+        dims.sort();
+        dims.dedup();
+        let mut body_free = q.pool.free(b).to_vec();
+        body_free.retain(|i| *i != c);
+        if dims.len() != t.indices.len() || t.indices.contains(&c) || body_free != dims {
+            continue;
+        }
+        let (name, indices) = (t.name.clone(), t.indices.clone());
+        let tid = TensorId(k as u32);
+        let reads_t = |q: &Program, e: ExprId| {
+            q.pool
+                .reaches(&[e], |_, x| matches!(x, Expr::Tensor(u, _) if *u == tid))
+        };
+        if q
+            .tensors
+            .iter()
+            .enumerate()
+            .any(|(j, u)| j != k && (reads_t(q, u.body) || u.pad.is_some_and(|p| reads_t(q, p))))
+        {
+            continue;
+        }
+        let own = q.own_read(tid, Ty::Real);
+        let diff = q.pool.add(Expr::Binary(Bin::Sub, b, own), Ty::Real);
+        let grad = q.pool.add(Expr::Call(Func::Exp, vec![diff]), Ty::Real);
+        if !q.pool.reaches(&roots, |e, _| e == grad) {
+            continue;
+        }
+        // The slot becomes the maximum (filled first); the others follow every table.
+        let real = |q: &mut Program, v: f64| q.pool.real(v);
+        q.tensors[k].body = q.pool.add(Expr::Reduce(Red::Max, c, b), Ty::Real);
+        q.tensors[k].name = format!("{name}.max");
+        let add = |q: &mut Program, suffix: &str, ix: Vec<crate::ir::IndexId>, body| {
+            q.tensors.push(crate::ir::Tensor {
+                name: format!("{name}{suffix}"),
+                ty: Ty::Real,
+                indices: ix,
+                body,
+                pad: None,
+                recurrent: false,
+                reverse: false,
+                accumulated: false,
+            });
+            let id = TensorId(q.tensors.len() as u32 - 1);
+            (id, q.own_read(id, Ty::Real))
+        };
+        let mut exp_ix = indices.clone();
+        exp_ix.push(c);
+        let (_, e_read) = add(q, ".exp", exp_ix, grad);
+        let inf = real(q, f64::INFINITY);
+        let below = q.pool.add(Expr::Binary(Bin::Lt, own, inf), Ty::Bool);
+        let sum = q.pool.add(Expr::Reduce(Red::Sum, c, e_read), Ty::Real);
+        let one = real(q, 1.0);
+        let s_body = q.pool.add(Expr::Select(below, sum, one), Ty::Real);
+        let (_, s_read) = add(q, ".sum", indices.clone(), s_body);
+        let abs = q.pool.add(Expr::Call(Func::Abs, vec![own]), Ty::Real);
+        let finite = q.pool.add(Expr::Binary(Bin::Lt, abs, inf), Ty::Bool);
+        let log = q.pool.add(Expr::Call(Func::Log, vec![s_read]), Ty::Real);
+        let lse = q.pool.add(Expr::Binary(Bin::Add, own, log), Ty::Real);
+        let l_body = q.pool.add(Expr::Select(finite, lse, own), Ty::Real);
+        let (l_id, _) = add(q, "", indices, l_body);
+        // The passes read exp / sum; they and the output read `lse` from its new table.
+        let ratio = q.pool.add(Expr::Binary(Bin::Div, e_read, s_read), Ty::Real);
+        let mut memo: HashMap<ExprId, ExprId> = HashMap::from([(grad, ratio)]);
+        substitute_passes(q, &mut memo);
+        let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
+        for e in 0..q.pool.len() {
+            let id = ExprId(e as u32);
+            if let Expr::Tensor(u, args) = q.pool.get(id).clone() {
+                if u == tid {
+                    let r = q.pool.add(Expr::Tensor(l_id, args), Ty::Real);
+                    memo.insert(id, r);
+                }
+            }
+        }
+        let ob = q.output.body;
+        q.output.body = substitute(q, ob, &mut memo);
+        substitute_passes(q, &mut memo);
+    }
+}
+
+/// [`substitute`] in every contribution's value and guards.
+fn substitute_passes(q: &mut Program, memo: &mut HashMap<ExprId, ExprId>) {
     let mut passes = std::mem::take(&mut q.passes);
     for pass in &mut passes {
         for c in &mut pass.contributions {
-            c.value = substitute(q, c.value, &mut memo);
-            c.guards = c
-                .guards
-                .iter()
-                .map(|g| substitute(q, *g, &mut memo))
-                .collect();
+            c.value = substitute(q, c.value, memo);
+            c.guards = c.guards.iter().map(|g| substitute(q, *g, memo)).collect();
         }
     }
     q.passes = passes;
