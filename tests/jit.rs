@@ -895,3 +895,90 @@ fn box_losses_vector_path_matches_the_interpreter() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Softmax gradients read the logsumexp's exponentials back (`exp / sum` instead of
+/// `exp(x - lse)`): the same values in every special case of a row (a `+inf` maximum, all
+/// `-inf`, a NaN, some `-inf`, huge spreads), on both backends, in both precisions, through
+/// the vector loop and its scalar tail.
+#[test]
+fn softmax_gradients_reuse_the_logsumexp_exponentials() {
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let rows: Vec<[f64; 5]> = vec![
+        [inf, 1.0, 2.0, 3.0, 4.0],
+        [1.0, inf, 2.0, inf, -inf],
+        [-inf; 5],
+        [nan, 1.0, 2.0, 3.0, 4.0],
+        [-inf, 0.0, 1.0, 2.0, 3.0],
+        [100.0, -100.0, 3.0, 1e-3, 50.0],
+        [0.5, -0.25, 0.125, 2.0, -3.0],
+    ];
+    let logits: Vec<f64> = rows.iter().flatten().copied().collect();
+    let mut rng = Rng(7);
+    let labels: Vec<f64> = (0..logits.len()).map(|_| rng.next()).collect();
+    // reference: -y + (Σ y) exp(x - lse) where x != -inf, lse as logsumexp defines it
+    let mut want = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        let y = &labels[r * 5..r * 5 + 5];
+        let m = row.iter().fold(-inf, |a: f64, b| {
+            if a.is_nan() || b.is_nan() {
+                nan
+            } else {
+                a.max(*b)
+            }
+        });
+        let lse = if m.is_finite() {
+            m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+        } else {
+            m
+        };
+        let g: f64 = y.iter().sum();
+        for c in 0..5 {
+            let e = if row[c] != -inf {
+                (row[c] - lse).exp()
+            } else {
+                0.0
+            };
+            want.push(-y[c] + g * e);
+        }
+    }
+    let lib = Library::with_stdlib().unwrap();
+    let call = Call::new()
+        .input("labels", Array::real(vec![rows.len(), 5], labels.clone()))
+        .input("logits", Array::real(vec![rows.len(), 5], logits.clone()))
+        .reduction(Reduction::Sum)
+        .grad("logits");
+    let check = |what: &str, got: &[f64], rtol: f64| {
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(close(*a, *b, rtol), "{what}: cell {k}: {a} vs {b}\n{got:?}");
+        }
+    };
+    let out = lib.call("softmax_cross_entropy", &call).unwrap();
+    check("interpreter", &out.grads[0].1.to_f64(), 1e-13);
+    for dtype in [DType::F32, DType::F64] {
+        let c = lib
+            .compile(
+                "softmax_cross_entropy",
+                Options::new().dtype(dtype).grad("logits"),
+            )
+            .unwrap();
+        let (l32, x32): (Vec<f32>, Vec<f32>) = (
+            labels.iter().map(|v| *v as f32).collect(),
+            logits.iter().map(|v| *v as f32).collect(),
+        );
+        let shape = [rows.len(), 5];
+        let inputs = if dtype == DType::F32 {
+            [
+                ("labels", View::f32(&shape, &l32)),
+                ("logits", View::f32(&shape, &x32)),
+            ]
+        } else {
+            [
+                ("labels", View::f64(&shape, &labels)),
+                ("logits", View::f64(&shape, &logits)),
+            ]
+        };
+        let out = c.call(&inputs, &[], Reduction::Sum, None).unwrap();
+        let rtol = if dtype == DType::F32 { 1e-5 } else { 1e-13 };
+        check(&format!("jit {dtype:?}"), &out.grads[0].1.to_f64(), rtol);
+    }
+}

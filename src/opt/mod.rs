@@ -135,14 +135,14 @@ fn reuse_tables(q: &mut Program) {
 /// holds that node and nothing but the output and the passes reads `lse`, the table is split into
 ///
 /// ```text
-/// lse.max[n] = max(c: x)
-/// lse.exp[n, c] = exp(x - lse.max[n])
-/// lse.sum[n] = if lse.max[n] < inf { sum(c: lse.exp[n, c]) } else { 1.0 }
-/// lse[n] = if |lse.max[n]| < inf { lse.max[n] + log(lse.sum[n]) } else { lse.max[n] }
+/// lse_max[n] = max(c: x)
+/// lse_exp[n, c] = exp(x - lse_max[n])
+/// lse_sum[n] = if lse_max[n] < inf { sum(c: lse_exp[n, c]) } else { 1.0 }
+/// lse[n] = if |lse_max[n]| < inf { lse_max[n] + log(lse_sum[n]) } else { lse_max[n] }
 /// ```
 ///
 /// (the logsumexp as both backends computed it) and the passes read
-/// `lse.exp[n, c] / lse.sum[n]`: one exponential per element. This equals `exp(x - lse[n])` in
+/// `lse_exp[n, c] / lse_sum[n]`: one exponential per element. This equals `exp(x - lse[n])` in
 /// every special case (a `+inf` maximum: 0 for finite `x`, NaN for `x = +inf`; a `-inf` or NaN
 /// maximum: NaN) and is within a rounding or two of it elsewhere.
 fn reuse_exponentials(q: &mut Program) {
@@ -177,8 +177,7 @@ fn reuse_exponentials(q: &mut Program) {
             q.pool
                 .reaches(&[e], |_, x| matches!(x, Expr::Tensor(u, _) if *u == tid))
         };
-        if q
-            .tensors
+        if q.tensors
             .iter()
             .enumerate()
             .any(|(j, u)| j != k && (reads_t(q, u.body) || u.pad.is_some_and(|p| reads_t(q, p))))
@@ -194,10 +193,15 @@ fn reuse_exponentials(q: &mut Program) {
         // The slot becomes the maximum (filled first); the others follow every table.
         let real = |q: &mut Program, v: f64| q.pool.real(v);
         q.tensors[k].body = q.pool.add(Expr::Reduce(Red::Max, c, b), Ty::Real);
-        q.tensors[k].name = format!("{name}.max");
+        q.tensors[k].name = fresh_name(q, &format!("{name}_max"));
         let add = |q: &mut Program, suffix: &str, ix: Vec<crate::ir::IndexId>, body| {
+            let name = if suffix.is_empty() {
+                name.clone()
+            } else {
+                fresh_name(q, &format!("{name}{suffix}"))
+            };
             q.tensors.push(crate::ir::Tensor {
-                name: format!("{name}{suffix}"),
+                name,
                 ty: Ty::Real,
                 indices: ix,
                 body,
@@ -211,13 +215,13 @@ fn reuse_exponentials(q: &mut Program) {
         };
         let mut exp_ix = indices.clone();
         exp_ix.push(c);
-        let (_, e_read) = add(q, ".exp", exp_ix, grad);
+        let (_, e_read) = add(q, "_exp", exp_ix, grad);
         let inf = real(q, f64::INFINITY);
         let below = q.pool.add(Expr::Binary(Bin::Lt, own, inf), Ty::Bool);
         let sum = q.pool.add(Expr::Reduce(Red::Sum, c, e_read), Ty::Real);
         let one = real(q, 1.0);
         let s_body = q.pool.add(Expr::Select(below, sum, one), Ty::Real);
-        let (_, s_read) = add(q, ".sum", indices.clone(), s_body);
+        let (_, s_read) = add(q, "_sum", indices.clone(), s_body);
         let abs = q.pool.add(Expr::Call(Func::Abs, vec![own]), Ty::Real);
         let finite = q.pool.add(Expr::Binary(Bin::Lt, abs, inf), Ty::Bool);
         let log = q.pool.add(Expr::Call(Func::Log, vec![s_read]), Ty::Real);
@@ -242,6 +246,22 @@ fn reuse_exponentials(q: &mut Program) {
         q.output.body = substitute(q, ob, &mut memo);
         substitute_passes(q, &mut memo);
     }
+}
+
+/// `base`, or `base2`, `base3`, ... if a table, input or parameter has that name.
+fn fresh_name(q: &Program, base: &str) -> String {
+    let taken = |n: &str| {
+        q.tensors.iter().any(|t| t.name == n)
+            || q.inputs.iter().any(|i| i.name == n)
+            || q.params.iter().any(|p| p.name == n)
+    };
+    let mut name = base.to_string();
+    let mut k = 2;
+    while taken(&name) {
+        name = format!("{base}{k}");
+        k += 1;
+    }
+    name
 }
 
 /// [`substitute`] in every contribution's value and guards.
