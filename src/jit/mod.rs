@@ -1593,12 +1593,12 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(match f {
             Func::IsNan => self.b.ins().fcmp(FloatCC::Unordered, x, x),
             Func::IsInf => {
-                let a = self.b.ins().fabs(x);
+                let a = self.fabs(x);
                 let inf = self.rc(x, f64::INFINITY);
                 self.b.ins().fcmp(FloatCC::Equal, a, inf)
             }
             Func::Sqrt => self.b.ins().sqrt(x),
-            Func::Abs => self.b.ins().fabs(x),
+            Func::Abs => self.fabs(x),
             Func::Floor => self.b.ins().floor(x),
             Func::Ceil => self.b.ins().ceil(x),
             Func::Sign => {
@@ -1619,9 +1619,9 @@ impl<'a, 'b> Gen<'a, 'b> {
             Func::Sigmoid => self.sigmoid(x, args[0])?,
             Func::Softplus => self.softplus(x, args[0])?,
             Func::LogSigmoid => {
-                let n = self.b.ins().fneg(x);
+                let n = self.fneg(x);
                 let s = self.softplus(n, args[0])?;
-                self.b.ins().fneg(s)
+                self.fneg(s)
             }
             Func::LogSumExp => self.logsumexp_of(v)?,
             Func::Xlogy => {
@@ -1644,6 +1644,28 @@ impl<'a, 'b> Gen<'a, 'b> {
             | Func::Atan
             | Func::Acos => self.math(f, x)?,
         })
+    }
+
+    /// `-x`. For vectors an xor with the sign mask, a constant hoisted out of the loop:
+    /// Cranelift lowers a vector `fneg` by rebuilding the mask at every use (three
+    /// instructions where one does).
+    fn fneg(&mut self, x: Value) -> Value {
+        if self.b.func.dfg.value_type(x).is_vector() {
+            let m = self.rc(x, -0.0);
+            self.b.ins().bxor(x, m)
+        } else {
+            self.b.ins().fneg(x)
+        }
+    }
+
+    /// `|x|`, for vectors by clearing the sign bit with a hoisted mask (see [`Gen::fneg`]).
+    fn fabs(&mut self, x: Value) -> Value {
+        if self.b.func.dfg.value_type(x).is_vector() {
+            let m = self.rc(x, -0.0);
+            self.b.ins().band_not(x, m)
+        } else {
+            self.b.ins().fabs(x)
+        }
     }
 
     /// A real constant of the type of `like` (splat for vectors).
@@ -1693,8 +1715,14 @@ impl<'a, 'b> Gen<'a, 'b> {
         if let Some(v) = self.lookup_key((tag, base)) {
             return Ok(v);
         }
-        let a = self.b.ins().fabs(x);
-        let na = self.b.ins().fneg(a);
+        let na = if self.b.func.dfg.value_type(x).is_vector() {
+            // (-|x| as one or with the sign mask)
+            let m = self.rc(x, -0.0);
+            self.b.ins().bor(x, m)
+        } else {
+            let a = self.b.ins().fabs(x);
+            self.b.ins().fneg(a)
+        };
         let e = self.math(Func::Exp, na)?;
         self.remember_key((tag, base), e);
         Ok(e)

@@ -248,7 +248,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             Expr::Unary(Un::Neg, a) => {
                 let x = self.emit_v(a, ix)?;
-                self.b.ins().fneg(x)
+                self.fneg(x)
             }
             Expr::Unary(Un::Not, a) => {
                 let x = self.emit_v(a, ix)?;
@@ -347,7 +347,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// negate the result; a finite negative `x` with a non-integer `y` is NaN; `y = 0`,
     /// `x = 1` and `x = -1` with `y = ±inf` give 1.
     fn vpow(&mut self, x: Value, y: Value) -> Result<Value> {
-        let ax = self.b.ins().fabs(x);
+        let ax = self.fabs(x);
         let l = self.math(Func::Log, ax)?;
         let t = self.b.ins().fmul(y, l);
         let r = self.math(Func::Exp, t)?;
@@ -365,7 +365,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let z0 = self.splat_m(z0);
         let sign = self.b.ins().icmp(IntCC::SignedLessThan, xi, z0);
         let flip = self.b.ins().band(sign, odd);
-        let nr = self.b.ins().fneg(r);
+        let nr = self.fneg(r);
         let r = self.sel(flip, nr, r);
         let zero = self.rc(x, 0.0);
         let ninf = self.rc(x, f64::NEG_INFINITY);
@@ -380,7 +380,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let inf = self.rc(x, f64::INFINITY);
         let y0 = self.b.ins().fcmp(FloatCC::Equal, y, zero);
         let x1 = self.b.ins().fcmp(FloatCC::Equal, x, one);
-        let ay = self.b.ins().fabs(y);
+        let ay = self.fabs(y);
         let yinf = self.b.ins().fcmp(FloatCC::Equal, ay, inf);
         let ax1 = self.b.ins().fcmp(FloatCC::Equal, ax, one);
         let m1inf = self.b.ins().band(yinf, ax1);
