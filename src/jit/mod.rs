@@ -289,6 +289,8 @@ struct Gen<'a, 'b> {
     funcs: HashMap<&'static str, FuncRef>,
     /// tensors whose gradient buffer is written directly
     trusted: MemFlagsData,
+    /// the tensors the current stage writes (the others are read-only while it runs)
+    written: Vec<bool>,
     readonly: MemFlagsData,
     /// in a vector loop over `VecWork::Runs`: per run, the vector accumulators of a run whose
     /// target cell does not move with the loop (added to memory once, after the loop)
@@ -371,6 +373,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             funcs: HashMap::new(),
             trusted,
             readonly,
+            written: vec![false; p.tensors.len()],
             vcells: Vec::new(),
             frontend,
             vcols: HashMap::new(),
@@ -735,6 +738,19 @@ impl<'a, 'b> Gen<'a, 'b> {
     // ---- stages ----
 
     fn stage(&mut self, st: &Stage) -> Result<()> {
+        self.written.iter_mut().for_each(|w| *w = false);
+        match st {
+            Stage::Zero(t)
+            | Stage::Fill {
+                tensor: Some(t), ..
+            } => self.written[t.ix()] = true,
+            Stage::Fill { tensor: None, .. } => {}
+            Stage::Scatter { groups, .. } => {
+                for r in groups.iter().flat_map(|g| g.runs.iter()) {
+                    self.written[r.target.ix()] = true;
+                }
+            }
+        }
         match st {
             Stage::Zero(t) => {
                 // One memset over the whole table (its size was bounded when the call was
@@ -1111,7 +1127,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                     &tn.indices,
                     args,
                     tn.pad,
-                    !tn.recurrent && !tn.accumulated,
+                    // (an adjoint or a recurrence is fixed while other stages run)
+                    !self.written[t.ix()] || (!tn.recurrent && !tn.accumulated),
                 )
             }
             _ => return Err(internal("not a load")),

@@ -750,7 +750,10 @@ impl<'a, 'b> Gen<'a, 'b> {
     ) -> Result<Value> {
         let lanes = self.lanes();
         let n = self.ext[ix.ix()];
-        let main_n = self.b.ins().band_imm_s(n, -lanes);
+        // n - (n & (lanes-1)), not n & -lanes: Cranelift rematerializes an and-with-constant
+        // in every block that uses it, so the loop would recompute its bound each step.
+        let tail = self.b.ins().band_imm_s(n, lanes - 1);
+        let main_n = self.b.ins().isub(n, tail);
         // Sums in f64 lanes (two F64X2 per F32X4), max/min in the real lanes.
         let mut vaccs: Vec<Vec<Variable>> = Vec::new();
         for c in accs {
