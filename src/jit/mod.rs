@@ -257,6 +257,9 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
     })
 }
 
+/// Distinct 16-byte cells of the anchor slot (see `Gen::pin`).
+const ANCHORS: usize = 64;
+
 /// Per-accumulator state of a reduction carried by a loop.
 pub(crate) struct Carried {
     node: ExprId,
@@ -291,6 +294,13 @@ struct Gen<'a, 'b> {
     trusted: MemFlagsData,
     /// the tensors the current stage writes (the others are read-only while it runs)
     written: Vec<bool>,
+    /// while a vector loop body is emitted twice to be interleaved: the stack slot its
+    /// vector math results are stored to (see `vector::interleave`)
+    anchor: Option<cranelift_codegen::ir::StackSlot>,
+    /// that stack slot, made at the first interleaved loop
+    anchor_slot: Option<cranelift_codegen::ir::StackSlot>,
+    /// the stores to it
+    anchors: std::collections::HashSet<cranelift_codegen::ir::Inst>,
     readonly: MemFlagsData,
     /// in a vector loop over `VecWork::Runs`: per run, the vector accumulators of a run whose
     /// target cell does not move with the loop (added to memory once, after the loop)
@@ -374,6 +384,9 @@ impl<'a, 'b> Gen<'a, 'b> {
             trusted,
             readonly,
             written: vec![false; p.tensors.len()],
+            anchor: None,
+            anchor_slot: None,
+            anchors: std::collections::HashSet::new(),
             vcells: Vec::new(),
             frontend,
             vcols: HashMap::new(),
@@ -1555,7 +1568,9 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn math(&mut self, f: Func, x: Value) -> Result<Value> {
         if self.b.func.dfg.value_type(x).is_vector() {
             let m = math_fn(f).ok_or_else(|| internal(format!("no inline {}", f.name())))?;
-            return Ok(math::emit(&mut self.b, m, x));
+            let v = math::emit(&mut self.b, m, x);
+            self.pin(v);
+            return Ok(v);
         }
         if self.f32 {
             let name = host::name32(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
@@ -1563,6 +1578,19 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         let name = host::name(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
         self.host(name, &[x], types::F64)
+    }
+
+    /// In a step being interleaved, a store of `v` to the anchor slot: a side effect that
+    /// pins where `v` is computed (see `vector::interleave`).
+    fn pin(&mut self, v: Value) {
+        if let Some(slot) = self.anchor {
+            // (each at its own offset: Cranelift drops a store that a later store to the same
+            // address overwrites before any load)
+            let off = 16 * (self.anchors.len() % ANCHORS) as i32;
+            let a = self.b.ins().stack_addr(types::I64, slot, off);
+            let st = self.b.ins().store(MemFlagsData::trusted(), v, a, 0);
+            self.anchors.insert(st);
+        }
     }
 
     fn call(&mut self, e: ExprId, f: Func, args: &[ExprId], ty: Ty) -> Result<Value> {
@@ -1754,7 +1782,11 @@ impl<'a, 'b> Gen<'a, 'b> {
         let pos = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, z);
         // (one division: the numerator is picked first)
         let num = self.sel(pos, one, e);
-        Ok(self.b.ins().fdiv(num, d))
+        let v = self.b.ins().fdiv(num, d);
+        if self.b.func.dfg.value_type(v).is_vector() {
+            self.pin(v);
+        }
+        Ok(v)
     }
 
     /// max(x, 0) + log1p(e^-|x|).
@@ -1779,6 +1811,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             // (`e` is in [0, 1], or NaN: the vector code needs no general log1p)
             None if tag == 10 => {
                 let l = math::emit(&mut self.b, math::MathFn::Log1pUnit, e);
+                self.pin(l);
                 self.remember_key((tag, base), l);
                 l
             }

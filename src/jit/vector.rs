@@ -11,8 +11,10 @@ use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Red, Ty, Un};
 use crate::schedule::{contribution_roots, Run};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+    types, Block, ConstantData, Endianness, Function, Inst, InstBuilder, MemFlagsData, StackSlot,
+    StackSlotData, StackSlotKind, Type, Value,
 };
+use std::collections::HashSet;
 use cranelift_frontend::Variable;
 
 /// What the innermost level of a nest does, for the vector path.
@@ -752,7 +754,9 @@ impl<'a, 'b> Gen<'a, 'b> {
         let n = self.ext[ix.ix()];
         // n - (n & (lanes-1)), not n & -lanes: Cranelift rematerializes an and-with-constant
         // in every block that uses it, so the loop would recompute its bound each step.
-        let tail = self.b.ins().band_imm_s(n, lanes - 1);
+        let unroll = self.worth_interleaving(w, accs);
+        let step = if unroll { 2 * lanes } else { lanes };
+        let tail = self.b.ins().band_imm_s(n, step - 1);
         let main_n = self.b.ins().isub(n, tail);
         // Sums in f64 lanes (two F64X2 per F32X4), max/min in the real lanes.
         let mut vaccs: Vec<Vec<Variable>> = Vec::new();
@@ -821,58 +825,28 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().brif(nonempty, body, &[], exit, &[]);
         self.b.switch_to_block(body);
         let k = self.b.use_var(var);
-        let saved = self.idx[ix.ix()].replace(k);
-        self.push();
-        if let Some(b) = self.binds.last_mut() {
-            *b = Some(ix);
-        }
-        let r = (|| -> Result<()> {
-            self.vwork(w, accs, ix)?;
-            for (c, vs) in accs.iter().zip(&vaccs) {
-                let v = self.emit_v(c.body, ix)?;
-                let v = match c.shift {
-                    Some(m) => {
-                        let mv = self.splat_v(m);
-                        let d = self.b.ins().fsub(v, mv);
-                        self.math(Func::Exp, d)?
-                    }
-                    None => v,
-                };
-                match c.red {
-                    Red::Sum | Red::Mean => {
-                        let parts = self.widen_lanes(v);
-                        for (var, part) in vs.iter().zip(parts) {
-                            let a = self.b.use_var(*var);
-                            let s = self.b.ins().fadd(a, part);
-                            self.b.def_var(*var, s);
-                        }
-                    }
-                    red => {
-                        // `v > a ? v : a` (max) or `v < a ? v : a` (min): one maxps/minps on
-                        // x86, where fmax/fmin take about eight instructions for their NaN
-                        // and signed-zero rules; NaNs are tracked apart.
-                        let a = self.b.use_var(vs[0]);
-                        let take = if red == Red::Max {
-                            self.b.ins().fcmp(FloatCC::LessThan, a, v)
-                        } else {
-                            self.b.ins().fcmp(FloatCC::LessThan, v, a)
-                        };
-                        let s = self.sel(take, v, a);
-                        self.b.def_var(vs[0], s);
-                        let un = self.b.ins().fcmp(FloatCC::Unordered, v, v);
-                        let nan = self.b.use_var(vs[1]);
-                        let nan = self.b.ins().bor(nan, un);
-                        self.b.def_var(vs[1], nan);
-                    }
-                }
+        if unroll {
+            // Two independent steps (cells k.. and k+lanes..), their instructions merged so
+            // that the two dependency chains run side by side (see `interleave`).
+            let slot = self.anchor_slot();
+            let saved_anchor = self.anchor.replace(slot);
+            let start = self.b.func.layout.last_inst(body);
+            let r = self.vstep(w, accs, &vaccs, ix, k);
+            let mid = self.b.func.layout.last_inst(body);
+            let r = r.and_then(|_| {
+                let k2 = self.b.ins().iadd_imm_s(k, lanes);
+                self.vstep(w, accs, &vaccs, ix, k2)
+            });
+            self.anchor = saved_anchor;
+            r?;
+            if self.b.current_block() == Some(body) {
+                interleave(self.b.func, body, start, mid, &self.anchors);
             }
-            Ok(())
-        })();
-        self.pop();
-        self.idx[ix.ix()] = saved;
-        r?;
+        } else {
+            self.vstep(w, accs, &vaccs, ix, k)?;
+        }
         let k = self.b.use_var(var);
-        let next = self.b.ins().iadd_imm_s(k, lanes);
+        let next = self.b.ins().iadd_imm_s(k, step);
         self.b.def_var(var, next);
         let more = self.b.ins().icmp(IntCC::SignedLessThan, next, main_n);
         self.b.ins().brif(more, body, &[], flush, &[]);
@@ -958,6 +932,118 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(main_n)
     }
 
+    /// One vector step at base cell `k`: the work, then the carried reductions.
+    fn vstep(
+        &mut self,
+        w: &VecWork,
+        accs: &[Carried],
+        vaccs: &[Vec<Variable>],
+        ix: IndexId,
+        k: Value,
+    ) -> Result<()> {
+        let saved = self.idx[ix.ix()].replace(k);
+        self.push();
+        if let Some(b) = self.binds.last_mut() {
+            *b = Some(ix);
+        }
+        let r = (|| -> Result<()> {
+            self.vwork(w, accs, ix)?;
+            for (c, vs) in accs.iter().zip(vaccs) {
+                let v = self.emit_v(c.body, ix)?;
+                let v = match c.shift {
+                    Some(m) => {
+                        let mv = self.splat_v(m);
+                        let d = self.b.ins().fsub(v, mv);
+                        self.math(Func::Exp, d)?
+                    }
+                    None => v,
+                };
+                match c.red {
+                    Red::Sum | Red::Mean => {
+                        let parts = self.widen_lanes(v);
+                        for (var, part) in vs.iter().zip(parts) {
+                            let a = self.b.use_var(*var);
+                            let s = self.b.ins().fadd(a, part);
+                            self.b.def_var(*var, s);
+                        }
+                    }
+                    red => {
+                        // `v > a ? v : a` (max) or `v < a ? v : a` (min): one maxps/minps on
+                        // x86, where fmax/fmin take about eight instructions for their NaN
+                        // and signed-zero rules; NaNs are tracked apart.
+                        let a = self.b.use_var(vs[0]);
+                        let take = if red == Red::Max {
+                            self.b.ins().fcmp(FloatCC::LessThan, a, v)
+                        } else {
+                            self.b.ins().fcmp(FloatCC::LessThan, v, a)
+                        };
+                        let s = self.sel(take, v, a);
+                        self.b.def_var(vs[0], s);
+                        let un = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+                        let nan = self.b.use_var(vs[1]);
+                        let nan = self.b.ins().bor(nan, un);
+                        self.b.def_var(vs[1], nan);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.pop();
+        self.idx[ix.ix()] = saved;
+        r
+    }
+
+    /// Whether a vector step holds inline math (exp, log, ...: long dependency chains), so
+    /// that two steps interleaved keep more of the CPU busy than one.
+    fn worth_interleaving(&self, w: &VecWork, accs: &[Carried]) -> bool {
+        let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
+        if accs.iter().any(|c| c.shift.is_some()) {
+            return true;
+        }
+        match w {
+            VecWork::Nothing => {}
+            VecWork::Fill { body, .. } => roots.push(*body),
+            VecWork::Runs(runs) => {
+                for r in runs.iter() {
+                    for t in &r.terms {
+                        roots.extend(contribution_roots(t));
+                    }
+                }
+            }
+        }
+        self.p.pool.reaches(&roots, |_, e| match e {
+            Expr::Call(f, _) => !matches!(
+                f,
+                Func::Min
+                    | Func::Max
+                    | Func::Clamp
+                    | Func::Abs
+                    | Func::Sign
+                    | Func::Sqrt
+                    | Func::Floor
+                    | Func::Ceil
+                    | Func::IsNan
+                    | Func::IsInf
+            ),
+            Expr::Binary(Bin::Pow, _, _) => true,
+            _ => false,
+        })
+    }
+
+    /// A 16-byte stack slot that interleaved steps store their math results to.
+    fn anchor_slot(&mut self) -> StackSlot {
+        if let Some(s) = self.anchor_slot {
+            return s;
+        }
+        let s = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            16 * super::ANCHORS as u32,
+            4,
+        ));
+        self.anchor_slot = Some(s);
+        s
+    }
+
     /// The lanes of a real vector as F64X2 parts (f32: low and high halves promoted).
     fn widen_lanes(&mut self, v: Value) -> Vec<Value> {
         if !self.f32 {
@@ -995,4 +1081,87 @@ fn unit_stride(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: In
         && args[..args.len() - 1]
             .iter()
             .all(|a| !p.pool.free(*a).contains(&ix))
+}
+
+/// Merges the instructions of two independent copies of a vector step (`start` exclusive ..=
+/// `mid`, then the rest of `block`) so that the copies alternate. Cranelift places pure
+/// instructions at their first use by a side-effecting one, so what it keeps of this order is
+/// the order of the loads, the stores and the anchors (stack stores of each math result) of
+/// the two copies: with them alternating, each copy's long chain (exp, log1p, divisions)
+/// runs beside the other's instead of after it. The second copy's memory writes (and loads
+/// that may see them) stay after all of the first's; anything else it does not depend on may
+/// go earlier. Leaves the block as it is if the copies cannot be merged.
+fn interleave(
+    func: &mut Function,
+    block: Block,
+    start: Option<Inst>,
+    mid: Option<Inst>,
+    anchors: &HashSet<Inst>,
+) {
+    let insts: Vec<Inst> = func.layout.block_insts(block).collect();
+    let from = match start {
+        Some(i) => match insts.iter().position(|x| *x == i) {
+            Some(p) => p + 1,
+            None => return,
+        },
+        None => 0,
+    };
+    let Some(m) = mid.and_then(|i| insts.iter().position(|x| *x == i)) else {
+        return;
+    };
+    if m < from || m + 1 >= insts.len() {
+        return;
+    }
+    let (a, b) = (&insts[from..=m], &insts[m + 1..]);
+    let dfg = &func.dfg;
+    let defined: HashSet<Value> = a
+        .iter()
+        .chain(b)
+        .flat_map(|i| dfg.inst_results(*i).iter().copied())
+        .collect();
+    let is_mem = |i: Inst| {
+        if anchors.contains(&i) {
+            return false;
+        }
+        let op = dfg.insts[i].opcode();
+        let readonly = dfg.insts[i]
+            .memflags()
+            .is_some_and(|f| dfg.mem_flags[f].readonly());
+        op.is_call() || op.can_store() || (op.can_load() && !readonly)
+    };
+    let a_mem = a.iter().filter(|i| is_mem(**i)).count();
+    let mut placed: HashSet<Value> = HashSet::new();
+    let mut order: Vec<Inst> = Vec::with_capacity(a.len() + b.len());
+    let (mut ia, mut ib, mut a_mem_done) = (0, 0, 0);
+    let ready = |i: Inst, placed: &HashSet<Value>| {
+        dfg.inst_values(i)
+            .all(|v| !defined.contains(&v) || placed.contains(&v))
+    };
+    while ia < a.len() || ib < b.len() {
+        let mut moved = false;
+        if ia < a.len() && ready(a[ia], &placed) {
+            if is_mem(a[ia]) {
+                a_mem_done += 1;
+            }
+            placed.extend(dfg.inst_results(a[ia]).iter().copied());
+            order.push(a[ia]);
+            ia += 1;
+            moved = true;
+        }
+        if ib < b.len() && ready(b[ib], &placed) && (a_mem_done == a_mem || !is_mem(b[ib])) {
+            placed.extend(dfg.inst_results(b[ib]).iter().copied());
+            order.push(b[ib]);
+            ib += 1;
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+    for i in a.iter().chain(b) {
+        func.layout.remove_inst(*i);
+    }
+    for i in order {
+        func.layout.append_inst(i, block);
+    }
 }
