@@ -542,8 +542,14 @@ fn kernel_text(k: &KernelArgs, asm: bool) -> CliResult {
         .and_then(|c| c.kernel());
     match r {
         Ok(kernel) => {
-            print!("{}", if asm { &kernel.asm } else { &kernel.clif });
-            Ok(0)
+            let text = if asm { kernel.asm() } else { Ok(kernel.clif()) };
+            match text {
+                Ok(t) => {
+                    print!("{t}");
+                    Ok(0)
+                }
+                Err(e) => Err((e, Some(lib))),
+            }
         }
         Err(e) => Err((e, Some(lib))),
     }

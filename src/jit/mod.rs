@@ -94,10 +94,27 @@ pub struct Kernel {
     entry: Entry,
     module: Mutex<Option<JITModule>>,
     pub f32: bool,
-    /// the Cranelift IR as generated (before Cranelift's own optimisation)
-    pub clif: String,
-    /// the machine code, as text
-    pub asm: String,
+    /// the Cranelift IR as generated (before Cranelift's own optimisation); printed only on
+    /// request, as formatting it (and the machine code) took an eighth of compile time
+    func: cranelift_codegen::ir::Function,
+}
+
+impl Kernel {
+    /// The Cranelift IR as generated, before Cranelift's own optimisation.
+    pub fn clif(&self) -> String {
+        self.func.display().to_string()
+    }
+
+    /// The machine code, as text (the IR compiled again, with disassembly).
+    pub fn asm(&self) -> Result<String> {
+        let isa = jit_isa()?;
+        let mut ctx = cranelift_codegen::Context::for_function(self.func.clone());
+        ctx.set_disasm(true);
+        let code = ctx
+            .compile(&*isa, &mut Default::default())
+            .map_err(|e| internal(format!("{:?}", e.inner)))?;
+        Ok(code.vcode.clone().unwrap_or_default())
+    }
 }
 
 // The module is only touched on drop (behind the mutex); the code it owns is immutable once
@@ -164,12 +181,30 @@ pub(crate) fn internal(msg: impl Into<String>) -> Error {
 }
 
 fn jit_module() -> Result<JITModule> {
+    let mut jb = JITBuilder::with_isa(jit_isa()?, default_libcall_names());
+    for (name, ptr) in host::symbols() {
+        jb.symbol(name, ptr);
+    }
+    Ok(JITModule::new(jb))
+}
+
+/// The host's instruction set, with the settings kernels are compiled with.
+fn jit_isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v)
             .map_err(|e| internal(format!("setting {k}: {e}")))
     };
     set(&mut flags, "opt_level", "speed")?;
+    // Cranelift's IR verifier took an eighth of compile time: on in debug builds (the fuzz
+    // targets), and wherever LOSSC_VERIFY is set (CI sets it for the tests).
+    let verify = cfg!(debug_assertions)
+        || std::env::var("LOSSC_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
+    set(
+        &mut flags,
+        "enable_verifier",
+        if verify { "true" } else { "false" },
+    )?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
     if let Ok(extra) = std::env::var("LOSSC_CL_FLAGS") {
@@ -179,15 +214,10 @@ fn jit_module() -> Result<JITModule> {
             }
         }
     }
-    let isa = cranelift_native::builder()
+    cranelift_native::builder()
         .map_err(|e| internal(format!("host machine not supported: {e}")))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| internal(format!("isa: {e}")))?;
-    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    for (name, ptr) in host::symbols() {
-        jb.symbol(name, ptr);
-    }
-    Ok(JITModule::new(jb))
+        .map_err(|e| internal(format!("isa: {e}")))
 }
 
 /// Compiles a scheduled program for one precision.
@@ -221,18 +251,13 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
         g.b.seal_all_blocks();
         g.b.finalize(frontend);
     }
-    let clif = ctx.func.display().to_string();
-    ctx.set_disasm(true);
+    let func = ctx.func.clone();
     module.define_function(id, &mut ctx).map_err(|e| {
         if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
-            eprintln!("{clif}");
+            eprintln!("{}", func.display());
         }
         internal(format!("{e:?}"))
     })?;
-    let asm = ctx
-        .compiled_code()
-        .and_then(|c| c.vcode.clone())
-        .unwrap_or_default();
     let bytes = std::env::var_os("LOSSC_DEBUG_CODE")
         .and_then(|_| ctx.compiled_code().map(|c| c.code_buffer().to_vec()));
     module.clear_context(&mut ctx);
@@ -252,8 +277,7 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
         entry,
         module: Mutex::new(Some(module)),
         f32,
-        clif,
-        asm,
+        func,
     })
 }
 

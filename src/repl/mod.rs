@@ -438,7 +438,7 @@ impl Session {
                 let opts = crate::runtime::Options::new()
                     .dtype(self.dtype)
                     .reduction(crate::runtime::Reduction::None);
-                lib.compile(&name, opts)?.kernel()?.clif.clone()
+                lib.compile(&name, opts)?.kernel()?.clif()
             }
             "time" => {
                 need("a call")?;
