@@ -86,7 +86,9 @@
 //! limits) are exact as listed in the tests.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, Endianness, Inst, InstBuilder, MemFlagsData, StackSlot, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 /// Elementary functions the JIT emits inline.
@@ -137,19 +139,51 @@ pub fn max_ulp(f: MathFn, f64: bool) -> f64 {
 /// is the type of the result. No branches, no calls: only arithmetic, compares, selects,
 /// bitcasts and integer ops, so the same code works lane-wise on vectors.
 pub fn emit(b: &mut FunctionBuilder, f: MathFn, x: Value) -> Value {
+    emit_pinned(b, f, x, None).0
+}
+
+/// [`emit`], storing some intermediate results (the reduced argument, the polynomial, the
+/// divisions) to cell `k % cells` of `slot` (`pin = (slot, k, cells)`, `k` counting up): the
+/// stores fix where Cranelift places what precedes them, so copies of a loop step can be
+/// interleaved finely (see `vector::interleave`). Returns the stores too.
+pub fn emit_pinned(
+    b: &mut FunctionBuilder,
+    f: MathFn,
+    x: Value,
+    pin: Option<(StackSlot, usize, usize)>,
+) -> (Value, Vec<Inst>) {
     let ty = b.func.dfg.value_type(x);
     let mut e = E::new(b, ty);
-    match f {
-        MathFn::Exp => e.exp(x),
-        MathFn::Log => e.log(x),
-        MathFn::Log1p => e.log1p(x),
-        MathFn::Log1pUnit => e.log1p_unit(x),
-        MathFn::Expm1 => e.expm1(x),
-        MathFn::Tanh => e.tanh(x),
-        MathFn::Sin => e.sincos(x, false),
-        MathFn::Cos => e.sincos(x, true),
-        MathFn::Atan => e.atan(x),
-        MathFn::Acos => e.acos(x),
+    e.pin = pin;
+    let v = e.emit(f, x);
+    (v, e.pinned)
+}
+
+impl E<'_, '_> {
+    fn emit(&mut self, f: MathFn, x: Value) -> Value {
+        let e = self;
+        match f {
+            MathFn::Exp => e.exp(x),
+            MathFn::Log => e.log(x),
+            MathFn::Log1p => e.log1p(x),
+            MathFn::Log1pUnit => e.log1p_unit(x),
+            MathFn::Expm1 => e.expm1(x),
+            MathFn::Tanh => e.tanh(x),
+            MathFn::Sin => e.sincos(x, false),
+            MathFn::Cos => e.sincos(x, true),
+            MathFn::Atan => e.atan(x),
+            MathFn::Acos => e.acos(x),
+        }
+    }
+
+    /// See [`emit_pinned`].
+    fn pin(&mut self, v: Value) {
+        if let Some((slot, k, cells)) = self.pin {
+            let off = 16 * ((k + self.pinned.len()) % cells) as i32;
+            let a = self.b.ins().stack_addr(types::I64, slot, off);
+            let st = self.b.ins().store(MemFlagsData::trusted(), v, a, 0);
+            self.pinned.push(st);
+        }
     }
 }
 
@@ -164,6 +198,9 @@ struct E<'a, 'b> {
     d: bool,
     /// Whether `fma` is a native instruction (else Cranelift would call a library function).
     fma: bool,
+    /// where to pin intermediate results (see [`emit_pinned`]), and the stores made
+    pin: Option<(StackSlot, usize, usize)>,
+    pinned: Vec<Inst>,
 }
 
 /// Whether the host CPU has fused multiply-add (which `cranelift_native` then enables).
@@ -201,6 +238,8 @@ impl<'a, 'b> E<'a, 'b> {
             ity,
             d,
             fma: has_fma(),
+            pin: None,
+            pinned: Vec::new(),
         }
     }
 
@@ -556,6 +595,7 @@ impl<'a, 'b> E<'a, 'b> {
         let r = self.fma(kf, nhi, xc);
         let nlo = self.c(-ln2lo);
         let r = self.fma(kf, nlo, r);
+        self.pin(r);
         let p = self.horner_fma(
             r,
             &[
@@ -569,6 +609,7 @@ impl<'a, 'b> E<'a, 'b> {
         let one = self.c(1.0);
         let q = self.fma(r, p, one);
         let y = self.fma(r, q, one);
+        self.pin(y);
         self.scale2(y, k)
     }
 
@@ -622,6 +663,7 @@ impl<'a, 'b> E<'a, 'b> {
         let hfsq = self.mulc(ff, 0.5);
         let two_f = self.addc(f, 2.0);
         let s = self.div(f, two_f);
+        self.pin(s);
         let z = self.mul(s, s);
         let p = self.horner(z, lg);
         let r = self.mul(z, p);
@@ -751,6 +793,7 @@ impl<'a, 'b> E<'a, 'b> {
         let u1 = self.addc(u, -1.0);
         let c = self.sub(x, u1);
         let c = self.div(c, u);
+        self.pin(c);
         let zero = self.c(0.0);
         let near = self.cmpc(FloatCC::LessThan, x, 0.41421356237309503);
         let f = self.sel(near, x, f_big);

@@ -1592,7 +1592,9 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn math(&mut self, f: Func, x: Value) -> Result<Value> {
         if self.b.func.dfg.value_type(x).is_vector() {
             let m = math_fn(f).ok_or_else(|| internal(format!("no inline {}", f.name())))?;
-            let v = math::emit(&mut self.b, m, x);
+            let pin = self.anchor.map(|s| (s, self.anchors.len(), ANCHORS));
+            let (v, pinned) = math::emit_pinned(&mut self.b, m, x, pin);
+            self.anchors.extend(pinned);
             self.pin(v);
             return Ok(v);
         }
@@ -1834,7 +1836,9 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(l) => l,
             // (`e` is in [0, 1], or NaN: the vector code needs no general log1p)
             None if tag == 10 => {
-                let l = math::emit(&mut self.b, math::MathFn::Log1pUnit, e);
+                let pin = self.anchor.map(|s| (s, self.anchors.len(), ANCHORS));
+                let (l, pinned) = math::emit_pinned(&mut self.b, math::MathFn::Log1pUnit, e, pin);
+                self.anchors.extend(pinned);
                 self.pin(l);
                 self.remember_key((tag, base), l);
                 l
