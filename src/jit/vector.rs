@@ -1023,6 +1023,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
         let mut weight = accs.iter().filter(|c| c.shift.is_some()).count();
         let mut size = 40 * weight as i64;
+        let mut divisions = 0;
         match w {
             VecWork::Nothing => {}
             VecWork::Fill { body, .. } => roots.push(*body),
@@ -1057,13 +1058,25 @@ impl<'a, 'b> Gen<'a, 'b> {
                 _ => 0,
             };
             weight += w as usize;
+            if matches!(node, Expr::Binary(Bin::Div, _, _)) && self.p.pool.ty(e) == Ty::Real {
+                divisions += 1;
+            }
             // rough instructions per step: ~40 per inline function, a few per other node
             size += 40 * w + 2;
             node.for_each_child(|c| stack.push(c));
         }
-        let copies = match weight {
-            0..=1 => 1,
-            2..=4 => 2,
+        if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
+            eprintln!("vector step: math weight {weight}, size ~{size}");
+        }
+        // (short steps with one exp or a division gain most from four copies: softmax's
+        // exponentials and its gradient's exp / sum; big steps of divisions alone, the box
+        // losses', gain nothing and would double their compile time)
+        let copies = match (weight, size < 200) {
+            (0, _) if divisions > 0 && size < 100 => 4,
+            (0, _) if size <= 10 => 4,
+            (0, _) => 1,
+            (_, true) => 4,
+            (1..=4, false) => 2,
             _ => 4,
         };
         // (big steps, copied, cost compile time faster than they gain: register allocation
