@@ -318,10 +318,10 @@ struct Gen<'a, 'b> {
     trusted: MemFlagsData,
     /// the tensors the current stage writes (the others are read-only while it runs)
     written: Vec<bool>,
-    /// while a vector loop body is emitted twice to be interleaved: the stack slot its
-    /// vector math results are stored to (see `vector::interleave`)
-    anchor: Option<cranelift_codegen::ir::StackSlot>,
-    /// that stack slot, made at the first interleaved loop
+    /// while copies of a vector step are emitted to be interleaved: store vector math
+    /// results to the anchor slot (see `vector::interleave`)
+    anchor: bool,
+    /// that stack slot, made at the first store
     anchor_slot: Option<cranelift_codegen::ir::StackSlot>,
     /// the stores to it
     anchors: std::collections::HashSet<cranelift_codegen::ir::Inst>,
@@ -408,7 +408,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             trusted,
             readonly,
             written: vec![false; p.tensors.len()],
-            anchor: None,
+            anchor: false,
             anchor_slot: None,
             anchors: std::collections::HashSet::new(),
             vcells: Vec::new(),
@@ -1592,7 +1592,9 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn math(&mut self, f: Func, x: Value) -> Result<Value> {
         if self.b.func.dfg.value_type(x).is_vector() {
             let m = math_fn(f).ok_or_else(|| internal(format!("no inline {}", f.name())))?;
-            let pin = self.anchor.map(|s| (s, self.anchors.len(), ANCHORS));
+            let pin = self
+                .anchor
+                .then(|| (self.anchor_slot(), self.anchors.len(), ANCHORS));
             let (v, pinned) = math::emit_pinned(&mut self.b, m, x, pin);
             self.anchors.extend(pinned);
             self.pin(v);
@@ -1609,7 +1611,8 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// In a step being interleaved, a store of `v` to the anchor slot: a side effect that
     /// pins where `v` is computed (see `vector::interleave`).
     fn pin(&mut self, v: Value) {
-        if let Some(slot) = self.anchor {
+        if self.anchor {
+            let slot = self.anchor_slot();
             // (each at its own offset: Cranelift drops a store that a later store to the same
             // address overwrites before any load)
             let off = 16 * (self.anchors.len() % ANCHORS) as i32;
@@ -1836,7 +1839,9 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(l) => l,
             // (`e` is in [0, 1], or NaN: the vector code needs no general log1p)
             None if tag == 10 => {
-                let pin = self.anchor.map(|s| (s, self.anchors.len(), ANCHORS));
+                let pin = self
+                    .anchor
+                    .then(|| (self.anchor_slot(), self.anchors.len(), ANCHORS));
                 let (l, pinned) = math::emit_pinned(&mut self.b, math::MathFn::Log1pUnit, e, pin);
                 self.anchors.extend(pinned);
                 self.pin(l);

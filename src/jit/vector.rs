@@ -829,8 +829,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         if copies > 1 {
             // Independent steps (cells k.., k+lanes.., ...), their instructions merged so
             // that the dependency chains run side by side (see `interleave`).
-            let slot = self.anchor_slot();
-            let saved_anchor = self.anchor.replace(slot);
+            let saved_anchor = std::mem::replace(&mut self.anchor, true);
             let mut marks = vec![self.b.func.layout.last_inst(body)];
             let mut r = Ok(());
             for c in 0..copies {
@@ -1088,8 +1087,8 @@ impl<'a, 'b> Gen<'a, 'b> {
         copies
     }
 
-    /// A 16-byte stack slot that interleaved steps store their math results to.
-    fn anchor_slot(&mut self) -> StackSlot {
+    /// The stack slot interleaved steps store their math results to (made at the first).
+    pub(super) fn anchor_slot(&mut self) -> StackSlot {
         if let Some(s) = self.anchor_slot {
             return s;
         }
