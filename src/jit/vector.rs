@@ -999,12 +999,15 @@ impl<'a, 'b> Gen<'a, 'b> {
         r
     }
 
-    /// How many vector steps an iteration runs, interleaved: more where the step holds
-    /// longer chains of inline math (exp, log, divisions), which one step alone leaves the CPU
-    /// mostly waiting on. Measured (f32, n = 10^6, value + gradient, one thread): focal loss
-    /// 8.1 -> 6.5 ms with two steps, 5.0 ms with four; sigmoid cross-entropy 7.7 -> 6.0 ms with
-    /// two (four: no better); a lone exp per cell (softmax's exponentials) gains nothing and
-    /// stays at one. Each step more costs compile time.
+    /// How many vector steps an iteration runs, interleaved (1, 2 or 4): more where a step's
+    /// dependency chain leaves the CPU waiting. Measured (f32, value + gradient, one thread,
+    /// alternating binaries): focal loss 10^6 8.1 -> 6.5 ms with two steps, 4.7 ms with four
+    /// (and the pins inside exp and log1p); sigmoid cross-entropy 7.7 -> 4.0 ms with two (four:
+    /// no better); softmax CE 256x1000 0.80 -> 0.57 ms with four on its short steps (the max
+    /// and sum loops, the exponentials, the exp / sum gradient); MSE 10^6 0.47 -> 0.42 ms;
+    /// GIoU (a big step of divisions, no inline math) gains nothing and stays at one, as its
+    /// compile time would double. The estimate: inline functions weigh 1-2 and ~40
+    /// instructions, other nodes ~2.
     fn copies(&self, w: &VecWork, accs: &[Carried]) -> i64 {
         if let Some(n) = std::env::var("LOSSC_INTERLEAVE")
             .ok()

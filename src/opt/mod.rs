@@ -144,7 +144,8 @@ fn reuse_tables(q: &mut Program) {
 /// (the logsumexp as both backends computed it) and the passes read
 /// `lse_exp[n, c] / lse_sum[n]`: one exponential per element. This equals `exp(x - lse[n])` in
 /// every special case (a `+inf` maximum: 0 for finite `x`, NaN for `x = +inf`; a `-inf` or NaN
-/// maximum: NaN) and is within a rounding or two of it elsewhere.
+/// maximum: NaN) and is within a rounding or two of it elsewhere. The table costs the memory of
+/// the logits (per row block in compiled calls), so a body holding a reduction is left alone.
 fn reuse_exponentials(q: &mut Program) {
     if q.passes.is_empty() {
         return;
@@ -169,6 +170,11 @@ fn reuse_exponentials(q: &mut Program) {
         let mut body_free = q.pool.free(b).to_vec();
         body_free.retain(|i| *i != c);
         if dims.len() != t.indices.len() || t.indices.contains(&c) || body_free != dims {
+            continue;
+        }
+        // A body that reduces (a fused linear cross-entropy's `sum(d: x[n, d] * w[d, c])`) is
+        // left alone: its exponentials' table would be the `[n, c]` product it avoids.
+        if q.pool.reaches(&[b], |_, x| matches!(x, Expr::Reduce(..))) {
             continue;
         }
         let (name, indices) = (t.name.clone(), t.indices.clone());
