@@ -179,12 +179,18 @@ impl E<'_, '_> {
     /// See [`emit_pinned`].
     fn pin(&mut self, v: Value) {
         if let Some((slot, k, cells)) = self.pin {
-            let off = 16 * ((k + self.pinned.len()) % cells) as i32;
-            let a = self.b.ins().stack_addr(types::I64, slot, off);
-            let st = self.b.ins().store(MemFlagsData::trusted(), v, a, 0);
+            let st = pin_store(self.b, slot, (k + self.pinned.len()) % cells, v);
             self.pinned.push(st);
         }
     }
+}
+
+/// Stores the 16-byte `v` to cell `cell` of `slot`: a side effect that pins where `v` is
+/// computed (see `vector::interleave`). Each pin needs its own cell: Cranelift drops a store
+/// that a later store to the same address overwrites before any load.
+pub fn pin_store(b: &mut FunctionBuilder, slot: StackSlot, cell: usize, v: Value) -> Inst {
+    let a = b.ins().stack_addr(types::I64, slot, 16 * cell as i32);
+    b.ins().store(MemFlagsData::trusted(), v, a, 0)
 }
 
 /// The emitter: a builder and the float type being computed in.

@@ -1592,13 +1592,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn math(&mut self, f: Func, x: Value) -> Result<Value> {
         if self.b.func.dfg.value_type(x).is_vector() {
             let m = math_fn(f).ok_or_else(|| internal(format!("no inline {}", f.name())))?;
-            let pin = self
-                .anchor
-                .then(|| (self.anchor_slot(), self.anchors.len(), ANCHORS));
-            let (v, pinned) = math::emit_pinned(&mut self.b, m, x, pin);
-            self.anchors.extend(pinned);
-            self.pin(v);
-            return Ok(v);
+            return Ok(self.vector_math(m, x));
         }
         if self.f32 {
             let name = host::name32(f).ok_or_else(|| internal(format!("no host {}", f.name())))?;
@@ -1613,13 +1607,21 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn pin(&mut self, v: Value) {
         if self.anchor {
             let slot = self.anchor_slot();
-            // (each at its own offset: Cranelift drops a store that a later store to the same
-            // address overwrites before any load)
-            let off = 16 * (self.anchors.len() % ANCHORS) as i32;
-            let a = self.b.ins().stack_addr(types::I64, slot, off);
-            let st = self.b.ins().store(MemFlagsData::trusted(), v, a, 0);
+            let st = math::pin_store(&mut self.b, slot, self.anchors.len() % ANCHORS, v);
             self.anchors.insert(st);
         }
+    }
+
+    /// Inline `m(x)` on a vector, its result and intermediate results pinned while copies of a
+    /// step are emitted to be interleaved.
+    fn vector_math(&mut self, m: math::MathFn, x: Value) -> Value {
+        let pin = self
+            .anchor
+            .then(|| (self.anchor_slot(), self.anchors.len(), ANCHORS));
+        let (v, pinned) = math::emit_pinned(&mut self.b, m, x, pin);
+        self.anchors.extend(pinned);
+        self.pin(v);
+        v
     }
 
     fn call(&mut self, e: ExprId, f: Func, args: &[ExprId], ty: Ty) -> Result<Value> {
@@ -1839,12 +1841,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(l) => l,
             // (`e` is in [0, 1], or NaN: the vector code needs no general log1p)
             None if tag == 10 => {
-                let pin = self
-                    .anchor
-                    .then(|| (self.anchor_slot(), self.anchors.len(), ANCHORS));
-                let (l, pinned) = math::emit_pinned(&mut self.b, math::MathFn::Log1pUnit, e, pin);
-                self.anchors.extend(pinned);
-                self.pin(l);
+                let l = self.vector_math(math::MathFn::Log1pUnit, e);
                 self.remember_key((tag, base), l);
                 l
             }
