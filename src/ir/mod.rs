@@ -16,12 +16,14 @@
 //! - `Select`, `And` and `Or` are lazy: only the taken side is evaluated (and differentiated).
 
 mod print;
+mod pull;
 mod reduce;
 mod source;
 
 use std::collections::HashMap;
 
 pub use print::{print_program, real_literal};
+pub(crate) use pull::{pull_contribution, shifted_index};
 pub use reduce::{with_reduction, with_reduction_rows, Reduction, ROWS, WEIGHTS};
 pub use source::to_source;
 

@@ -37,6 +37,23 @@ struct Src<'a> {
     inline: bool,
 }
 
+/// `base`, or `base2`, `base3`, ... if taken or a keyword; the name is then taken.
+fn fresh_name(used: &mut HashSet<String>, base: &str) -> String {
+    let mut n = base.to_string();
+    let mut k = 2;
+    while used.contains(&n)
+        || [
+            "loss", "fn", "let", "pad", "if", "else", "import", "true", "false", "pi", "inf", "nan",
+        ]
+        .contains(&n.as_str())
+    {
+        n = format!("{base}{k}");
+        k += 1;
+    }
+    used.insert(n.clone());
+    n
+}
+
 fn ident_ok(s: &str) -> bool {
     let mut c = s.chars();
     matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
@@ -80,20 +97,7 @@ impl<'a> Src<'a> {
     }
 
     fn fresh(&mut self, base: &str) -> String {
-        let mut n = base.to_string();
-        let mut k = 2;
-        while self.used_names.contains(&n)
-            || [
-                "loss", "fn", "let", "pad", "if", "else", "import", "true", "false", "pi", "inf",
-                "nan",
-            ]
-            .contains(&n.as_str())
-        {
-            n = format!("{base}{k}");
-            k += 1;
-        }
-        self.used_names.insert(n.clone());
-        n
+        fresh_name(&mut self.used_names, base)
     }
 
     fn name_indices(&mut self) {
@@ -110,82 +114,6 @@ impl<'a> Src<'a> {
             names.push(n);
         }
         self.index_names = names;
-    }
-
-    fn new_index(&mut self, like: IndexId) -> IndexId {
-        let e = self.q.pool.add(Expr::Extent(like), Ty::Int);
-        self.q.indices.push(Index {
-            name: format!("{}_", self.q.indices[like.ix()].name),
-            extent: Extent::Computed(e),
-        });
-        let base = format!("{}2", self.index_names[like.ix()]);
-        let n = self.fresh(&base);
-        self.index_names.push(n);
-        let id = IndexId((self.q.indices.len() - 1) as u32);
-        self.fresh_indices.push(id);
-        id
-    }
-
-    // ---- substitution of indices in expressions ----
-
-    fn subst(
-        &mut self,
-        e: ExprId,
-        map: &HashMap<IndexId, ExprId>,
-        memo: &mut HashMap<ExprId, ExprId>,
-    ) -> ExprId {
-        if map.is_empty() || !self.q.pool.free(e).iter().any(|i| map.contains_key(i)) {
-            return e;
-        }
-        if let Some(r) = memo.get(&e) {
-            return *r;
-        }
-        let ty = self.q.pool.ty(e);
-        let node = self.q.pool.get(e).clone();
-        let r = match node {
-            Expr::Index(i) => map[&i],
-            Expr::Reduce(red, i, body) => {
-                let mut inner = map.clone();
-                inner.remove(&i);
-                let mut m2 = HashMap::new();
-                let b = self.subst(body, &inner, &mut m2);
-                self.q.pool.add(Expr::Reduce(red, i, b), ty)
-            }
-            Expr::Input(i, a) => {
-                let a = a.iter().map(|x| self.subst(*x, map, memo)).collect();
-                self.q.pool.add(Expr::Input(i, a), ty)
-            }
-            Expr::Tensor(t, a) => {
-                let a = a.iter().map(|x| self.subst(*x, map, memo)).collect();
-                self.q.pool.add(Expr::Tensor(t, a), ty)
-            }
-            Expr::Call(f, a) => {
-                let a = a.iter().map(|x| self.subst(*x, map, memo)).collect();
-                self.q.pool.add(Expr::Call(f, a), ty)
-            }
-            Expr::Unary(op, a) => {
-                let a = self.subst(a, map, memo);
-                self.q.pool.add(Expr::Unary(op, a), ty)
-            }
-            Expr::Binary(op, a, b) => {
-                let a = self.subst(a, map, memo);
-                let b = self.subst(b, map, memo);
-                self.q.pool.add(Expr::Binary(op, a, b), ty)
-            }
-            Expr::Select(c, a, b) => {
-                let c = self.subst(c, map, memo);
-                let a = self.subst(a, map, memo);
-                let b = self.subst(b, map, memo);
-                self.q.pool.add(Expr::Select(c, a, b), ty)
-            }
-            Expr::StopGrad(a) => {
-                let a = self.subst(a, map, memo);
-                self.q.pool.add(Expr::StopGrad(a), ty)
-            }
-            other => self.q.pool.add(other, ty),
-        };
-        memo.insert(e, r);
-        r
     }
 
     // ---- passes -> pull-form definitions ----
@@ -210,93 +138,30 @@ impl<'a> Src<'a> {
     }
 
     fn pull(&mut self, pass: &Pass, c: &Contribution) -> ExprId {
-        let dims = self.q.tensors[c.target.ix()].indices.clone();
-        let mut ctx: Vec<IndexId> = pass.space.clone();
-        ctx.extend(c.extra.iter().copied());
-        let mut map: HashMap<IndexId, ExprId> = HashMap::new();
-        let mut conds: Vec<ExprId> = Vec::new();
-        let mut eqs: Vec<(ExprId, IndexId)> = Vec::new();
-        for (a, d) in c.index.iter().zip(&dims) {
-            let (s, off) = match self.q.pool.get(*a).clone() {
-                Expr::Index(s) => (Some(s), 0),
-                Expr::Binary(op @ (Bin::Add | Bin::Sub), x, k) => {
-                    match (self.q.pool.get(x).clone(), self.q.pool.get(k).clone()) {
-                        (Expr::Index(s), Expr::Int(v)) => {
-                            (Some(s), if op == Bin::Add { v } else { -v })
-                        }
-                        _ => (None, 0),
-                    }
-                }
-                _ => (None, 0),
-            };
-            match s {
-                Some(s) if ctx.contains(&s) && !map.contains_key(&s) => {
-                    // target d = s + off  =>  s = d - off, which must be a cell of s
-                    let dv = self.q.pool.add(Expr::Index(*d), Ty::Int);
-                    let val = if off == 0 {
-                        dv
-                    } else {
-                        let k = self.q.pool.int(off.abs());
-                        let op = if off > 0 { Bin::Sub } else { Bin::Add };
-                        self.q.pool.add(Expr::Binary(op, dv, k), Ty::Int)
-                    };
-                    if off != 0
-                        || self.q.indices[s.ix()].extent != self.q.indices[d.ix()].extent && s != *d
-                    {
-                        let zero = self.q.pool.int(0);
-                        let lo = self.q.pool.add(Expr::Binary(Bin::Ge, val, zero), Ty::Bool);
-                        let ext = self.q.pool.add(Expr::Extent(s), Ty::Int);
-                        let hi = self.q.pool.add(Expr::Binary(Bin::Lt, val, ext), Ty::Bool);
-                        conds.push(lo);
-                        conds.push(hi);
-                    }
-                    map.insert(s, val);
-                }
-                _ => eqs.push((*a, *d)),
-            }
-        }
-        // Summed context indices must not be target indices: rename them apart.
-        let summed: Vec<IndexId> = ctx
-            .iter()
-            .copied()
-            .filter(|s| !map.contains_key(s))
-            .collect();
-        let mut rename: HashMap<IndexId, ExprId> = HashMap::new();
-        let mut summed_final = Vec::new();
-        for s in summed {
-            if dims.contains(&s) {
-                let f = self.new_index(s);
-                rename.insert(s, self.q.pool.add(Expr::Index(f), Ty::Int));
-                summed_final.push(f);
-            } else {
-                summed_final.push(s);
-            }
-        }
-        let mut full = map.clone();
-        full.extend(rename.iter().map(|(k, v)| (*k, *v)));
-        let mut memo = HashMap::new();
-        let mut all = conds;
-        for (a, d) in eqs {
-            let a2 = self.subst(a, &full, &mut memo);
-            let dv = self.q.pool.add(Expr::Index(d), Ty::Int);
-            all.push(self.q.pool.add(Expr::Binary(Bin::Eq, a2, dv), Ty::Bool));
-        }
-        for g in &c.guards {
-            all.push(self.subst(*g, &full, &mut memo));
-        }
-        let value = self.subst(c.value, &full, &mut memo);
-        let mut body = value;
-        if let Some(cond) = all
-            .into_iter()
-            .reduce(|a, b| self.q.pool.add(Expr::Binary(Bin::And, a, b), Ty::Bool))
-        {
-            let zero = self.q.pool.real(0.0);
-            body = self.q.pool.add(Expr::Select(cond, value, zero), Ty::Real);
-        }
-        for s in summed_final.iter().rev() {
-            body = self.q.pool.add(Expr::Reduce(Red::Sum, *s, body), Ty::Real);
-        }
-        body
+        // Summed indices that are also the target's are renamed apart with fresh printable
+        // indices (split borrows: the closure names them while `q` is rebuilt).
+        let Src {
+            q,
+            index_names,
+            used_names,
+            fresh_indices,
+            ..
+        } = self;
+        let mut rename = |q: &mut Program, like: IndexId| {
+            let e = q.pool.add(Expr::Extent(like), Ty::Int);
+            q.indices.push(Index {
+                name: format!("{}_", q.indices[like.ix()].name),
+                extent: Extent::Computed(e),
+            });
+            let base = format!("{}2", index_names[like.ix()]);
+            let n = fresh_name(used_names, &base);
+            index_names.push(n);
+            let id = IndexId((q.indices.len() - 1) as u32);
+            fresh_indices.push(id);
+            Some(id)
+        };
+        pull::pull_contribution(q, pass, c, &mut rename)
+            .expect("renaming always succeeds, so every contribution pulls")
     }
 
     // ---- printing ----

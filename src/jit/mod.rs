@@ -311,6 +311,8 @@ struct Gen<'a, 'b> {
     /// the index each scope binds (a loop body's scope), parallel to `scopes`
     binds: Vec<Option<IndexId>>,
     err: Block,
+    /// vector selects may branch (a speculative step, which has several blocks anyway)
+    lazy: bool,
     /// where the error exit writes its record
     err_p: Value,
     funcs: HashMap<&'static str, FuncRef>,
@@ -395,6 +397,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             b,
             module,
             f32,
+            lazy: false,
             rt,
             bufs,
             ext,
@@ -717,11 +720,18 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             Ok(())
         };
-        let vectorize =
-            rest.is_empty() && !reverse && vw.is_some_and(|w| self.can_vectorize(w, &accs, ix));
-        if vectorize {
-            let w = vw.ok_or_else(|| internal("no vector work"))?;
-            let start = self.vector_loop(w, &accs, ix)?;
+        let vectorize = match vw {
+            Some(w) if rest.is_empty() => self.can_vectorize(w, &accs, ix, reverse),
+            _ => None,
+        };
+        if let (Some(speculative), Some(w)) = (vectorize, vw) {
+            // (a reverse fill vectorized reads its own table in other rows only: its cells
+            // along `ix` may run forward)
+            let start = if speculative {
+                self.vector_loop(w, &accs, ix, Some(&mut |g: &mut Self| step(g, 0)))?
+            } else {
+                self.vector_loop(w, &accs, ix, None)?
+            };
             self.for_each_from(ix, Some(start), false, &mut |g: &mut Self| step(g, 0))?;
         } else if lanes == 1 {
             self.for_each(ix, reverse, &mut |g: &mut Self| step(g, 0))?;
@@ -1894,7 +1904,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 var,
                 shift,
             };
-            let start = g.vector_loop(&VecWork::Nothing, std::slice::from_ref(&c), i)?;
+            let start = g.vector_loop(&VecWork::Nothing, std::slice::from_ref(&c), i, None)?;
             g.for_each_from(i, Some(start), false, &mut |g: &mut Self| {
                 let v = g.emit(body)?;
                 let v = match shift {
@@ -1981,7 +1991,9 @@ impl<'a, 'b> Gen<'a, 'b> {
             var: Variable::from_u32(0),
             shift: None,
         };
-        if self.can_vectorize(&VecWork::Nothing, std::slice::from_ref(&probe), i) {
+        if self.can_vectorize(&VecWork::Nothing, std::slice::from_ref(&probe), i, false)
+            == Some(false)
+        {
             return self.vreduce(e, red, i, body);
         }
         match red {

@@ -11,6 +11,7 @@ use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Red, Ty, Un};
 use crate::schedule::{contribution_roots, Run};
 use cranelift_codegen::entity::EntityRef;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::BlockArg;
 use cranelift_codegen::ir::{
     types, Block, ConstantData, Endianness, Function, Inst, InstBuilder, MemFlagsData, StackSlot,
     StackSlotData, StackSlotKind, Type, Value,
@@ -68,17 +69,32 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// Every node the work and the carried bodies evaluate that depends on `ix` can be
-    /// computed lane-wise, and everything is safe to compute on all lanes.
-    pub(super) fn can_vectorize(&self, w: &VecWork, accs: &[Carried], ix: IndexId) -> bool {
+    /// computed lane-wise, and everything is safe to compute on all lanes: `Some(false)`. A
+    /// table's fill whose body may fail (a range check, a read past a row's end) runs
+    /// speculatively: `Some(true)`, a vector step that would fail is redone cell by cell by the
+    /// scalar code, which fails (or not) exactly where the language says. `None`: scalar.
+    /// A fill reads its own table only in other rows (so its cells along `ix` may be computed
+    /// in any order, even in a backward recurrence).
+    pub(super) fn can_vectorize(
+        &self,
+        w: &VecWork,
+        accs: &[Carried],
+        ix: IndexId,
+        reverse: bool,
+    ) -> Option<bool> {
         let p = self.p;
         let last_is = |dims: &[IndexId]| dims.last() == Some(&ix);
         let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
+        let mut own: Option<usize> = None;
         match w {
             VecWork::Nothing => {}
-            VecWork::Fill { body, dims, .. } => {
+            VecWork::Fill { body, dims, slot } => {
                 if !last_is(dims) || p.pool.ty(*body) != Ty::Real {
-                    return false;
+                    return None;
                 }
+                own = slot
+                    .checked_sub(p.inputs.len())
+                    .filter(|t| *t < p.tensors.len());
                 roots.push(*body);
             }
             VecWork::Runs(runs) => {
@@ -88,7 +104,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     // strided targets are accumulated (or stored) lane by lane
                     let strided = plain(p, &r.index, &tn.indices, ix);
                     if !(contiguous || strided) || !r.index.iter().all(|a| self.an.errorfree(*a)) {
-                        return false;
+                        return None;
                     }
                     for t in &r.terms {
                         for e in contribution_roots(t) {
@@ -100,11 +116,15 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             }
         }
-        if !roots.iter().all(|r| self.an.errorfree(*r)) {
+        if reverse && own.is_none() {
+            return None;
+        }
+        let speculative = !roots.iter().all(|r| self.an.errorfree(*r));
+        if speculative && (own.is_none() || !accs.is_empty()) {
             if std::env::var_os("LOSSC_DEBUG_VEC").is_some() {
                 eprintln!("unsafe roots");
             }
-            return false;
+            return None;
         }
         // A max/min is compared for equality with its body recomputed elsewhere (the gradient's
         // first arg-max: `i == min(i: if x[i] == max(i: x[i]) { i } else { I })`), by scalar
@@ -142,23 +162,38 @@ impl<'a, 'b> Gen<'a, 'b> {
                         }
                 });
             if inexact {
-                return false;
+                return None;
             }
         }
         let reach = self.an.reach(&roots);
         for (k, seen) in reach.iter().enumerate() {
             let e = ExprId(k as u32);
-            if !*seen || !p.pool.free(e).contains(&ix) {
+            if !*seen {
+                continue;
+            }
+            // the table being filled, read in its own row: a dependence between lanes
+            if let (Expr::Tensor(t, args), Some(own)) = (p.pool.get(e), own) {
+                let tn = &p.tensors[t.ix()];
+                if t.ix() == own
+                    && args[..args.len() - 1]
+                        .iter()
+                        .zip(&tn.indices)
+                        .all(|(a, d)| matches!(p.pool.get(*a), Expr::Index(i) if i == d))
+                {
+                    return None;
+                }
+            }
+            if !p.pool.free(e).contains(&ix) {
                 continue;
             }
             if !self.lane_wise(e, ix) {
                 if std::env::var_os("LOSSC_DEBUG_VEC").is_some() {
                     eprintln!("not lane-wise: {:?}", p.pool.get(e));
                 }
-                return false;
+                return None;
             }
         }
-        true
+        Some(speculative)
     }
 
     /// One node (that depends on `ix`) has a lane-wise form.
@@ -166,7 +201,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let p = self.p;
         let ty = p.pool.ty(e);
         match p.pool.get(e) {
-            // only as the last index of a load (checked there)
+            // a load's index, or the int lanes `k, k + 1, ...`
             Expr::Index(i) => *i == ix,
             Expr::Input(i, args) => {
                 let inp = &p.inputs[i.ix()];
@@ -174,10 +209,10 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             Expr::Tensor(t, args) => {
                 let tn = &p.tensors[t.ix()];
-                tn.ty == Ty::Real
-                    && !tn.recurrent
+                // (a recurrence read here is finished, or read in other rows: see above)
+                matches!(tn.ty, Ty::Real | Ty::Bool)
                     && !tn.accumulated
-                    && plain(p, args, &tn.indices, ix)
+                    && (plain(p, args, &tn.indices, ix) || shifted(p, args, &tn.indices, ix))
             }
             Expr::Unary(Un::Neg, a) => p.pool.ty(*a) == Ty::Real,
             Expr::Unary(Un::Not, a) => p.pool.ty(*a) == Ty::Bool,
@@ -185,9 +220,14 @@ impl<'a, 'b> Gen<'a, 'b> {
             Expr::Binary(op, a, b) => {
                 let (ta, tb) = (p.pool.ty(*a), p.pool.ty(*b));
                 match op {
+                    // int lanes: the index plus or minus a small constant
+                    Bin::Add | Bin::Sub if ty == Ty::Int => {
+                        matches!(p.pool.get(*b), Expr::Int(c) if c.abs() <= INT_LANE_SHIFT)
+                            && p.pool.free(*a).contains(&ix)
+                    }
                     Bin::Add | Bin::Sub | Bin::Mul | Bin::Div => ty == Ty::Real && ta == tb,
                     Bin::Eq | Bin::Ne | Bin::Lt | Bin::Le | Bin::Gt | Bin::Ge => {
-                        ta == Ty::Real && tb == Ty::Real
+                        ta == tb && ta != Ty::Bool
                     }
                     Bin::And | Bin::Or => true,
                     Bin::Pow => {
@@ -246,8 +286,51 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.vload_any(i.ix(), &dims, &args, ix)?
             }
             Expr::Tensor(t, args) => {
-                let dims = p.tensors[t.ix()].indices.clone();
-                self.vload_any(p.inputs.len() + t.ix(), &dims, &args, ix)?
+                let tn = &p.tensors[t.ix()];
+                let dims = tn.indices.clone();
+                let slot = p.inputs.len() + t.ix();
+                if shifted(p, &args, &dims, ix) {
+                    let readonly = !self.written[t.ix()];
+                    let elem = Elem::of(tn.ty);
+                    self.vload_row(slot, elem, &dims, &args, tn.pad, readonly)?
+                } else {
+                    self.vload_any(slot, &dims, &args, ix)?
+                }
+            }
+            Expr::Index(_) => {
+                // int lanes k, k + 1, ...: i32 lanes for f32 (the loop's extent is below 2^30)
+                let k = self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
+                let it = self.mtype();
+                let k = if self.f32 {
+                    self.b.ins().ireduce(types::I32, k)
+                } else {
+                    k
+                };
+                let kv = self.b.ins().splat(it, k);
+                let iota: Vec<u8> = if self.f32 {
+                    (0..4i32).flat_map(|x| x.to_le_bytes()).collect()
+                } else {
+                    (0..2i64).flat_map(|x| x.to_le_bytes()).collect()
+                };
+                let c = self.b.func.dfg.constants.insert(ConstantData::from(iota));
+                let iota = self.b.ins().vconst(it, c);
+                self.b.ins().iadd(kv, iota)
+            }
+            Expr::Binary(op, a, b) if p.pool.ty(a) == Ty::Int => {
+                let x = self.int_lanes(a, ix)?;
+                let y = self.int_lanes(b, ix)?;
+                let ins = self.b.ins();
+                match op {
+                    Bin::Add => ins.iadd(x, y),
+                    Bin::Sub => ins.isub(x, y),
+                    Bin::Eq => ins.icmp(IntCC::Equal, x, y),
+                    Bin::Ne => ins.icmp(IntCC::NotEqual, x, y),
+                    Bin::Lt => ins.icmp(IntCC::SignedLessThan, x, y),
+                    Bin::Le => ins.icmp(IntCC::SignedLessThanOrEqual, x, y),
+                    Bin::Gt => ins.icmp(IntCC::SignedGreaterThan, x, y),
+                    Bin::Ge => ins.icmp(IntCC::SignedGreaterThanOrEqual, x, y),
+                    _ => return Err(internal("vector int op")),
+                }
             }
             Expr::Unary(Un::Neg, a) => {
                 let x = self.emit_v(a, ix)?;
@@ -299,7 +382,32 @@ impl<'a, 'b> Gen<'a, 'b> {
                 if let Some(v) = self.known(c) {
                     return self.emit_v(if v { a } else { b }, ix);
                 }
+                if self.lazy && !p.pool.free(c).contains(&ix) {
+                    // the same side for every lane: a branch
+                    let cv = self.emit(c)?;
+                    return self.vbranch(cv, a, b, ix);
+                }
                 let m = self.emit_v(c, ix)?;
+                if self.lazy {
+                    // an expensive side only when a lane takes it
+                    let (mut ba, mut bb) = (16, 16);
+                    let (heavy_a, heavy_b) = (!self.cheap(a, &mut ba), !self.cheap(b, &mut bb));
+                    if heavy_a || heavy_b {
+                        let x = if heavy_a {
+                            let any = self.b.ins().vany_true(m);
+                            self.vlazy(any, true, a, ix)?
+                        } else {
+                            self.emit_v(a, ix)?
+                        };
+                        let y = if heavy_b {
+                            let all = self.b.ins().vall_true(m);
+                            self.vlazy(all, false, b, ix)?
+                        } else {
+                            self.emit_v(b, ix)?
+                        };
+                        return Ok(self.sel(m, x, y));
+                    }
+                }
                 let mut budget = 12;
                 if self.cheap(a, &mut budget) && self.cheap(b, &mut budget) {
                     let x = self.emit_v(a, ix)?;
@@ -319,6 +427,244 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             _ => return Err(internal("no vector form")),
         })
+    }
+
+    /// `e`'s vector value where `flag == when` (else lanes of zeros, for a select to drop).
+    fn vlazy(&mut self, flag: Value, when: bool, e: ExprId, ix: IndexId) -> Result<Value> {
+        let vt = self.vtype();
+        let run = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.append_block_param(join, vt);
+        let z = self.real_const(0.0);
+        let dummy = self.splat_v(z);
+        if when {
+            self.b
+                .ins()
+                .brif(flag, run, &[], join, &[BlockArg::Value(dummy)]);
+        } else {
+            self.b
+                .ins()
+                .brif(flag, join, &[BlockArg::Value(dummy)], run, &[]);
+        }
+        self.b.switch_to_block(run);
+        self.push();
+        let v = self.emit_v(e, ix);
+        self.pop();
+        self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+        self.b.switch_to_block(join);
+        Ok(self.b.block_params(join)[0])
+    }
+
+    /// `if c { a } else { b }` with a scalar `c`: only the side taken is computed.
+    fn vbranch(&mut self, c: Value, a: ExprId, b: ExprId, ix: IndexId) -> Result<Value> {
+        let vt = self.vtype();
+        let (ta, tb) = (self.b.create_block(), self.b.create_block());
+        let join = self.b.create_block();
+        self.b.append_block_param(join, vt);
+        self.b.ins().brif(c, ta, &[], tb, &[]);
+        for (blk, e) in [(ta, a), (tb, b)] {
+            self.b.switch_to_block(blk);
+            self.push();
+            let v = self.emit_v(e, ix);
+            self.pop();
+            self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+        }
+        self.b.switch_to_block(join);
+        Ok(self.b.block_params(join)[0])
+    }
+
+    /// Int lanes of `e`: its vector form, or a uniform value saturated to the lanes' width (a
+    /// comparison with a lane, at most `2^30 + 2^20`, keeps its result).
+    fn int_lanes(&mut self, e: ExprId, ix: IndexId) -> Result<Value> {
+        if self.p.pool.free(e).contains(&ix) {
+            return self.emit_v(e, ix);
+        }
+        let s = self.emit(e)?;
+        let s = if self.f32 {
+            let hi = self.b.ins().iconst(types::I64, i32::MAX as i64);
+            let lo = self.b.ins().iconst(types::I64, i32::MIN as i64);
+            let s = self.b.ins().smin(s, hi);
+            let s = self.b.ins().smax(s, lo);
+            self.b.ins().ireduce(types::I32, s)
+        } else {
+            s
+        };
+        Ok(self.splat_m(s))
+    }
+
+    /// A vector read `t[.., ix + c]` along a row of a table (`c` may be 0): one load when the
+    /// row and the lanes' cells are inside the table; a padded table's reads outside it give
+    /// the pad (lane by lane, on a slower path), an unpadded one's fail the range check.
+    /// Bool tables give lane masks.
+    fn vload_row(
+        &mut self,
+        slot: usize,
+        elem: Elem,
+        dims: &[IndexId],
+        args: &[ExprId],
+        pad: Option<ExprId>,
+        readonly: bool,
+    ) -> Result<Value> {
+        let p = self.p;
+        let last = args.len() - 1;
+        let mut row = self.b.ins().iconst(types::I64, 0);
+        let mut row_in: Option<Value> = None;
+        for (k, (a, d)) in args[..last].iter().zip(dims).enumerate() {
+            let v = self.emit(*a)?;
+            let n = self.ext[d.ix()];
+            if !crate::schedule::in_range(p, *a, *d) {
+                let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+                if pad.is_some() && crate::interp::is_offset(p, *a) {
+                    let ok = self.b.ins().bxor_imm_s(bad, 1);
+                    row_in = Some(match row_in {
+                        Some(x) => self.b.ins().band(x, ok),
+                        None => ok,
+                    });
+                } else {
+                    self.check(bad, super::ERR_RANGE, args[k], k, v);
+                }
+            }
+            let m = self.b.ins().imul(row, n);
+            row = self.b.ins().iadd(m, v);
+        }
+        // the lanes' first cell; the whole span is inside when first <= n - lanes (unsigned)
+        let first = self.emit(args[last])?;
+        let n = self.ext[dims[last].ix()];
+        let shift = crate::ir::shifted_index(p, args[last]).map_or(0, |s| s.1);
+        let span_in = if shift == 0 {
+            None // (the vector loop's cells are the row's)
+        } else {
+            let lanes = self.lanes();
+            let room = self.b.ins().iadd_imm_s(n, -lanes);
+            let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThan, first, room);
+            if pad.is_some() {
+                Some(self.b.ins().bxor_imm_s(bad, 1))
+            } else {
+                self.check(bad, super::ERR_RANGE, args[last], last, first);
+                None
+            }
+        };
+        let m = self.b.ins().imul(row, n);
+        let off = self.b.ins().iadd(m, first);
+        let mut flags = MemFlagsData::trusted();
+        if readonly {
+            flags = flags.with_readonly();
+        }
+        let inside = match (row_in, span_in) {
+            (Some(a), Some(b)) => Some(self.b.ins().band(a, b)),
+            (a, b) => a.or(b),
+        };
+        let Some(inside) = inside else {
+            return self.vload_cells(slot, elem, off, flags);
+        };
+        let pad = pad.ok_or_else(|| internal("pad expected"))?;
+        let fast = self.b.create_block();
+        let lanewise = self.b.create_block();
+        let join = self.b.create_block();
+        let vt = if elem == Elem::Bool {
+            self.mtype()
+        } else {
+            self.vtype()
+        };
+        self.b.append_block_param(join, vt);
+        self.b.ins().brif(inside, fast, &[], lanewise, &[]);
+        // (each path in a scope of its own: neither dominates the other, nor the join)
+        self.b.switch_to_block(fast);
+        self.push();
+        let v = self.vload_cells(slot, elem, off, flags);
+        self.pop();
+        self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+        self.b.switch_to_block(lanewise);
+        self.push();
+        let v = self.lanes_or_pad(slot, elem, dims, pad, row_in, first, n, off);
+        self.pop();
+        self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+        self.b.switch_to_block(join);
+        Ok(self.b.block_params(join)[0])
+    }
+
+    /// [`Gen::vload_row`]'s slow path: each lane's cell, or the pad outside the table.
+    #[allow(clippy::too_many_arguments)]
+    fn lanes_or_pad(
+        &mut self,
+        slot: usize,
+        elem: Elem,
+        dims: &[IndexId],
+        pad: ExprId,
+        row_in: Option<Value>,
+        first: Value,
+        n: Value,
+        off: Value,
+    ) -> Result<Value> {
+        // Lane by lane: a cell outside gives the pad (cell 0 is read instead, when the table
+        // has one, and dropped).
+        let pad_v = self.emit(pad)?;
+        let cells = self.row_count(dims);
+        let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, cells, 0);
+        let row_ok = match row_in {
+            Some(r) => self.b.ins().band(r, nonempty),
+            None => nonempty,
+        };
+        let ty = self.elem_type(elem);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let mut lanes_v = Vec::new();
+        for j in 0..self.lanes() {
+            let c = self.b.ins().iadd_imm_s(first, j);
+            let lane_bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, c, n);
+            let lane_ok = self.b.ins().bxor_imm_s(lane_bad, 1);
+            let ok = self.b.ins().band(row_ok, lane_ok);
+            let o = self.b.ins().iadd_imm_s(off, j);
+            let o = self.b.ins().select(ok, o, zero);
+            let a = self.addr(slot, elem, o);
+            let x = self.b.ins().load(ty, MemFlagsData::trusted(), a, 0);
+            lanes_v.push(self.b.ins().select(ok, x, pad_v));
+        }
+        Ok(self.assemble_lanes(elem, &lanes_v))
+    }
+
+    /// The lanes' consecutive cells from `off`: one vector load of reals, or a bool table's
+    /// bytes as lane masks.
+    fn vload_cells(
+        &mut self,
+        slot: usize,
+        elem: Elem,
+        off: Value,
+        flags: MemFlagsData,
+    ) -> Result<Value> {
+        let a = self.addr(slot, elem, off);
+        match elem {
+            Elem::Real => Ok(self.load_v(flags, a, 0)),
+            Elem::Bool => {
+                let lanes: Vec<Value> = (0..self.lanes())
+                    .map(|j| self.b.ins().load(types::I8, flags, a, j as i32))
+                    .collect();
+                Ok(self.assemble_lanes(elem, &lanes))
+            }
+            Elem::Int => Err(internal("int table in a vector loop")),
+        }
+    }
+
+    /// A vector of scalar lanes: reals as they are, bools (0 or 1 bytes) as lane masks.
+    fn assemble_lanes(&mut self, elem: Elem, lanes: &[Value]) -> Value {
+        if elem == Elem::Bool {
+            let it = self.mtype();
+            let lt = it.lane_type();
+            let z = self.b.ins().iconst(lt, 0);
+            let mut v = self.b.ins().splat(it, z);
+            for (j, x) in lanes.iter().enumerate() {
+                let w = self.b.ins().uextend(lt, *x);
+                let m = self.b.ins().ineg(w);
+                v = self.b.ins().insertlane(v, m, j as u8);
+            }
+            v
+        } else {
+            let z = self.real_const(0.0);
+            let mut v = self.splat_v(z);
+            for (j, x) in lanes.iter().enumerate() {
+                v = self.b.ins().insertlane(v, *x, j as u8);
+            }
+            v
+        }
     }
 
     /// Vector values of the nodes that at least two of `lists` reach (and that depend on the
@@ -745,20 +1091,38 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// reductions in vector accumulators, which are folded into `accs`' scalar variables
     /// (pairwise, lane order) before the scalar loop runs the remaining cells. Returns the
     /// first cell left for the scalar loop.
+    /// `slow` (for a speculative loop, see [`Gen::can_vectorize`]) emits the scalar code of
+    /// one cell: a vector step that fails runs it for each of its cells instead.
     pub(super) fn vector_loop(
         &mut self,
         w: &VecWork,
         accs: &[Carried],
         ix: IndexId,
+        mut slow: Option<&mut dyn FnMut(&mut Self) -> Result<()>>,
     ) -> Result<Value> {
         let lanes = self.lanes();
         let n = self.ext[ix.ix()];
         // n - (n & (lanes-1)), not n & -lanes: Cranelift rematerializes an and-with-constant
         // in every block that uses it, so the loop would recompute its bound each step.
-        let copies = self.copies(w, accs);
+        let copies = if slow.is_some() {
+            1
+        } else {
+            self.copies(w, accs)
+        };
         let step = copies * lanes;
         let tail = self.b.ins().band_imm_s(n, step - 1);
         let main_n = self.b.ins().isub(n, tail);
+        // (int lanes are i32 for f32: no vector steps over 2^30 cells)
+        let main_n = if self.f32 {
+            let big = self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::SignedGreaterThan, n, 1 << 30);
+            let zero = self.b.ins().iconst(types::I64, 0);
+            self.b.ins().select(big, zero, main_n)
+        } else {
+            main_n
+        };
         // Sums in f64 lanes (two F64X2 per F32X4), max/min in the real lanes.
         let mut vaccs: Vec<Vec<Variable>> = Vec::new();
         for c in accs {
@@ -848,6 +1212,47 @@ impl<'a, 'b> Gen<'a, 'b> {
             if self.b.current_block() == Some(body) {
                 interleave(self.b.func, body, &marks, &self.anchors);
             }
+        } else if let Some(slow) = slow.as_mut() {
+            // Checks that fail in the step go to `redo` (same parameters as the error exit),
+            // which runs the cells one by one with the scalar code.
+            let redo = self.b.create_block();
+            for _ in 0..4 {
+                self.b.append_block_param(redo, types::I64);
+            }
+            let cont = self.b.create_block();
+            let saved_err = std::mem::replace(&mut self.err, redo);
+            // (the step has several blocks already: selects may branch)
+            let saved_lazy = std::mem::replace(&mut self.lazy, true);
+            let r = self.vstep(w, accs, &vaccs, ix, k);
+            self.err = saved_err;
+            self.lazy = saved_lazy;
+            r?;
+            self.b.ins().jump(cont, &[]);
+            self.b.switch_to_block(redo);
+            let cell = self.b.declare_var(types::I64);
+            let k0 = self.b.use_var(var);
+            self.b.def_var(cell, k0);
+            let one = self.b.create_block();
+            self.b.ins().jump(one, &[]);
+            self.b.switch_to_block(one);
+            let c = self.b.use_var(cell);
+            let saved = self.idx[ix.ix()].replace(c);
+            self.push();
+            if let Some(b) = self.binds.last_mut() {
+                *b = Some(ix);
+            }
+            let r = slow(self);
+            self.pop();
+            self.idx[ix.ix()] = saved;
+            r?;
+            let c = self.b.use_var(cell);
+            let next = self.b.ins().iadd_imm_s(c, 1);
+            self.b.def_var(cell, next);
+            let k0 = self.b.use_var(var);
+            let end = self.b.ins().iadd_imm_s(k0, lanes);
+            let more = self.b.ins().icmp(IntCC::SignedLessThan, next, end);
+            self.b.ins().brif(more, one, &[], cont, &[]);
+            self.b.switch_to_block(cont);
         } else {
             self.vstep(w, accs, &vaccs, ix, k)?;
         }
@@ -1128,6 +1533,24 @@ fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId)
         Expr::Index(i) if *i == ix => *d == ix,
         _ => !p.pool.free(*a).contains(&ix),
     })
+}
+
+/// How far int lanes may shift the loop index (`u + 2`): with the vector loop's extent below
+/// `2^30`, every lane value fits an i32.
+const INT_LANE_SHIFT: i64 = 1 << 20;
+
+/// The last argument is the loop index plus or minus a constant, along the last dimension
+/// (the loop's own), and no other argument depends on it: the lanes' cells are consecutive,
+/// some of them possibly outside the row.
+fn shifted(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId) -> bool {
+    let (Some(last), Some(dlast)) = (args.last(), dims.last()) else {
+        return false;
+    };
+    matches!(crate::ir::shifted_index(p, *last), Some((i, c)) if i == ix && c.abs() <= INT_LANE_SHIFT)
+        && *dlast == ix
+        && args[..args.len() - 1]
+            .iter()
+            .all(|a| !p.pool.free(*a).contains(&ix))
 }
 
 /// The last argument is the loop index itself, along the last dimension, and no other

@@ -80,6 +80,13 @@ pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Prog
     q.passes = passes;
     reuse_tables(&mut q);
     reuse_exponentials(&mut q);
+    if pull_recurrence_adjoints(&mut q) {
+        // (the pulled bodies' shifted indices fold: `(u + 1) - 1` is `u`)
+        for k in 0..q.tensors.len() {
+            let b = q.tensors[k].body;
+            q.tensors[k].body = o.expr(&mut q, b);
+        }
+    }
     // Keep the spans of rebuilt loads for run-time messages.
     let mut spans: Vec<(ExprId, crate::diag::Span)> =
         p.spans.iter().map(|(k, v)| (*k, *v)).collect();
@@ -254,6 +261,223 @@ fn reuse_exponentials(q: &mut Program) {
     }
 }
 
+/// The adjoint of a recurrence becomes a backward recurrence. A recurrence's pass scatters
+/// into neighbouring cells (`alpha_grad[b, f - 1, u - 2] += ...`): read-modify-writes of three
+/// cells per cell, each behind its own guards, in a loop that cannot run lane-wise. Pulled
+/// (see [`crate::ir::pull_contribution`]), the adjoint is a table like any other whose cell
+/// sums what it receives, reading its own later cells (`alpha_grad[b, f + 1, u + 2]`): it is
+/// filled once per cell, in reverse order, with no accumulation. An accumulated tensor is
+/// pulled when every contribution to it maps every index of its pass to one of the target's
+/// (no sum left over, so no cell costs more than in the scatter), at least one of them shifted,
+/// and its values read no other adjoint that is still accumulated; the terms are summed in the
+/// order the scatter added them, so the results are the scatter's bit for bit. Gradients of
+/// inputs stay accumulated (callers receive them as they are).
+fn pull_recurrence_adjoints(q: &mut Program) -> bool {
+    use crate::ir::{shifted_index, IndexId};
+    let mut pulled: Vec<TensorId> = Vec::new();
+    loop {
+        let mut progress = false;
+        for k in 0..q.tensors.len() {
+            let tid = TensorId(k as u32);
+            let tn = &q.tensors[k];
+            if !tn.accumulated || tn.ty != Ty::Real || q.grads.iter().any(|g| g.1 == tid) {
+                continue;
+            }
+            // (pass, contribution) pairs that write it, in the order they run
+            let writers: Vec<(usize, usize)> = q
+                .passes
+                .iter()
+                .enumerate()
+                .flat_map(|(pi, p)| {
+                    p.contributions
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, c)| c.target == tid)
+                        .map(move |(ci, _)| (pi, ci))
+                })
+                .collect();
+            if writers.is_empty() {
+                continue;
+            }
+            let mut shifted = false;
+            let mut terms: Vec<(usize, Vec<i64>, ExprId)> = Vec::new();
+            let mut ok = true;
+            let mut q2 = q.clone();
+            for (pi, ci) in &writers {
+                let pass = q.passes[*pi].clone();
+                let c = &pass.contributions[*ci];
+                let mut offs: HashMap<IndexId, i64> = HashMap::new();
+                for a in &c.index {
+                    if let Some((s, off)) = shifted_index(q, *a) {
+                        offs.entry(s).or_insert(off);
+                    }
+                }
+                shifted |= offs.values().any(|o| *o != 0);
+                let Some(term) = crate::ir::pull_contribution(&mut q2, &pass, c, &mut |_, _| None)
+                else {
+                    ok = false;
+                    break;
+                };
+                if matches!(q2.pool.get(term), Expr::Reduce(..)) {
+                    ok = false; // a sum over cells: the scatter is cheaper
+                    break;
+                }
+                // The scatter reaches a target cell from the source cell `target - offset`:
+                // sort by source cell in the pass's order (a larger offset is an earlier
+                // source, so first in a forward pass and last in a reverse one).
+                let mut key: Vec<i64> = pass
+                    .space
+                    .iter()
+                    .map(|s| {
+                        let o = offs.get(s).copied().unwrap_or(0);
+                        if pass.reverse {
+                            o
+                        } else {
+                            -o
+                        }
+                    })
+                    .collect();
+                key.extend(c.extra.iter().map(|s| -offs.get(s).copied().unwrap_or(0)));
+                terms.push((*pi, key, term));
+            }
+            if !ok || !shifted {
+                continue;
+            }
+            // Reads of other adjoints must be of finished (pulled) tables; reads of itself must
+            // all be at later cells, or all at earlier ones.
+            let dims = q2.tensors[k].indices.clone();
+            let dir: std::cell::Cell<Option<bool>> = std::cell::Cell::new(None);
+            let roots: Vec<ExprId> = terms.iter().map(|t| t.2).collect();
+            let bad = q2.pool.reaches(&roots, |_, x| match x {
+                Expr::Tensor(u, args) if *u == tid => {
+                    let mut first = 0;
+                    for (a, d) in args.iter().zip(&dims) {
+                        match shifted_index(&q2, *a) {
+                            Some((s, o)) if s == *d => {
+                                if first == 0 {
+                                    first = o;
+                                }
+                            }
+                            _ => return true,
+                        }
+                    }
+                    let later = first > 0;
+                    let d = dir.get().unwrap_or(later);
+                    dir.set(Some(d));
+                    first == 0 || d != later
+                }
+                Expr::Tensor(u, _) => q2.tensors[u.ix()].accumulated && !pulled.contains(u),
+                _ => false,
+            });
+            if bad {
+                continue;
+            }
+            // the scatter's order: passes in order, then source cells in the pass's order
+            terms.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let body = terms
+                .iter()
+                .map(|t| t.2)
+                .reduce(|a, b| q2.pool.add(Expr::Binary(Bin::Add, a, b), Ty::Real))
+                .expect("at least one writer");
+            *q = q2;
+            let zero = q.pool.real(0.0);
+            let dir = dir.get();
+            let t = &mut q.tensors[k];
+            t.body = body;
+            t.accumulated = false;
+            t.recurrent = dir.is_some();
+            t.reverse = dir == Some(true);
+            t.pad = dir.map(|_| zero);
+            for p in &mut q.passes {
+                p.contributions.retain(|c| c.target != tid);
+            }
+            pulled.push(tid);
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    if pulled.is_empty() {
+        return false;
+    }
+    q.passes.retain(|p| !p.contributions.is_empty());
+    // Tables fill in definition order: the pulled ones after every other, in pull order.
+    let mut order: Vec<TensorId> = (0..q.tensors.len() as u32)
+        .map(TensorId)
+        .filter(|t| !pulled.contains(t))
+        .collect();
+    order.extend(pulled);
+    reorder_tensors(q, &order);
+    true
+}
+
+/// Renumbers the tensors of `q` so that `order[k]` becomes tensor `k`.
+fn reorder_tensors(q: &mut Program, order: &[TensorId]) {
+    let mut new_id = vec![TensorId(0); order.len()];
+    for (k, t) in order.iter().enumerate() {
+        new_id[t.ix()] = TensorId(k as u32);
+    }
+    let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
+    for e in 0..q.pool.len() {
+        let id = ExprId(e as u32);
+        if let Expr::Tensor(t, args) = q.pool.get(id).clone() {
+            if new_id[t.ix()] != t {
+                let ty = q.pool.ty(id);
+                let r = q.pool.add(Expr::Tensor(new_id[t.ix()], args), ty);
+                memo.insert(id, r);
+            }
+        }
+    }
+    let old = std::mem::take(&mut q.tensors);
+    q.tensors = order.iter().map(|t| old[t.ix()].clone()).collect();
+    for k in 0..q.tensors.len() {
+        let b = q.tensors[k].body;
+        q.tensors[k].body = substitute(q, b, &mut memo);
+        if let Some(p) = q.tensors[k].pad {
+            q.tensors[k].pad = Some(substitute(q, p, &mut memo));
+        }
+    }
+    let ob = q.output.body;
+    q.output.body = substitute(q, ob, &mut memo);
+    for k in 0..q.indices.len() {
+        if let Extent::Computed(e) = q.indices[k].extent {
+            q.indices[k].extent = Extent::Computed(substitute(q, e, &mut memo));
+        }
+    }
+    for k in 0..q.params.len() {
+        let d = q.params[k].default;
+        q.params[k].default = substitute(q, d, &mut memo);
+    }
+    let mut passes = std::mem::take(&mut q.passes);
+    for pass in &mut passes {
+        for c in &mut pass.contributions {
+            c.value = substitute(q, c.value, &mut memo);
+            c.guards = c
+                .guards
+                .iter()
+                .map(|g| substitute(q, *g, &mut memo))
+                .collect();
+            c.index = c
+                .index
+                .iter()
+                .map(|g| substitute(q, *g, &mut memo))
+                .collect();
+            c.target = new_id[c.target.ix()];
+        }
+    }
+    q.passes = passes;
+    for g in &mut q.grads {
+        g.1 = new_id[g.1.ix()];
+    }
+    let spans: Vec<(ExprId, crate::diag::Span)> = q.spans.iter().map(|(k, v)| (*k, *v)).collect();
+    for (e, span) in spans {
+        if let Some(n) = memo.get(&e) {
+            q.spans.entry(*n).or_insert(span);
+        }
+    }
+}
+
 /// `base`, or `base2`, `base3`, ... if a table, input or parameter has that name.
 fn fresh_name(q: &Program, base: &str) -> String {
     let taken = |n: &str| {
@@ -393,6 +617,38 @@ impl Opt {
             }
             Expr::Binary(op, a, b) if ty == Ty::Real => self.binary(q, e, op, a, b),
             Expr::Call(f, args) => self.call_rule(q, e, f, &args),
+            // (x ± c1) ± c2 -> x ± c: pulled adjoints read `alpha[b, (f + 1) - 1, u]`
+            Expr::Binary(op @ (Bin::Add | Bin::Sub), a, b) if ty == Ty::Int => {
+                let (Some(c2), Some((x, c1))) = (int_of(q, b), crate::ir::shifted_index(q, a))
+                else {
+                    return e;
+                };
+                let Some(c) = (if op == Bin::Add {
+                    c1.checked_add(c2)
+                } else {
+                    c1.checked_sub(c2)
+                }) else {
+                    return e;
+                };
+                if c1 == 0 {
+                    return e;
+                }
+                let xv = q.pool.add(Expr::Index(x), Ty::Int);
+                match c {
+                    0 => xv,
+                    c if c > 0 => {
+                        let k = q.pool.int(c);
+                        q.pool.add(Expr::Binary(Bin::Add, xv, k), Ty::Int)
+                    }
+                    c => match c.checked_neg() {
+                        Some(n) => {
+                            let k = q.pool.int(n);
+                            q.pool.add(Expr::Binary(Bin::Sub, xv, k), Ty::Int)
+                        }
+                        None => e,
+                    },
+                }
+            }
             _ => e,
         }
     }
