@@ -59,14 +59,22 @@ pub(crate) fn subst_indices(
     r
 }
 
-/// `s + k` or `s - k` of an index `s` and an integer `k` (or `s` itself): `(s, ±k)`.
+/// An index `s` plus or minus integers (`s`, `s + 2`, `(s + 1) - 1`): `(s, the sum)`.
 pub(crate) fn shifted_index(q: &Program, a: ExprId) -> Option<(IndexId, i64)> {
     match q.pool.get(a) {
         Expr::Index(s) => Some((*s, 0)),
-        Expr::Binary(op @ (Bin::Add | Bin::Sub), x, k) => match (q.pool.get(*x), q.pool.get(*k)) {
-            (Expr::Index(s), Expr::Int(v)) => Some((*s, if *op == Bin::Add { *v } else { -*v })),
-            _ => None,
-        },
+        Expr::Binary(op @ (Bin::Add | Bin::Sub), x, k) => {
+            let Expr::Int(v) = q.pool.get(*k) else {
+                return None;
+            };
+            let (s, c) = shifted_index(q, *x)?;
+            let c = if *op == Bin::Add {
+                c.checked_add(*v)?
+            } else {
+                c.checked_sub(*v)?
+            };
+            Some((s, c))
+        }
         _ => None,
     }
 }

@@ -635,10 +635,25 @@ impl<'a, 'b> Gen<'a, 'b> {
         match elem {
             Elem::Real => Ok(self.load_v(flags, a, 0)),
             Elem::Bool => {
-                let lanes: Vec<Value> = (0..self.lanes())
-                    .map(|j| self.b.ins().load(types::I8, flags, a, j as i32))
-                    .collect();
-                Ok(self.assemble_lanes(elem, &lanes))
+                // the lanes' bytes in one load, widened to lanes of 0 or 1, negated to masks
+                let le = MemFlagsData::new().with_endianness(Endianness::Little);
+                let (w, widen) = if self.f32 {
+                    (types::I32, 2)
+                } else {
+                    (types::I16, 3)
+                };
+                let x = self.b.ins().load(w, flags, a, 0);
+                let x = if w == types::I32 {
+                    x
+                } else {
+                    self.b.ins().uextend(types::I32, x)
+                };
+                let v = self.b.ins().scalar_to_vector(types::I32X4, x);
+                let mut v = self.b.ins().bitcast(types::I8X16, le, v);
+                for _ in 0..widen {
+                    v = self.b.ins().uwiden_low(v);
+                }
+                Ok(self.b.ins().ineg(v))
             }
             Elem::Int => Err(internal("int table in a vector loop")),
         }
@@ -1113,7 +1128,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let tail = self.b.ins().band_imm_s(n, step - 1);
         let main_n = self.b.ins().isub(n, tail);
         // (int lanes are i32 for f32: no vector steps over 2^30 cells)
-        let main_n = if self.f32 {
+        let main_n = if self.f32 && self.int_lanes_used(w, accs, ix) {
             let big = self
                 .b
                 .ins()
@@ -1413,6 +1428,19 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// GIoU (a big step of divisions, no inline math) gains nothing and stays at one, as its
     /// compile time would double. The estimate: inline functions weigh 1-2 and ~40
     /// instructions, other nodes ~2.
+    /// The work computes int lanes (an int node that depends on `ix`, other than an index
+    /// alone).
+    fn int_lanes_used(&self, w: &VecWork, accs: &[Carried], ix: IndexId) -> bool {
+        let roots = work_roots(w, accs);
+        let p = self.p;
+        p.pool.reaches(&roots, |e, x| {
+            matches!(x, Expr::Binary(..))
+                && p.pool.ty(e) != Ty::Real
+                && p.pool.free(e).contains(&ix)
+                && matches!(x, Expr::Binary(_, a, _) if p.pool.ty(*a) == Ty::Int)
+        })
+    }
+
     fn copies(&self, w: &VecWork, accs: &[Carried]) -> i64 {
         if let Some(n) = std::env::var("LOSSC_INTERLEAVE")
             .ok()
@@ -1427,21 +1455,10 @@ impl<'a, 'b> Gen<'a, 'b> {
                 1
             };
         }
-        let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
+        let roots = work_roots(w, accs);
         let mut weight = accs.iter().filter(|c| c.shift.is_some()).count();
         let mut size = 40 * weight as i64;
         let mut divisions = 0;
-        match w {
-            VecWork::Nothing => {}
-            VecWork::Fill { body, .. } => roots.push(*body),
-            VecWork::Runs(runs) => {
-                for r in runs.iter() {
-                    for t in &r.terms {
-                        roots.extend(contribution_roots(t));
-                    }
-                }
-            }
-        }
         let mut seen = HashSet::new();
         let mut stack = roots;
         while let Some(e) = stack.pop() {
@@ -1533,6 +1550,23 @@ fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId)
         Expr::Index(i) if *i == ix => *d == ix,
         _ => !p.pool.free(*a).contains(&ix),
     })
+}
+
+/// The nodes a vector step evaluates: the work's and the carried reductions' bodies.
+fn work_roots(w: &VecWork, accs: &[Carried]) -> Vec<ExprId> {
+    let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
+    match w {
+        VecWork::Nothing => {}
+        VecWork::Fill { body, .. } => roots.push(*body),
+        VecWork::Runs(runs) => {
+            for r in runs.iter() {
+                for t in &r.terms {
+                    roots.extend(contribution_roots(t));
+                }
+            }
+        }
+    }
+    roots
 }
 
 /// How far int lanes may shift the loop index (`u + 2`): with the vector loop's extent below

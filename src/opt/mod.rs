@@ -80,13 +80,7 @@ pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Prog
     q.passes = passes;
     reuse_tables(&mut q);
     reuse_exponentials(&mut q);
-    if pull_recurrence_adjoints(&mut q) {
-        // (the pulled bodies' shifted indices fold: `(u + 1) - 1` is `u`)
-        for k in 0..q.tensors.len() {
-            let b = q.tensors[k].body;
-            q.tensors[k].body = o.expr(&mut q, b);
-        }
-    }
+    pull_recurrence_adjoints(&mut q);
     // Keep the spans of rebuilt loads for run-time messages.
     let mut spans: Vec<(ExprId, crate::diag::Span)> =
         p.spans.iter().map(|(k, v)| (*k, *v)).collect();
@@ -272,7 +266,7 @@ fn reuse_exponentials(q: &mut Program) {
 /// and its values read no other adjoint that is still accumulated; the terms are summed in the
 /// order the scatter added them, so the results are the scatter's bit for bit. Gradients of
 /// inputs stay accumulated (callers receive them as they are).
-fn pull_recurrence_adjoints(q: &mut Program) -> bool {
+fn pull_recurrence_adjoints(q: &mut Program) {
     use crate::ir::{shifted_index, IndexId};
     let mut pulled: Vec<TensorId> = Vec::new();
     loop {
@@ -399,7 +393,7 @@ fn pull_recurrence_adjoints(q: &mut Program) -> bool {
         }
     }
     if pulled.is_empty() {
-        return false;
+        return;
     }
     q.passes.retain(|p| !p.contributions.is_empty());
     // Tables fill in definition order: the pulled ones after every other, in pull order.
@@ -409,7 +403,6 @@ fn pull_recurrence_adjoints(q: &mut Program) -> bool {
         .collect();
     order.extend(pulled);
     reorder_tensors(q, &order);
-    true
 }
 
 /// Renumbers the tensors of `q` so that `order[k]` becomes tensor `k`.
@@ -617,38 +610,6 @@ impl Opt {
             }
             Expr::Binary(op, a, b) if ty == Ty::Real => self.binary(q, e, op, a, b),
             Expr::Call(f, args) => self.call_rule(q, e, f, &args),
-            // (x ± c1) ± c2 -> x ± c: pulled adjoints read `alpha[b, (f + 1) - 1, u]`
-            Expr::Binary(op @ (Bin::Add | Bin::Sub), a, b) if ty == Ty::Int => {
-                let (Some(c2), Some((x, c1))) = (int_of(q, b), crate::ir::shifted_index(q, a))
-                else {
-                    return e;
-                };
-                let Some(c) = (if op == Bin::Add {
-                    c1.checked_add(c2)
-                } else {
-                    c1.checked_sub(c2)
-                }) else {
-                    return e;
-                };
-                if c1 == 0 {
-                    return e;
-                }
-                let xv = q.pool.add(Expr::Index(x), Ty::Int);
-                match c {
-                    0 => xv,
-                    c if c > 0 => {
-                        let k = q.pool.int(c);
-                        q.pool.add(Expr::Binary(Bin::Add, xv, k), Ty::Int)
-                    }
-                    c => match c.checked_neg() {
-                        Some(n) => {
-                            let k = q.pool.int(n);
-                            q.pool.add(Expr::Binary(Bin::Sub, xv, k), Ty::Int)
-                        }
-                        None => e,
-                    },
-                }
-            }
             _ => e,
         }
     }
