@@ -727,12 +727,12 @@ impl<'a, 'b> Gen<'a, 'b> {
         if let (Some(speculative), Some(w)) = (vectorize, vw) {
             // (a reverse fill vectorized reads its own table in other rows only: its cells
             // along `ix` may run forward)
-            let start = if speculative {
-                self.vector_loop(w, &accs, ix, Some(&mut |g: &mut Self| step(g, 0)))?
+            if speculative {
+                self.speculative_loop(w, ix, &mut |g: &mut Self| step(g, 0))?;
             } else {
-                self.vector_loop(w, &accs, ix, None)?
-            };
-            self.for_each_from(ix, Some(start), false, &mut |g: &mut Self| step(g, 0))?;
+                let start = self.vector_loop(w, &accs, ix)?;
+                self.for_each_from(ix, Some(start), false, &mut |g: &mut Self| step(g, 0))?;
+            }
         } else if lanes == 1 {
             self.for_each(ix, reverse, &mut |g: &mut Self| step(g, 0))?;
         } else {
@@ -1904,7 +1904,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 var,
                 shift,
             };
-            let start = g.vector_loop(&VecWork::Nothing, std::slice::from_ref(&c), i, None)?;
+            let start = g.vector_loop(&VecWork::Nothing, std::slice::from_ref(&c), i)?;
             g.for_each_from(i, Some(start), false, &mut |g: &mut Self| {
                 let v = g.emit(body)?;
                 let v = match shift {

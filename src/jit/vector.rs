@@ -1106,24 +1106,17 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// reductions in vector accumulators, which are folded into `accs`' scalar variables
     /// (pairwise, lane order) before the scalar loop runs the remaining cells. Returns the
     /// first cell left for the scalar loop.
-    /// `slow` (for a speculative loop, see [`Gen::can_vectorize`]) emits the scalar code of
-    /// one cell: a vector step that fails runs it for each of its cells instead.
     pub(super) fn vector_loop(
         &mut self,
         w: &VecWork,
         accs: &[Carried],
         ix: IndexId,
-        mut slow: Option<&mut dyn FnMut(&mut Self) -> Result<()>>,
     ) -> Result<Value> {
         let lanes = self.lanes();
         let n = self.ext[ix.ix()];
         // n - (n & (lanes-1)), not n & -lanes: Cranelift rematerializes an and-with-constant
         // in every block that uses it, so the loop would recompute its bound each step.
-        let copies = if slow.is_some() {
-            1
-        } else {
-            self.copies(w, accs)
-        };
+        let copies = self.copies(w, accs);
         let step = copies * lanes;
         let tail = self.b.ins().band_imm_s(n, step - 1);
         let main_n = self.b.ins().isub(n, tail);
@@ -1227,47 +1220,6 @@ impl<'a, 'b> Gen<'a, 'b> {
             if self.b.current_block() == Some(body) {
                 interleave(self.b.func, body, &marks, &self.anchors);
             }
-        } else if let Some(slow) = slow.as_mut() {
-            // Checks that fail in the step go to `redo` (same parameters as the error exit),
-            // which runs the cells one by one with the scalar code.
-            let redo = self.b.create_block();
-            for _ in 0..4 {
-                self.b.append_block_param(redo, types::I64);
-            }
-            let cont = self.b.create_block();
-            let saved_err = std::mem::replace(&mut self.err, redo);
-            // (the step has several blocks already: selects may branch)
-            let saved_lazy = std::mem::replace(&mut self.lazy, true);
-            let r = self.vstep(w, accs, &vaccs, ix, k);
-            self.err = saved_err;
-            self.lazy = saved_lazy;
-            r?;
-            self.b.ins().jump(cont, &[]);
-            self.b.switch_to_block(redo);
-            let cell = self.b.declare_var(types::I64);
-            let k0 = self.b.use_var(var);
-            self.b.def_var(cell, k0);
-            let one = self.b.create_block();
-            self.b.ins().jump(one, &[]);
-            self.b.switch_to_block(one);
-            let c = self.b.use_var(cell);
-            let saved = self.idx[ix.ix()].replace(c);
-            self.push();
-            if let Some(b) = self.binds.last_mut() {
-                *b = Some(ix);
-            }
-            let r = slow(self);
-            self.pop();
-            self.idx[ix.ix()] = saved;
-            r?;
-            let c = self.b.use_var(cell);
-            let next = self.b.ins().iadd_imm_s(c, 1);
-            self.b.def_var(cell, next);
-            let k0 = self.b.use_var(var);
-            let end = self.b.ins().iadd_imm_s(k0, lanes);
-            let more = self.b.ins().icmp(IntCC::SignedLessThan, next, end);
-            self.b.ins().brif(more, one, &[], cont, &[]);
-            self.b.switch_to_block(cont);
         } else {
             self.vstep(w, accs, &vaccs, ix, k)?;
         }
@@ -1356,6 +1308,96 @@ impl<'a, 'b> Gen<'a, 'b> {
             self.b.def_var(c.var, s);
         }
         Ok(main_n)
+    }
+
+    /// The whole loop over `ix` of a speculative fill (see [`Gen::can_vectorize`]): vector
+    /// steps while a step fits in the row; a step whose checks fail, and the last, partial
+    /// one, run cell by cell with the scalar code `slow` emits (once, for both).
+    pub(super) fn speculative_loop(
+        &mut self,
+        w: &VecWork,
+        ix: IndexId,
+        slow: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let lanes = self.lanes();
+        let n = self.ext[ix.ix()];
+        // (int lanes are i32 for f32: no vector steps in rows over 2^30 cells)
+        let vec_n = if self.f32 && self.int_lanes_used(w, &[], ix) {
+            let big = self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::SignedGreaterThan, n, 1 << 30);
+            let zero = self.b.ins().iconst(types::I64, 0);
+            self.b.ins().select(big, zero, n)
+        } else {
+            n
+        };
+        let k_var = self.b.declare_var(types::I64);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(k_var, zero);
+        let head = self.b.create_block();
+        let vbody = self.b.create_block();
+        let redo = self.b.create_block();
+        let cells = self.b.create_block();
+        let one = self.b.create_block();
+        let next = self.b.create_block();
+        let exit = self.b.create_block();
+        for _ in 0..4 {
+            self.b.append_block_param(redo, types::I64);
+        }
+        let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
+        self.b.ins().brif(nonempty, head, &[], exit, &[]);
+        self.b.switch_to_block(head);
+        let k = self.b.use_var(k_var);
+        let end = self.b.ins().iadd_imm_s(k, lanes);
+        let fits = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, vec_n);
+        self.b.ins().brif(fits, vbody, &[], cells, &[]);
+        // A vector step; its failed checks go to `redo` (the error exit's parameters), and
+        // its selects may branch (the step has several blocks anyway).
+        self.b.switch_to_block(vbody);
+        let saved_err = std::mem::replace(&mut self.err, redo);
+        let saved_lazy = std::mem::replace(&mut self.lazy, true);
+        let k = self.b.use_var(k_var);
+        let r = self.vstep(w, &[], &[], ix, k);
+        self.err = saved_err;
+        self.lazy = saved_lazy;
+        r?;
+        self.b.ins().jump(next, &[]);
+        self.b.switch_to_block(redo);
+        self.b.ins().jump(cells, &[]);
+        // cells k .. min(k + lanes, n), scalar
+        self.b.switch_to_block(cells);
+        let cell = self.b.declare_var(types::I64);
+        let k = self.b.use_var(k_var);
+        self.b.def_var(cell, k);
+        self.b.ins().jump(one, &[]);
+        self.b.switch_to_block(one);
+        let c = self.b.use_var(cell);
+        let saved = self.idx[ix.ix()].replace(c);
+        self.push();
+        if let Some(b) = self.binds.last_mut() {
+            *b = Some(ix);
+        }
+        let r = slow(self);
+        self.pop();
+        self.idx[ix.ix()] = saved;
+        r?;
+        let c = self.b.use_var(cell);
+        let c1 = self.b.ins().iadd_imm_s(c, 1);
+        self.b.def_var(cell, c1);
+        let k = self.b.use_var(k_var);
+        let end = self.b.ins().iadd_imm_s(k, lanes);
+        let end = self.b.ins().smin(end, n);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, c1, end);
+        self.b.ins().brif(more, one, &[], next, &[]);
+        self.b.switch_to_block(next);
+        let k = self.b.use_var(k_var);
+        let k1 = self.b.ins().iadd_imm_s(k, lanes);
+        self.b.def_var(k_var, k1);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, k1, n);
+        self.b.ins().brif(more, head, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
     }
 
     /// One vector step at base cell `k`: the work, then the carried reductions.
