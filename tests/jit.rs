@@ -1094,3 +1094,125 @@ fn fused_linear_cross_entropy_gradient_tables_no_n_by_c_product() {
     compare("linear CE", &lib, "lin", &call, 1e-9, &mut failures);
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// Recurrences and their adjoints run lane-wise. The adjoint of a recurrence that reads its
+/// neighbours becomes a backward recurrence (pulled: each cell sums what it receives, no
+/// scatter), and both tables fill 4 (f32) or 2 (f64) cells per step: padded reads outside
+/// the table give the pad lane by lane, bool tables become lane masks, int comparisons run on
+/// int lanes, and a step that reads past the end of an unpadded row (or a row outside it) is
+/// redone cell by cell by the scalar code, which fails exactly where the language says.
+#[test]
+fn recurrences_and_their_adjoints_fill_lane_wise() {
+    let src = "loss rec(x[b, t, u], w[b, u]) -> [b] {
+            let keep[b, u] = w[b, u] > -0.5;
+            let v[b, u] = w[b, u] * 0.5;
+            let a[b, f: T + 1, u] pad -inf =
+                if f == 0 { if u < 2 { x[b, 0, u] } else { -inf } }
+                else if u > 2 * f + 1 { -inf }
+                else {
+                    logsumexp(a[b, f - 1, u - 1], a[b, f - 1, u],
+                              if keep[b, u] { a[b, f - 1, u + 2] } else { -inf })
+                      + x[b, f - 1, u]
+                      + if u + 1 < U { v[b, u + 1] } else { 0.0 }
+                };
+            logsumexp(u: a[b, T, u])
+        }
+        loss unguarded(x[b, u], w[b, u]) -> [b] {
+            let a[b, f: 3, u] pad 0.0 = if f == 0 { x[b, u] } else { a[b, f - 1, u] * w[b, u + 1] };
+            sum(u: a[b, 2, u])
+        }";
+    let lib = Library::from_source("rec.loss", src).unwrap();
+    // the mechanism is on: the adjoint is a table of its own, filled in reverse, and the
+    // kernel has lane-wise branches (speculative steps)
+    let base = lib.loss("rec").unwrap();
+    let x_id = base.input("x").unwrap();
+    let q = lossc::opt::simplify(&lossc::ir::with_reduction(base, Reduction::Mean, false));
+    let p = lossc::opt::simplify(&lossc::grad::differentiate(&q, &[x_id]).unwrap());
+    let adj = p
+        .tensors
+        .iter()
+        .find(|t| t.name.starts_with("a_grad"))
+        .expect("the adjoint of a");
+    assert!(adj.recurrent && adj.reverse && !adj.accumulated);
+    assert!(p.passes.iter().all(|pass| pass
+        .contributions
+        .iter()
+        .all(|c| p.tensors[c.target.ix()].name != adj.name)));
+    let k = lib.compile("rec", Options::new().grad("x")).unwrap();
+    assert!(k.kernel().unwrap().clif().contains("vany_true"));
+    let mut rng = Rng(5);
+    let mut failures = Vec::new();
+    for (nb, nt, nu) in [
+        (1, 1, 1),
+        (2, 3, 3),
+        (1, 4, 4),
+        (2, 2, 5),
+        (3, 5, 9),
+        (2, 6, 17),
+    ] {
+        let x: Vec<f64> = (0..nb * nt * nu).map(|_| rng.next() * 4.0 - 2.0).collect();
+        let w: Vec<f64> = (0..nb * nu).map(|_| rng.next() * 2.0 - 1.0).collect();
+        for dtype in [DType::F32, DType::F64] {
+            for red in [Reduction::None, Reduction::Mean] {
+                let rtol = if dtype == DType::F32 { 1e-3 } else { 1e-11 };
+                let call = Call::new()
+                    .input("x", Array::real(vec![nb, nt, nu], x.clone()))
+                    .input("w", Array::real(vec![nb, nu], w.clone()))
+                    .dtype(dtype)
+                    .reduction(red)
+                    .grad("x")
+                    .grad("w");
+                let what = format!("rec {nb}x{nt}x{nu} {dtype:?} {red:?}");
+                compare(&what, &lib, "rec", &call, rtol, &mut failures);
+                let mut ci = call.clone();
+                ci.backend = Backend::Interp;
+                assert!(lib.call("rec", &ci).is_ok(), "{what}: interpreter failed");
+                // reads w[b, u + 1] at the last u: a range error from both backends
+                let call = Call::new()
+                    .input("x", Array::real(vec![nb, nu], w.clone()))
+                    .input("w", Array::real(vec![nb, nu], w.clone()))
+                    .dtype(dtype)
+                    .reduction(red)
+                    .grad("x");
+                let what = format!("unguarded {nb}x{nu} {dtype:?} {red:?}");
+                compare(&what, &lib, "unguarded", &call, rtol, &mut failures);
+                let mut ci = call.clone();
+                ci.backend = Backend::Jit;
+                assert!(
+                    lib.call("unguarded", &ci).is_err(),
+                    "{what}: no range error"
+                );
+            }
+        }
+        // The pulled gradient against central differences (interpreter, f64, sum).
+        let call = |x: &[f64]| {
+            let mut c = Call::new()
+                .input("x", Array::real(vec![nb, nt, nu], x.to_vec()))
+                .input("w", Array::real(vec![nb, nu], w.clone()))
+                .reduction(Reduction::Sum)
+                .grad("x");
+            c.backend = Backend::Interp;
+            c
+        };
+        let out = lib.call("rec", &call(&x)).unwrap();
+        let g = out.grads[0].1.to_f64();
+        for i in 0..x.len() {
+            let h = 1e-6;
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let fp = lib.call("rec", &call(&xp)).unwrap().value.to_f64()[0];
+            let fm = lib.call("rec", &call(&xm)).unwrap().value.to_f64()[0];
+            let fd = (fp - fm) / (2.0 * h);
+            if !(fp.is_finite() && fm.is_finite()) || (fd - g[i]).abs() > 1e-5 * (1.0 + fd.abs()) {
+                if fp.is_finite() && fm.is_finite() {
+                    failures.push(format!(
+                        "rec {nb}x{nt}x{nu} d/dx[{i}]: fd {fd} grad {}",
+                        g[i]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

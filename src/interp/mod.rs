@@ -184,15 +184,9 @@ pub fn range_error(
     Error::from_diag(ErrorKind::Range, d)
 }
 
-/// `i`, `i + 2`, `t - 1`: a constant offset of an index.
+/// `i`, `i + 2`, `t - 1`, `(u + 1) - 2`: a constant offset of an index.
 pub fn is_offset(p: &Program, e: ExprId) -> bool {
-    match p.pool.get(e) {
-        Expr::Index(_) => true,
-        Expr::Binary(Bin::Add | Bin::Sub, x, c) => {
-            matches!(p.pool.get(*x), Expr::Index(_)) && matches!(p.pool.get(*c), Expr::Int(_))
-        }
-        _ => false,
-    }
+    crate::ir::shifted_index(p, e).is_some()
 }
 
 fn floor_div(a: i64, b: i64) -> i64 {

@@ -205,7 +205,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             Expr::Index(i) => *i == ix,
             Expr::Input(i, args) => {
                 let inp = &p.inputs[i.ix()];
-                inp.ty == Ty::Real && plain(p, args, &inp.dims, ix)
+                inp.ty == Ty::Real
+                    && (plain(p, args, &inp.dims, ix) || shifted(p, args, &inp.dims, ix))
             }
             Expr::Tensor(t, args) => {
                 let tn = &p.tensors[t.ix()];
@@ -283,7 +284,11 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(match p.pool.get(e).clone() {
             Expr::Input(i, args) => {
                 let dims = p.inputs[i.ix()].dims.clone();
-                self.vload_any(i.ix(), &dims, &args, ix)?
+                if shifted(p, &args, &dims, ix) {
+                    self.vload_row(i.ix(), Elem::Real, &dims, &args, None, true)?
+                } else {
+                    self.vload_any(i.ix(), &dims, &args, ix)?
+                }
             }
             Expr::Tensor(t, args) => {
                 let tn = &p.tensors[t.ix()];
