@@ -551,7 +551,8 @@ impl<'a, 'b> Gen<'a, 'b> {
         };
         let m = self.b.ins().imul(row, n);
         let off = self.b.ins().iadd(m, first);
-        let mut flags = MemFlagsData::trusted();
+        // (not `aligned`: the lanes' cells start anywhere in a row)
+        let mut flags = MemFlagsData::new().with_notrap();
         if readonly {
             flags = flags.with_readonly();
         }
