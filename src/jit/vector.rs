@@ -240,6 +240,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             }
             Expr::Select(_, a, _) => p.pool.ty(*a) == Ty::Real,
+            // a clamped row index (see `row_shift`), int lanes if used as a value
+            Expr::Call(Func::Clamp, _) if ty == Ty::Int => row_shift(p, e, ix).is_some(),
             Expr::Call(f, args) => {
                 ty != Ty::Int
                     && args.iter().all(|a| p.pool.ty(*a) == Ty::Real)
@@ -320,6 +322,13 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let c = self.b.func.dfg.constants.insert(ConstantData::from(iota));
                 let iota = self.b.ins().vconst(it, c);
                 self.b.ins().iadd(kv, iota)
+            }
+            Expr::Call(Func::Clamp, a) if p.pool.ty(e) == Ty::Int => {
+                let x = self.int_lanes(a[0], ix)?;
+                let lo = self.int_lanes(a[1], ix)?;
+                let hi = self.int_lanes(a[2], ix)?;
+                let x = self.b.ins().smax(x, lo);
+                self.b.ins().smin(x, hi)
             }
             Expr::Binary(op, a, b) if p.pool.ty(a) == Ty::Int => {
                 let x = self.int_lanes(a, ix)?;
@@ -533,16 +542,20 @@ impl<'a, 'b> Gen<'a, 'b> {
             row = self.b.ins().iadd(m, v);
         }
         // the lanes' first cell; the whole span is inside when first <= n - lanes (unsigned)
-        let first = self.emit(args[last])?;
-        let n = self.ext[dims[last].ix()];
-        let shift = crate::ir::shifted_index(p, args[last]).map_or(0, |s| s.1);
+        let ix = dims[last];
+        let (shift, clamped) = row_shift(p, args[last], ix).ok_or_else(|| internal("row read"))?;
+        let first = match p.pool.get(args[last]) {
+            Expr::Call(Func::Clamp, a) => self.emit(a[0])?,
+            _ => self.emit(args[last])?,
+        };
+        let n = self.ext[ix.ix()];
         let span_in = if shift == 0 {
             None // (the vector loop's cells are the row's)
         } else {
             let lanes = self.lanes();
             let room = self.b.ins().iadd_imm_s(n, -lanes);
             let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThan, first, room);
-            if pad.is_some() {
+            if pad.is_some() || clamped {
                 Some(self.b.ins().bxor_imm_s(bad, 1))
             } else {
                 self.check(bad, super::ERR_RANGE, args[last], last, first);
@@ -563,7 +576,10 @@ impl<'a, 'b> Gen<'a, 'b> {
         let Some(inside) = inside else {
             return self.vload_cells(slot, elem, off, flags);
         };
-        let pad = pad.ok_or_else(|| internal("pad expected"))?;
+        let fill = match pad {
+            Some(pad) => Outside::Pad(pad),
+            None => Outside::Clamp,
+        };
         let fast = self.b.create_block();
         let lanewise = self.b.create_block();
         let join = self.b.create_block();
@@ -582,26 +598,47 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().jump(join, &[BlockArg::Value(v?)]);
         self.b.switch_to_block(lanewise);
         self.push();
-        let v = self.lanes_or_pad(slot, elem, dims, pad, row_in, first, n, off);
+        let v = self.lanes_or_pad(slot, elem, dims, fill, row_in, first, n, off);
         self.pop();
         self.b.ins().jump(join, &[BlockArg::Value(v?)]);
         self.b.switch_to_block(join);
         Ok(self.b.block_params(join)[0])
     }
 
-    /// [`Gen::vload_row`]'s slow path: each lane's cell, or the pad outside the table.
+    /// [`Gen::vload_row`]'s slow path: each lane's cell, or outside the row the pad (or the
+    /// row's nearest cell, for a clamped read).
     #[allow(clippy::too_many_arguments)]
     fn lanes_or_pad(
         &mut self,
         slot: usize,
         elem: Elem,
         dims: &[IndexId],
-        pad: ExprId,
+        outside: Outside,
         row_in: Option<Value>,
         first: Value,
         n: Value,
         off: Value,
     ) -> Result<Value> {
+        let pad = match outside {
+            Outside::Pad(pad) => pad,
+            Outside::Clamp => {
+                // (a clamped read has no pad and its row is checked: cells first + j clamped)
+                let ty = self.elem_type(elem);
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let top = self.b.ins().iadd_imm_s(n, -1);
+                let row = self.b.ins().isub(off, first);
+                let mut lanes_v = Vec::new();
+                for j in 0..self.lanes() {
+                    let c = self.b.ins().iadd_imm_s(first, j);
+                    let c = self.b.ins().smax(c, zero);
+                    let c = self.b.ins().smin(c, top);
+                    let o = self.b.ins().iadd(row, c);
+                    let a = self.addr(slot, elem, o);
+                    lanes_v.push(self.b.ins().load(ty, MemFlagsData::trusted(), a, 0));
+                }
+                return Ok(self.assemble_lanes(elem, &lanes_v));
+            }
+        };
         // Lane by lane: a cell outside gives the pad (cell 0 is read instead, when the table
         // has one, and dropped).
         let pad_v = self.emit(pad)?;
@@ -1600,6 +1637,15 @@ fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId)
     })
 }
 
+/// What a row read gives outside its row.
+#[derive(Clone, Copy)]
+enum Outside {
+    /// the table's pad
+    Pad(ExprId),
+    /// the row's nearest cell
+    Clamp,
+}
+
 /// The nodes a vector step evaluates: the work's and the carried reductions' bodies.
 fn work_roots(w: &VecWork, accs: &[Carried]) -> Vec<ExprId> {
     let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
@@ -1628,11 +1674,32 @@ fn shifted(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexI
     let (Some(last), Some(dlast)) = (args.last(), dims.last()) else {
         return false;
     };
-    matches!(crate::ir::shifted_index(p, *last), Some((i, c)) if i == ix && c.abs() <= INT_LANE_SHIFT)
+    matches!(row_shift(p, *last, ix), Some((c, _)) if c.abs() <= INT_LANE_SHIFT)
         && *dlast == ix
         && args[..args.len() - 1]
             .iter()
             .all(|a| !p.pool.free(*a).contains(&ix))
+}
+
+/// `ix + c` (`(c, false)`), or that clamped into `ix`'s extent, `clamp(ix + c, 0, IX - 1)`
+/// (`(c, true)`: the optimizer's guarded reads of pulled adjoints).
+fn row_shift(p: &crate::ir::Program, a: ExprId, ix: IndexId) -> Option<(i64, bool)> {
+    if let Expr::Call(Func::Clamp, args) = p.pool.get(a) {
+        let [x, lo, hi] = args.as_slice() else {
+            return None;
+        };
+        let top = matches!(p.pool.get(*hi), Expr::Binary(Bin::Sub, e, one)
+            if matches!(p.pool.get(*e), Expr::Extent(i) if *i == ix)
+                && matches!(p.pool.get(*one), Expr::Int(1)));
+        return match (crate::ir::shifted_index(p, *x), p.pool.get(*lo)) {
+            (Some((i, c)), Expr::Int(0)) if i == ix && top => Some((c, true)),
+            _ => None,
+        };
+    }
+    match crate::ir::shifted_index(p, a) {
+        Some((i, c)) if i == ix => Some((c, false)),
+        _ => None,
+    }
 }
 
 /// The last argument is the loop index itself, along the last dimension, and no other

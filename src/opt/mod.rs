@@ -316,6 +316,7 @@ fn pull_recurrence_adjoints(q: &mut Program) {
                     ok = false; // a sum over cells: the scatter is cheaper
                     break;
                 }
+                let term = clamp_shifted_reads(&mut q2, term);
                 // The scatter reaches a target cell from the source cell `target - offset`:
                 // sort by source cell in the pass's order (a larger offset is an earlier
                 // source, so first in a forward pass and last in a reverse one).
@@ -403,6 +404,71 @@ fn pull_recurrence_adjoints(q: &mut Program) {
         .collect();
     order.extend(pulled);
     reorder_tensors(q, &order);
+}
+
+/// A pulled term reads unpadded tables at shifted cells (`skip[b, u + 2]`) only where its
+/// range conditions hold (the source cell `u + 2` exists), so only at cells inside them: the
+/// reads' shifted indices are clamped into the table (`skip[b, clamp(u + 2, 0, U - 1)]`),
+/// which changes no value the term uses and lets a vector step read the lanes past a row's
+/// end without failing (so without redoing the step cell by cell). An out-of-range read the
+/// scatter would have made was made first by the forward pass, at the same cell.
+fn clamp_shifted_reads(q: &mut Program, term: ExprId) -> ExprId {
+    use crate::ir::shifted_index;
+    let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
+    let mut stack = vec![term];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(e) = stack.pop() {
+        if !seen.insert(e) {
+            continue;
+        }
+        let node = q.pool.get(e).clone();
+        node.for_each_child(|c| stack.push(c));
+        let (args, dims, padded) = match &node {
+            Expr::Tensor(t, args) => {
+                let tn = &q.tensors[t.ix()];
+                // (the adjoint being pulled reads itself: it becomes a padded recurrence)
+                (
+                    args.clone(),
+                    tn.indices.clone(),
+                    tn.pad.is_some() || tn.accumulated,
+                )
+            }
+            Expr::Input(i, args) => (args.clone(), q.inputs[i.ix()].dims.clone(), false),
+            _ => continue,
+        };
+        if padded {
+            continue;
+        }
+        let mut changed = false;
+        let mut new_args = Vec::with_capacity(args.len());
+        for (a, d) in args.iter().zip(&dims) {
+            match shifted_index(q, *a) {
+                Some((_, c)) if c != 0 => {
+                    let zero = q.pool.int(0);
+                    let ext = q.pool.add(Expr::Extent(*d), Ty::Int);
+                    let one = q.pool.int(1);
+                    let hi = q.pool.add(Expr::Binary(Bin::Sub, ext, one), Ty::Int);
+                    new_args.push(
+                        q.pool
+                            .add(Expr::Call(Func::Clamp, vec![*a, zero, hi]), Ty::Int),
+                    );
+                    changed = true;
+                }
+                _ => new_args.push(*a),
+            }
+        }
+        if changed {
+            let ty = q.pool.ty(e);
+            let rebuilt = match node {
+                Expr::Tensor(t, _) => Expr::Tensor(t, new_args),
+                Expr::Input(i, _) => Expr::Input(i, new_args),
+                _ => continue,
+            };
+            let r = q.pool.add(rebuilt, ty);
+            memo.insert(e, r);
+        }
+    }
+    substitute(q, term, &mut memo)
 }
 
 /// Renumbers the tensors of `q` so that `order[k]` becomes tensor `k`.
