@@ -18,10 +18,12 @@ use lossc::runtime::{Array, Call, DType, Data, Library, ParamValue, Reduction};
 struct Scope {
     i: bool,
     j: bool,
-    /// tensors defined so far: t[i], s[j], c[i] (a recurrence), e[k] (computed extent)
+    /// tensors defined so far: t[i], s[j], c[i] (a recurrence), e[k] (computed extent),
+    /// r[i, j] (a recurrence over rows i whose cells along j fill lane-wise)
     t: bool,
     s: bool,
     c: bool,
+    r: bool,
 }
 
 struct Gen<'a, 'b> {
@@ -81,7 +83,7 @@ impl Gen<'_, '_> {
         self.budget -= 1;
         let leaf = depth == 0 || self.u.ratio(1, 4)?;
         if leaf {
-            return Ok(match self.u.int_in_range(0..=11)? {
+            return Ok(match self.u.int_in_range(0..=12)? {
                 0 | 1 => "x[i]".to_string(),
                 2 => "y[i]".to_string(),
                 3 if sc.j => "m[i, j]".to_string(),
@@ -93,6 +95,7 @@ impl Gen<'_, '_> {
                 9 if sc.s && sc.j => "s[j]".to_string(),
                 10 if sc.c => format!("c[{}]", self.pick(&["i", "i - 1", "i + 1", "lab[i]"])?),
                 11 => format!("real({})", self.int_expr(sc, 1)?),
+                12 if sc.r && sc.j => format!("r[i, {}]", self.pick(&["j", "j - 1", "j + 1"])?),
                 _ => "y[i]".to_string(),
             });
         }
@@ -204,6 +207,7 @@ impl Gen<'_, '_> {
             t: false,
             s: false,
             c: false,
+            r: false,
         };
         let mut lets = String::new();
         let depth = self.u.int_in_range(1..=4)?;
@@ -237,6 +241,45 @@ impl Gen<'_, '_> {
             let op = self.pick(&["+", "*", "-"])?;
             lets += &format!("let c[i] pad {pad} = {read} {op} {step};\n");
             sc.c = true;
+        }
+        if self.u.ratio(1, 3)? {
+            // rows along i, each cell reading the row before at neighbouring columns (the pad
+            // outside), m at shifted columns, guarded or not (a range error at the row's end)
+            let near = [
+                "r[i - 1, j - 1]",
+                "r[i - 1, j]",
+                "r[i - 1, j + 1]",
+                "r[i - 1, j + 2]",
+                "r[i - 1, j - 2]",
+            ];
+            let (a, b) = (self.pick(&near)?, self.pick(&near)?);
+            let comb = match self.u.int_in_range(0..=3)? {
+                0 => format!("logsumexp({a}, {b})"),
+                1 => format!("{a} + {b}"),
+                2 => format!("max({a}, {b})"),
+                _ => format!("if m[i, j] > 0.0 {{ {a} }} else {{ {b} }}"),
+            };
+            let side = self.pick(&[
+                "m[i, j]",
+                "m[i, j + 1]",
+                "m[i, j - 1]",
+                "if j + 1 < J { m[i, j + 1] } else { 0.0 }",
+                "if j >= 1 { m[i - 1, j - 1] } else { 1.0 }",
+                "real(j)",
+            ])?;
+            let pad = self.pick(&["0.0", "-inf", "1.0"])?;
+            let inner = Scope {
+                j: true,
+                c: false,
+                r: false,
+                ..sc
+            };
+            let init = self.real(inner, 1)?;
+            let step = self.real(inner, depth.min(2))?;
+            lets += &format!(
+                "let r[i, j] pad {pad} = if i == 0 {{ {init} }} else {{ {comb} + {side} * {step} }};\n"
+            );
+            sc.r = true;
         }
         let shape = self.u.int_in_range(0..=2)?;
         let src = match shape {

@@ -413,7 +413,23 @@ impl<'a, 'b> Gen<'a, 'b> {
                         } else {
                             self.emit_v(a, ix)?
                         };
-                        let y = if heavy_b {
+                        let y = if heavy_b && finite_test(p, c) {
+                            // The gradient's recomputation where a value is not finite (a
+                            // recurrence's `T[cell] - b` for `b = ±inf`): rare, so a step
+                            // needing it runs cell by cell (the speculative step's error exit
+                            // redoes it with the scalar code) instead of holding vector code
+                            // for it.
+                            let all = self.b.ins().vall_true(m);
+                            let go = self.b.create_block();
+                            let redo = self.b.create_block();
+                            self.b.ins().brif(all, go, &[], redo, &[]);
+                            self.b.switch_to_block(redo);
+                            let z = self.b.ins().iconst(types::I64, 0);
+                            self.fail(super::ERR_RANGE, c, 0, z);
+                            self.b.switch_to_block(go);
+                            let z = self.real_const(0.0);
+                            self.splat_v(z)
+                        } else if heavy_b {
                             let all = self.b.ins().vall_true(m);
                             self.vlazy(all, false, b, ix)?
                         } else {
@@ -580,6 +596,36 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(pad) => Outside::Pad(pad),
             None => Outside::Clamp,
         };
+        if let (Some(pad), None) = (pad, span_in) {
+            // only the row may be outside: then every lane is the pad
+            let read = self.b.create_block();
+            let join = self.b.create_block();
+            let vt = if elem == Elem::Bool {
+                self.mtype()
+            } else {
+                self.vtype()
+            };
+            self.b.append_block_param(join, vt);
+            let pad_s = self.emit(pad)?;
+            let pad_v = if elem == Elem::Bool {
+                let w = self.mtype().lane_type();
+                let x = self.b.ins().uextend(w, pad_s);
+                let m = self.b.ins().ineg(x);
+                self.splat_m(m)
+            } else {
+                self.splat_v(pad_s)
+            };
+            self.b
+                .ins()
+                .brif(inside, read, &[], join, &[BlockArg::Value(pad_v)]);
+            self.b.switch_to_block(read);
+            self.push();
+            let v = self.vload_cells(slot, elem, off, flags);
+            self.pop();
+            self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+            self.b.switch_to_block(join);
+            return Ok(self.b.block_params(join)[0]);
+        }
         let fast = self.b.create_block();
         let lanewise = self.b.create_block();
         let join = self.b.create_block();
@@ -1635,6 +1681,21 @@ fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId)
         Expr::Index(i) if *i == ix => *d == ix,
         _ => !p.pool.free(*a).contains(&ix),
     })
+}
+
+/// `x > -inf && x < inf`: the condition the gradient puts on a recurrence's read-back value.
+fn finite_test(p: &crate::ir::Program, c: ExprId) -> bool {
+    let Expr::Binary(Bin::And, lo, hi) = p.pool.get(c) else {
+        return false;
+    };
+    let real =
+        |e: ExprId, v: f64| matches!(p.pool.get(e), Expr::Real(b) if f64::from_bits(*b) == v);
+    match (p.pool.get(*lo), p.pool.get(*hi)) {
+        (Expr::Binary(Bin::Gt, x, a), Expr::Binary(Bin::Lt, y, b)) => {
+            x == y && real(*a, f64::NEG_INFINITY) && real(*b, f64::INFINITY)
+        }
+        _ => false,
+    }
 }
 
 /// What a row read gives outside its row.
