@@ -916,17 +916,15 @@ impl<'a, 'b> Gen<'a, 'b> {
         if let Some(v) = self.vcolumn(slot, dims, args, ix, base)? {
             return Ok(v);
         }
-        let z = self.real_const(0.0);
-        let mut v = self.splat_v(z);
         let flags = MemFlagsData::trusted().with_readonly();
+        let mut lanes = Vec::new();
         for lane in 0..self.lanes() {
             let k = self.b.ins().iadd_imm_s(base, lane);
             let off = self.offset_with(dims, args, Some((ix, k)))?;
             let addr = self.addr(slot, Elem::Real, off);
-            let x = self.b.ins().load(self.rt, flags, addr, 0);
-            v = self.b.ins().insertlane(v, x, lane as u8);
+            lanes.push(self.b.ins().load(self.rt, flags, addr, 0));
         }
-        Ok(v)
+        Ok(self.assemble_lanes(Elem::Real, &lanes))
     }
 
     /// A column `c` of a table of short rows, `boxes[n, c]` over a literal `[n, 4]` (f32) or
