@@ -178,7 +178,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     && args[..args.len() - 1]
                         .iter()
                         .zip(&tn.indices)
-                        .all(|(a, d)| matches!(p.pool.get(*a), Expr::Index(i) if i == d))
+                        .all(|(a, d)| crate::ir::shifted_index(p, *a) == Some((*d, 0)))
                 {
                     return None;
                 }
