@@ -538,15 +538,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().brif(nonempty, body, &[], exit, &[]);
         self.b.switch_to_block(body);
         let k = self.b.use_var(var);
-        let saved = self.idx[ix.ix()].replace(k);
-        self.push();
-        if let Some(b) = self.binds.last_mut() {
-            *b = Some(ix);
-        }
-        let r = f(self);
-        self.pop();
-        self.idx[ix.ix()] = saved;
-        r?;
+        self.in_cell(ix, k, f)?;
         let k = self.b.use_var(var);
         let (next, more) = if reverse {
             let next = self.b.ins().iadd_imm_s(k, -1);
@@ -564,6 +556,24 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().brif(more, body, &[], exit, &[]);
         self.b.switch_to_block(exit);
         Ok(())
+    }
+
+    /// `f` with the loop index `ix` bound to `k`, in a scope of its own (a loop body's).
+    fn in_cell(
+        &mut self,
+        ix: IndexId,
+        k: Value,
+        f: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let saved = self.idx[ix.ix()].replace(k);
+        self.push();
+        if let Some(b) = self.binds.last_mut() {
+            *b = Some(ix);
+        }
+        let r = f(self);
+        self.pop();
+        self.idx[ix.ix()] = saved;
+        r
     }
 
     /// A loop over index `ix` emitting `lanes` copies of the body per iteration (cells k, k+1,

@@ -592,40 +592,12 @@ impl<'a, 'b> Gen<'a, 'b> {
         let Some(inside) = inside else {
             return self.vload_cells(slot, elem, off, flags);
         };
-        let fill = match pad {
-            Some(pad) => Outside::Pad(pad),
-            None => Outside::Clamp,
-        };
-        if let (Some(pad), None) = (pad, span_in) {
+        let fill = match (pad, span_in) {
             // only the row may be outside: then every lane is the pad
-            let read = self.b.create_block();
-            let join = self.b.create_block();
-            let vt = if elem == Elem::Bool {
-                self.mtype()
-            } else {
-                self.vtype()
-            };
-            self.b.append_block_param(join, vt);
-            let pad_s = self.emit(pad)?;
-            let pad_v = if elem == Elem::Bool {
-                let w = self.mtype().lane_type();
-                let x = self.b.ins().uextend(w, pad_s);
-                let m = self.b.ins().ineg(x);
-                self.splat_m(m)
-            } else {
-                self.splat_v(pad_s)
-            };
-            self.b
-                .ins()
-                .brif(inside, read, &[], join, &[BlockArg::Value(pad_v)]);
-            self.b.switch_to_block(read);
-            self.push();
-            let v = self.vload_cells(slot, elem, off, flags);
-            self.pop();
-            self.b.ins().jump(join, &[BlockArg::Value(v?)]);
-            self.b.switch_to_block(join);
-            return Ok(self.b.block_params(join)[0]);
-        }
+            (Some(pad), None) => Outside::PadRow(pad),
+            (Some(pad), Some(_)) => Outside::Pad(pad),
+            (None, _) => Outside::Clamp,
+        };
         let fast = self.b.create_block();
         let lanewise = self.b.create_block();
         let join = self.b.create_block();
@@ -667,6 +639,17 @@ impl<'a, 'b> Gen<'a, 'b> {
     ) -> Result<Value> {
         let pad = match outside {
             Outside::Pad(pad) => pad,
+            Outside::PadRow(pad) => {
+                let pad_s = self.emit(pad)?;
+                return Ok(if elem == Elem::Bool {
+                    let w = self.mtype().lane_type();
+                    let x = self.b.ins().uextend(w, pad_s);
+                    let m = self.b.ins().ineg(x);
+                    self.splat_m(m)
+                } else {
+                    self.splat_v(pad_s)
+                });
+            }
             Outside::Clamp => {
                 // (a clamped read has no pad and its row is checked: cells first + j clamped)
                 let ty = self.elem_type(elem);
@@ -1460,15 +1443,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().jump(one, &[]);
         self.b.switch_to_block(one);
         let c = self.b.use_var(cell);
-        let saved = self.idx[ix.ix()].replace(c);
-        self.push();
-        if let Some(b) = self.binds.last_mut() {
-            *b = Some(ix);
-        }
-        let r = slow(self);
-        self.pop();
-        self.idx[ix.ix()] = saved;
-        r?;
+        self.in_cell(ix, c, slow)?;
         let c = self.b.use_var(cell);
         let c1 = self.b.ins().iadd_imm_s(c, 1);
         self.b.def_var(cell, c1);
@@ -1701,6 +1676,8 @@ fn finite_test(p: &crate::ir::Program, c: ExprId) -> bool {
 enum Outside {
     /// the table's pad
     Pad(ExprId),
+    /// the table's pad, in every lane (the row is outside; the lanes are inside a row)
+    PadRow(ExprId),
     /// the row's nearest cell
     Clamp,
 }
