@@ -476,13 +476,25 @@ impl<'a, 'b> Gen<'a, 'b> {
                 .ins()
                 .brif(flag, join, &[BlockArg::Value(dummy)], run, &[]);
         }
-        self.b.switch_to_block(run);
-        self.push();
-        let v = self.emit_v(e, ix);
-        self.pop();
-        self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+        self.arm(run, join, &mut |g: &mut Self| g.emit_v(e, ix))?;
         self.b.switch_to_block(join);
         Ok(self.b.block_params(join)[0])
+    }
+
+    /// A branch's block `blk`: `f`'s value in a scope of its own (the block dominates
+    /// nothing after the join), passed to `join`.
+    fn arm(
+        &mut self,
+        blk: Block,
+        join: Block,
+        f: &mut dyn FnMut(&mut Self) -> Result<Value>,
+    ) -> Result<()> {
+        self.b.switch_to_block(blk);
+        self.push();
+        let v = f(self);
+        self.pop();
+        self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+        Ok(())
     }
 
     /// `if c { a } else { b }` with a scalar `c`: only the side taken is computed.
@@ -493,11 +505,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.append_block_param(join, vt);
         self.b.ins().brif(c, ta, &[], tb, &[]);
         for (blk, e) in [(ta, a), (tb, b)] {
-            self.b.switch_to_block(blk);
-            self.push();
-            let v = self.emit_v(e, ix);
-            self.pop();
-            self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+            self.arm(blk, join, &mut |g: &mut Self| g.emit_v(e, ix))?;
         }
         self.b.switch_to_block(join);
         Ok(self.b.block_params(join)[0])
@@ -608,17 +616,12 @@ impl<'a, 'b> Gen<'a, 'b> {
         };
         self.b.append_block_param(join, vt);
         self.b.ins().brif(inside, fast, &[], lanewise, &[]);
-        // (each path in a scope of its own: neither dominates the other, nor the join)
-        self.b.switch_to_block(fast);
-        self.push();
-        let v = self.vload_cells(slot, elem, off, flags);
-        self.pop();
-        self.b.ins().jump(join, &[BlockArg::Value(v?)]);
-        self.b.switch_to_block(lanewise);
-        self.push();
-        let v = self.lanes_or_pad(slot, elem, dims, fill, row_in, first, n, off);
-        self.pop();
-        self.b.ins().jump(join, &[BlockArg::Value(v?)]);
+        self.arm(fast, join, &mut |g: &mut Self| {
+            g.vload_cells(slot, elem, off, flags)
+        })?;
+        self.arm(lanewise, join, &mut |g: &mut Self| {
+            g.lanes_or_pad(slot, elem, dims, fill, row_in, first, n, off)
+        })?;
         self.b.switch_to_block(join);
         Ok(self.b.block_params(join)[0])
     }
@@ -1471,56 +1474,48 @@ impl<'a, 'b> Gen<'a, 'b> {
         ix: IndexId,
         k: Value,
     ) -> Result<()> {
-        let saved = self.idx[ix.ix()].replace(k);
-        self.push();
-        if let Some(b) = self.binds.last_mut() {
-            *b = Some(ix);
-        }
-        let r = (|| -> Result<()> {
-            self.vwork(w, accs, ix)?;
+        self.in_cell(ix, k, &mut |g: &mut Self| {
+            g.vwork(w, accs, ix)?;
             for (c, vs) in accs.iter().zip(vaccs) {
-                let v = self.emit_v(c.body, ix)?;
+                let v = g.emit_v(c.body, ix)?;
                 let v = match c.shift {
                     Some(m) => {
-                        let mv = self.splat_v(m);
-                        let d = self.b.ins().fsub(v, mv);
-                        self.math(Func::Exp, d)?
+                        let mv = g.splat_v(m);
+                        let d = g.b.ins().fsub(v, mv);
+                        g.math(Func::Exp, d)?
                     }
                     None => v,
                 };
                 match c.red {
                     Red::Sum | Red::Mean => {
-                        let parts = self.widen_lanes(v);
+                        let parts = g.widen_lanes(v);
                         for (var, part) in vs.iter().zip(parts) {
-                            let a = self.b.use_var(*var);
-                            let s = self.b.ins().fadd(a, part);
-                            self.b.def_var(*var, s);
+                            let a = g.b.use_var(*var);
+                            let s = g.b.ins().fadd(a, part);
+                            g.b.def_var(*var, s);
                         }
                     }
                     red => {
                         // `v > a ? v : a` (max) or `v < a ? v : a` (min): one maxps/minps on
                         // x86, where fmax/fmin take about eight instructions for their NaN
                         // and signed-zero rules; NaNs are tracked apart.
-                        let a = self.b.use_var(vs[0]);
+                        let a = g.b.use_var(vs[0]);
                         let take = if red == Red::Max {
-                            self.b.ins().fcmp(FloatCC::LessThan, a, v)
+                            g.b.ins().fcmp(FloatCC::LessThan, a, v)
                         } else {
-                            self.b.ins().fcmp(FloatCC::LessThan, v, a)
+                            g.b.ins().fcmp(FloatCC::LessThan, v, a)
                         };
-                        let s = self.sel(take, v, a);
-                        self.b.def_var(vs[0], s);
-                        let un = self.b.ins().fcmp(FloatCC::Unordered, v, v);
-                        let nan = self.b.use_var(vs[1]);
-                        let nan = self.b.ins().bor(nan, un);
-                        self.b.def_var(vs[1], nan);
+                        let s = g.sel(take, v, a);
+                        g.b.def_var(vs[0], s);
+                        let un = g.b.ins().fcmp(FloatCC::Unordered, v, v);
+                        let nan = g.b.use_var(vs[1]);
+                        let nan = g.b.ins().bor(nan, un);
+                        g.b.def_var(vs[1], nan);
                     }
                 }
             }
             Ok(())
-        })();
-        self.pop();
-        self.idx[ix.ix()] = saved;
-        r
+        })
     }
 
     /// How many vector steps an iteration runs, interleaved (1, 2 or 4): more where a step's
