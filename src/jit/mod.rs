@@ -1824,20 +1824,35 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(e)
     }
 
-    /// 1 / (1 + e^-|x|), mirrored for negative x (no overflow, no cancellation).
+    /// 1 / (1 + e^-|x|), mirrored for negative x (no overflow, no cancellation): `r` for
+    /// x >= 0, `e r` below. `r` and `e r` are kept per scope for the node or its negation, so
+    /// a loss holding both `sigmoid(x)` and `sigmoid(-x)` (focal's p and 1 - p) divides once.
     fn sigmoid(&mut self, x: Value, node: ExprId) -> Result<Value> {
         let e = self.exp_neg_abs(x, node)?;
-        let one = self.rc(x, 1.0);
-        let d = self.b.ins().fadd(one, e);
+        let base = match self.p.pool.get(node) {
+            Expr::Unary(Un::Neg, y) => *y,
+            _ => node,
+        };
+        let vector = self.b.func.dfg.value_type(x).is_vector();
+        let (tr, ter) = if vector { (13, 14) } else { (5, 6) };
+        let (r, er) = match (self.lookup_key((tr, base)), self.lookup_key((ter, base))) {
+            (Some(r), Some(er)) => (r, er),
+            _ => {
+                let one = self.rc(x, 1.0);
+                let d = self.b.ins().fadd(one, e);
+                let r = self.b.ins().fdiv(one, d);
+                let er = self.b.ins().fmul(e, r);
+                if vector {
+                    self.pin(r);
+                }
+                self.remember_key((tr, base), r);
+                self.remember_key((ter, base), er);
+                (r, er)
+            }
+        };
         let z = self.rc(x, 0.0);
         let pos = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, z);
-        // (one division: the numerator is picked first)
-        let num = self.sel(pos, one, e);
-        let v = self.b.ins().fdiv(num, d);
-        if self.b.func.dfg.value_type(v).is_vector() {
-            self.pin(v);
-        }
-        Ok(v)
+        Ok(self.sel(pos, r, er))
     }
 
     /// max(x, 0) + log1p(e^-|x|).
