@@ -445,6 +445,27 @@ fn simplifier_rewrites_each_on_its_own() {
     assert!(printed.contains("logsumexp(c:"), "{printed}");
 }
 
+/// Comparisons an index's least value (0) decides fold: `i + 1 >= 0` is true, `2 == i + 3`
+/// false; `i - 1 >= 0` is not decided and stays.
+#[test]
+fn simplifier_folds_range_tests_the_index_decides() {
+    let l = lib("loss f(x[i]) -> [] {
+            sum(i: if i + 1 >= 0 && !(2 == i + 3) && true { x[i] } else { 0.0 })
+              + sum(i: if i - 1 >= 0 { x[i] } else { 0.0 })
+        }");
+    let printed = lossc::ir::print_program(&lossc::opt::simplify(l.loss("f").unwrap()));
+    assert!(!printed.contains(">= 0) &&"), "{printed}");
+    assert!(!printed.contains("== (i + 3)"), "{printed}");
+    assert!(!printed.contains("true"), "{printed}");
+    assert!(printed.contains("((i - 1) >= 0)"), "{printed}");
+    let v = l
+        .call("f", &Call::new().input("x", real(&[1.0, 2.0, 3.0])))
+        .unwrap()
+        .value
+        .to_f64();
+    assert_eq!(v, vec![11.0]);
+}
+
 #[test]
 fn log_softmax_pattern_becomes_x_minus_logsumexp() {
     // Written naively with aliases: exp overflows at 1000 unless rewritten.

@@ -375,6 +375,17 @@ fn pull_recurrence_adjoints(q: &mut Program) {
                 .reduce(|a, b| q2.pool.add(Expr::Binary(Bin::Add, a, b), Ty::Real))
                 .expect("at least one writer");
             *q = q2;
+            // The substituted guards hold range tests the loop decides (`(f + 1) - 1 >= 0`):
+            // simplified again, those fold (spans follow the rebuilt reads).
+            let mut o = Opt {
+                memo: HashMap::new(),
+            };
+            let body = o.expr(q, body);
+            for (old, new) in o.memo {
+                if let Some(span) = q.spans.get(&old).copied() {
+                    q.spans.entry(new).or_insert(span);
+                }
+            }
             let zero = q.pool.real(0.0);
             let dir = dir.get();
             let t = &mut q.tensors[k];
@@ -607,6 +618,48 @@ fn int_of(q: &Program, e: ExprId) -> Option<i64> {
     }
 }
 
+/// The least value of an index shifted by constants (`u + 2`, `(f + 1) - 1`): an index runs
+/// from 0 up.
+fn least(q: &Program, e: ExprId) -> Option<i64> {
+    match q.pool.get(e) {
+        Expr::Index(_) => Some(0),
+        Expr::Binary(Bin::Add, a, b) => least(q, *a)?.checked_add(int_of(q, *b)?),
+        Expr::Binary(Bin::Sub, a, b) => least(q, *a)?.checked_sub(int_of(q, *b)?),
+        _ => None,
+    }
+}
+
+/// A comparison of a shifted index with a number that the index's least value decides
+/// (`u + 2 >= 0`, `f + 1 == 0`): the gradient's range guards of pulled recurrences hold many.
+fn decided_by_least(q: &Program, op: Bin, a: ExprId, b: ExprId) -> Option<bool> {
+    let (op, lo, k) = match (least(q, a), int_of(q, b), int_of(q, a), least(q, b)) {
+        (Some(lo), Some(k), _, _) => (op, lo, k),
+        // k op x  as  x op' k
+        (_, _, Some(k), Some(lo)) => (
+            match op {
+                Bin::Lt => Bin::Gt,
+                Bin::Le => Bin::Ge,
+                Bin::Gt => Bin::Lt,
+                Bin::Ge => Bin::Le,
+                o => o,
+            },
+            lo,
+            k,
+        ),
+        _ => return None,
+    };
+    // x >= lo: only comparisons every such x answers alike
+    match op {
+        Bin::Ge if lo >= k => Some(true),
+        Bin::Gt if lo > k => Some(true),
+        Bin::Lt if lo >= k => Some(false),
+        Bin::Le if lo > k => Some(false),
+        Bin::Eq if lo > k => Some(false),
+        Bin::Ne if lo > k => Some(true),
+        _ => None,
+    }
+}
+
 impl Opt {
     /// Rebuilds `e` with simplified children, then rewrites it.
     fn expr(&mut self, q: &mut Program, e: ExprId) -> ExprId {
@@ -701,7 +754,11 @@ impl Opt {
             Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => match (op, q.pool.get(a)) {
                 (Bin::And, Expr::Bool(true)) | (Bin::Or, Expr::Bool(false)) => Some(b),
                 (Bin::And, Expr::Bool(false)) | (Bin::Or, Expr::Bool(true)) => Some(a),
-                _ => None,
+                // `a && true` is `a` (and `a` is evaluated either way)
+                _ => match (op, q.pool.get(b)) {
+                    (Bin::And, Expr::Bool(true)) | (Bin::Or, Expr::Bool(false)) => Some(a),
+                    _ => None,
+                },
             },
             Expr::Binary(op, a, b) => {
                 let cmp = |o: std::cmp::Ordering| -> Option<bool> {
@@ -734,6 +791,9 @@ impl Opt {
                     if let Some(v) = cmp(x.cmp(&y)) {
                         return Some(q.pool.add(Expr::Bool(v), Ty::Bool));
                     }
+                }
+                if let Some(v) = decided_by_least(q, op, a, b) {
+                    return Some(q.pool.add(Expr::Bool(v), Ty::Bool));
                 }
                 if let (Some(x), Some(y)) = (real_of(q, a), real_of(q, b)) {
                     let v = match op {
