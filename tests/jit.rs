@@ -1231,3 +1231,64 @@ fn recurrences_and_their_adjoints_fill_lane_wise() {
     assert!(compared > 300, "only {compared} finite differences");
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A big kernel runs as several functions called in order (CTC's recurrences apart), a small
+/// one as one; a fault raised in a later part stops the call with the interpreter's error.
+#[test]
+fn big_kernels_run_in_parts() {
+    let lib = Library::with_stdlib().unwrap();
+    let ctc = lib
+        .compile("ctc_loss", Options::new().dtype(DType::F32).grad("logits"))
+        .unwrap();
+    let clif = ctc.kernel().unwrap().clif();
+    assert!(clif.matches("function %ctc_loss_").count() >= 3, "{clif}");
+    let mse = lib
+        .compile(
+            "mean_squared_error",
+            Options::new().dtype(DType::F32).grad("predictions"),
+        )
+        .unwrap();
+    assert_eq!(mse.kernel().unwrap().clif().matches("function ").count(), 1);
+    // A label length above S is found where the loss reads alpha at 2 L: in the output, after
+    // the recurrences' parts have run.
+    let labels = [1i64, 2];
+    let logits: Vec<f32> = (0..9).map(|x| x as f32 * 0.1).collect();
+    for (len, ok) in [(2i64, true), (3, false)] {
+        let (ll, tl) = ([len], [3i64]);
+        let views = [
+            ("labels", View::i64(&[1, 2], &labels)),
+            ("logits", View::f32(&[1, 3, 3], &logits)),
+            ("label_lengths", View::i64(&[1], &ll)),
+            ("logit_lengths", View::i64(&[1], &tl)),
+        ];
+        let got = ctc.call(&views, &[], Reduction::Mean, None);
+        let call = Call::new()
+            .dtype(DType::F32)
+            .grad("logits")
+            .input("labels", Array::int(vec![1, 2], labels.to_vec()))
+            .input(
+                "logits",
+                Array::real(vec![1, 3, 3], logits.iter().map(|x| *x as f64).collect()),
+            )
+            .input("label_lengths", Array::int(vec![1], ll.to_vec()))
+            .input("logit_lengths", Array::int(vec![1], tl.to_vec()));
+        let mut call = call;
+        call.backend = Backend::Interp;
+        let want = lib.call("ctc_loss", &call);
+        match (got, want) {
+            (Ok(g), Ok(w)) if ok => {
+                let (g, w) = (g.value.to_f64()[0], w.value.to_f64()[0]);
+                assert!(close(g, w, 1e-5), "{g} vs {w}");
+            }
+            (Err(g), Err(w)) if !ok => {
+                assert_eq!(g.kind, w.kind);
+                assert!(format!("{g:?}").contains("range"), "{g:?}");
+            }
+            (g, w) => panic!(
+                "label length {len}: jit {:?} vs interpreter {:?}",
+                g.is_ok(),
+                w.is_ok()
+            ),
+        }
+    }
+}

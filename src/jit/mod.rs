@@ -91,29 +91,43 @@ type Entry = unsafe extern "C" fn(*const Args) -> i64;
 
 /// A compiled program: native code plus what it was generated from.
 pub struct Kernel {
-    entry: Entry,
+    /// the parts, called in order (see [`parts`])
+    entries: Vec<Entry>,
     module: Mutex<Option<JITModule>>,
     pub f32: bool,
-    /// the Cranelift IR as generated (before Cranelift's own optimisation); printed only on
-    /// request, as formatting it (and the machine code) took an eighth of compile time
-    func: cranelift_codegen::ir::Function,
+    /// the Cranelift IR of each part as generated (before Cranelift's own optimisation);
+    /// printed only on request, as formatting it (and the machine code) took an eighth of
+    /// compile time
+    funcs: Vec<cranelift_codegen::ir::Function>,
 }
 
 impl Kernel {
-    /// The Cranelift IR as generated, before Cranelift's own optimisation.
+    /// The Cranelift IR as generated, before Cranelift's own optimisation (one function per
+    /// part, in the order they run).
     pub fn clif(&self) -> String {
-        self.func.display().to_string()
+        let texts: Vec<String> = self.funcs.iter().map(|f| f.display().to_string()).collect();
+        texts.join("\n")
     }
 
     /// The machine code, as text (the IR compiled again, with disassembly).
     pub fn asm(&self) -> Result<String> {
         let isa = jit_isa()?;
-        let mut ctx = cranelift_codegen::Context::for_function(self.func.clone());
-        ctx.set_disasm(true);
-        let code = ctx
-            .compile(&*isa, &mut Default::default())
-            .map_err(|e| internal(format!("{:?}", e.inner)))?;
-        Ok(code.vcode.clone().unwrap_or_default())
+        let mut out = String::new();
+        for f in &self.funcs {
+            let mut ctx = cranelift_codegen::Context::for_function(f.clone());
+            ctx.set_disasm(true);
+            let code = ctx
+                .compile(&*isa, &mut Default::default())
+                .map_err(|e| internal(format!("{:?}", e.inner)))?;
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            if self.funcs.len() > 1 {
+                out.push_str(&format!("; {}\n", f.name));
+            }
+            out.push_str(code.vcode.as_deref().unwrap_or_default());
+        }
+        Ok(out)
     }
 }
 
@@ -154,17 +168,18 @@ impl Kernel {
             params: params.as_ptr(),
             err: err.as_mut_ptr(),
         };
-        let rc = unsafe { (self.entry)(&args) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(Fault {
-                code: err[0],
-                node: ExprId(err[1] as u32),
-                dim: err[2] as usize,
-                value: err[3],
-            })
+        for entry in &self.entries {
+            let rc = unsafe { entry(&args) };
+            if rc != 0 {
+                return Err(Fault {
+                    code: err[0],
+                    node: ExprId(err[1] as u32),
+                    dim: err[2] as usize,
+                    value: err[3],
+                });
+            }
         }
+        Ok(())
     }
 }
 
@@ -233,53 +248,178 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
         for st in &s.stages {
             eprintln!("{st:?}");
         }
+        eprintln!("functions (stage ranges): {:?}", parts(p, &s.stages));
     }
     let mut module = jit_module()?;
     let ptr = module.target_config().pointer_type();
-    let mut ctx = module.make_context();
-    ctx.func.signature.params.push(AbiParam::new(ptr));
-    ctx.func.signature.returns.push(AbiParam::new(types::I64));
-    let id: FuncId = module
-        .declare_function(&p.name, Linkage::Local, &ctx.func.signature)
-        .map_err(|e| internal(e.to_string()))?;
-    let mut fctx = FunctionBuilderContext::new();
     let frontend = module.target_config();
-    {
-        let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let mut g = Gen::new(p, b, &mut module, f32)?;
-        g.body(s)?;
-        g.b.seal_all_blocks();
-        g.b.finalize(frontend);
-    }
-    let func = ctx.func.clone();
-    module.define_function(id, &mut ctx).map_err(|e| {
-        if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
-            eprintln!("{}", func.display());
+    let mut fctx = FunctionBuilderContext::new();
+    let split = parts(p, &s.stages);
+    // The parts' IR, one function each (declaring them needs the module)...
+    let mut ctxs: Vec<(FuncId, cranelift_codegen::Context)> = Vec::new();
+    for (k, range) in split.iter().enumerate() {
+        let mut ctx = module.make_context();
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+        ctx.func.signature.returns.push(AbiParam::new(types::I64));
+        let name = if split.len() == 1 {
+            p.name.clone()
+        } else {
+            format!("{}_{}", p.name, k)
+        };
+        let id: FuncId = module
+            .declare_function(&name, Linkage::Local, &ctx.func.signature)
+            .map_err(|e| internal(e.to_string()))?;
+        ctx.func.name = cranelift_codegen::ir::UserFuncName::testcase(&name);
+        {
+            let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut g = Gen::new(p, b, &mut module, f32)?;
+            g.body(&s.stages[range.clone()])?;
+            g.b.seal_all_blocks();
+            g.b.finalize(frontend);
         }
-        internal(format!("{e:?}"))
+        ctxs.push((id, ctx));
+    }
+    let funcs: Vec<cranelift_codegen::ir::Function> =
+        ctxs.iter().map(|(_, c)| c.func.clone()).collect();
+    // ...compiled to machine code on up to as many threads as there are cores...
+    compile_all(module.isa(), &mut ctxs).inspect_err(|_| {
+        if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
+            for f in &funcs {
+                eprintln!("{}", f.display());
+            }
+        }
     })?;
-    let bytes = std::env::var_os("LOSSC_DEBUG_CODE")
-        .and_then(|_| ctx.compiled_code().map(|c| c.code_buffer().to_vec()));
-    module.clear_context(&mut ctx);
+    // ...and placed in the module.
+    let isa = module.isa();
+    let min_align = (isa.function_alignment().minimum as u64).max(isa.symbol_alignment());
+    let mut defined: Vec<(FuncId, Option<Vec<u8>>)> = Vec::new();
+    for (id, ctx) in &ctxs {
+        let code = ctx
+            .compiled_code()
+            .ok_or_else(|| internal("a part was not compiled"))?;
+        let align = (code.buffer.alignment as u64).max(min_align);
+        let relocs: Vec<cranelift_module::ModuleReloc> = code
+            .buffer
+            .relocs()
+            .iter()
+            .map(|r| cranelift_module::ModuleReloc::from_mach_reloc(r, &ctx.func, *id))
+            .collect();
+        let bytes = code.code_buffer().to_vec();
+        module
+            .define_function_bytes(*id, align, &bytes, &relocs)
+            .map_err(|e| internal(format!("{e:?}")))?;
+        defined.push((*id, std::env::var_os("LOSSC_DEBUG_CODE").map(|_| bytes)));
+    }
     module
         .finalize_definitions()
         .map_err(|e| internal(e.to_string()))?;
-    let code = module.get_finalized_function(id);
-    if let (Some(bytes), Some(dir)) = (bytes, std::env::var_os("LOSSC_DEBUG_CODE")) {
-        // (profiling aid: the machine code and its load address, for objdump and perf)
-        let path = std::path::Path::new(&dir).join(format!("{}-{:x}.bin", p.name, code as usize));
-        let _ = std::fs::write(path, bytes);
+    let mut entries = Vec::new();
+    for (k, (id, bytes)) in defined.into_iter().enumerate() {
+        let code = module.get_finalized_function(id);
+        if let (Some(bytes), Some(dir)) = (bytes, std::env::var_os("LOSSC_DEBUG_CODE")) {
+            // (profiling aid: the machine code and its load address, for objdump and perf)
+            let path = std::path::Path::new(&dir)
+                .join(format!("{}-{}-{:x}.bin", p.name, k, code as usize));
+            let _ = std::fs::write(path, bytes);
+        }
+        // SAFETY: `code` is the finalized function just defined with the signature
+        // `fn(*const Args) -> i64` (one pointer parameter, one i64 result, system call conv).
+        entries.push(unsafe { std::mem::transmute::<*const u8, Entry>(code) });
     }
-    // SAFETY: `code` is the finalized function just defined with the signature
-    // `fn(*const Args) -> i64` (one pointer parameter, one i64 result, system call conv).
-    let entry: Entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
     Ok(Kernel {
-        entry,
+        entries,
         module: Mutex::new(Some(module)),
         f32,
-        func,
+        funcs,
     })
 }
+
+/// Stages emitted per Cranelift function: consecutive stages, cut where the part so far is big
+/// (more than [`PART_NODES`] nodes evaluated) and no reduction is evaluated on both sides of
+/// the cut (a reduction computed once is reused by the stages after it through the function's
+/// value cache; an output's sums carried by a pass stay with the output). Register allocation
+/// costs more than linearly in a function's size, so one big kernel (CTC's: two recurrences
+/// in vector and scalar form) compiles faster as several.
+fn parts(p: &Program, stages: &[Stage]) -> Vec<std::ops::Range<usize>> {
+    let an = Analysis::new(p);
+    let reach: Vec<Vec<bool>> = stages.iter().map(|st| an.reach(&stage_roots(st))).collect();
+    let size = |k: usize| reach[k].iter().filter(|x| **x).count();
+    let shares = |a: std::ops::Range<usize>, b: std::ops::Range<usize>| {
+        (0..p.pool.len()).any(|e| {
+            matches!(p.pool.get(ExprId(e as u32)), Expr::Reduce(..))
+                && a.clone().any(|k| reach[k][e])
+                && b.clone().any(|k| reach[k][e])
+        })
+    };
+    let mut out = Vec::new();
+    let (mut start, mut total) = (0, 0);
+    for k in 0..stages.len() {
+        let n = size(k);
+        if k > start && total + n > PART_NODES && !shares(start..k, k..stages.len()) {
+            out.push(start..k);
+            start = k;
+            total = 0;
+        }
+        total += n;
+    }
+    out.push(start..stages.len());
+    out
+}
+
+/// See [`parts`].
+const PART_NODES: usize = 60;
+
+/// Compiles each function (Cranelift's optimisation, register allocation, emission), several
+/// at a time when the machine has the cores and the work is worth a thread: the biggest first,
+/// each worker taking the next. The code does not depend on which thread compiled it.
+fn compile_all(
+    isa: &dyn cranelift_codegen::isa::TargetIsa,
+    ctxs: &mut [(FuncId, cranelift_codegen::Context)],
+) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let compile = |ctx: &mut cranelift_codegen::Context| -> Result<()> {
+        ctx.compile(isa, &mut Default::default())
+            .map(|_| ())
+            .map_err(|e| internal(format!("{:?}", e.inner)))
+    };
+    let size = |c: &cranelift_codegen::Context| c.func.dfg.num_insts();
+    let total: usize = ctxs.iter().map(|(_, c)| size(c)).sum();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(ctxs.len());
+    if threads < 2 || total < PARALLEL_INSTS {
+        return ctxs.iter_mut().try_for_each(|(_, c)| compile(c));
+    }
+    let mut work: Vec<&mut cranelift_codegen::Context> = ctxs.iter_mut().map(|(_, c)| c).collect();
+    work.sort_by_key(|c| std::cmp::Reverse(size(c)));
+    let work: Vec<Mutex<&mut cranelift_codegen::Context>> =
+        work.into_iter().map(Mutex::new).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                sc.spawn(|| -> Result<()> {
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(m) = work.get(k) else {
+                            return Ok(());
+                        };
+                        let mut c = m.lock().map_err(|_| internal("compile lock"))?;
+                        compile(&mut c)?;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| internal("a compile thread panicked"))?
+        })
+    })
+}
+
+/// Instructions (all parts together) below which a kernel compiles on the calling thread.
+const PARALLEL_INSTS: usize = 3000;
 
 /// Distinct 16-byte cells of the anchor slot (see `Gen::pin`).
 const ANCHORS: usize = 64;
@@ -420,8 +560,8 @@ impl<'a, 'b> Gen<'a, 'b> {
         })
     }
 
-    fn body(&mut self, s: &Schedule) -> Result<()> {
-        for st in &s.stages {
+    fn body(&mut self, stages: &[Stage]) -> Result<()> {
+        for st in stages {
             self.stage(st)?;
         }
         let zero = self.b.ins().iconst(types::I64, 0);
@@ -2123,4 +2263,22 @@ fn math_fn(f: Func) -> Option<math::MathFn> {
 /// Unused by the emitter, kept for the host: the tensor slot of a gradient.
 pub fn tensor_slot(p: &Program, t: TensorId) -> usize {
     p.inputs.len() + t.ix()
+}
+
+/// Every node a stage evaluates from: a fill's body; a pass's guards, target cells, values
+/// and carried reductions.
+fn stage_roots(st: &Stage) -> Vec<ExprId> {
+    match st {
+        Stage::Zero(_) => Vec::new(),
+        Stage::Fill { body, .. } => vec![*body],
+        Stage::Scatter { groups, .. } => groups
+            .iter()
+            .flat_map(|g| {
+                g.runs
+                    .iter()
+                    .flat_map(|r| r.terms.iter().flat_map(crate::schedule::contribution_roots))
+                    .chain(g.carried.iter().flatten().copied())
+            })
+            .collect(),
+    }
 }
