@@ -378,9 +378,20 @@ fn compile_all(
 ) -> Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let compile = |ctx: &mut cranelift_codegen::Context| -> Result<()> {
-        ctx.compile(isa, &mut Default::default())
+        let t0 = std::time::Instant::now();
+        let r = ctx
+            .compile(isa, &mut Default::default())
             .map(|_| ())
-            .map_err(|e| internal(format!("{:?}", e.inner)))
+            .map_err(|e| internal(format!("{:?}", e.inner)));
+        if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
+            eprintln!(
+                "part {} insts {}: {:.2} ms",
+                ctx.func.name,
+                ctx.func.dfg.num_insts(),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        r
     };
     let size = |c: &cranelift_codegen::Context| c.func.dfg.num_insts();
     let total: usize = ctxs.iter().map(|(_, c)| size(c)).sum();
