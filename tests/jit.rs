@@ -1292,3 +1292,60 @@ fn big_kernels_run_in_parts() {
         }
     }
 }
+
+/// A checked read every cell of inner loops evaluates, that does not depend on them, is read
+/// once per row (`w[ids[n]]` below): the same numbers, an error exactly where the cells would
+/// have raised one, and none where no cell reads it (a branch not taken, or no cells at all).
+#[test]
+fn per_row_checked_reads() {
+    let lib = Library::from_source(
+        "rows.loss",
+        "loss always(ids[n]: int, x[n, c], w[k]) -> [n] {
+             let t[n, j: 3] = w[ids[n]] * real(j) + x[n, 0];
+             sum(j: t[n, j])
+         }
+         loss branch(ids[n]: int, x[n, c], w[k]) -> [n] {
+             let g[n, j: 3] = if x[n, 0] > 100.0 { w[ids[n]] } else { real(j) };
+             sum(j: g[n, j])
+         }
+         loss nocells(ids[n]: int, x[n, c], w[k]) -> [n] {
+             let h[n, c] = w[ids[n]] * x[n, c];
+             sum(c: h[n, c])
+         }",
+    )
+    .unwrap();
+    let w = Array::real(vec![3], vec![0.5, -1.5, 2.0]);
+    let run = |loss: &str, ids: Vec<i64>, x: Array, dtype: DType| {
+        let n = ids.len();
+        let call = Call::new()
+            .dtype(dtype)
+            .reduction(Reduction::Sum)
+            .grad("x")
+            .input("ids", Array::int(vec![n], ids))
+            .input("x", x)
+            .input("w", w.clone());
+        let mut failures = Vec::new();
+        compare(loss, &lib, loss, &call, 1e-6, &mut failures);
+        assert!(failures.is_empty(), "{failures:?}");
+        let mut cj = call.clone();
+        cj.backend = Backend::Jit;
+        lib.call(loss, &cj).map(|o| o.value.to_f64()[0])
+    };
+    let x = Array::real(vec![3, 2], vec![0.25, 1.0, -2.0, 3.0, 1.5, 0.0]);
+    for dtype in [DType::F32, DType::F64] {
+        let v = run("always", vec![2, 0, 1], x.clone(), dtype).unwrap();
+        assert!(
+            close(v, 3.0 * (2.0 + 0.5 - 1.5) + 3.0 * (0.25 - 2.0 + 1.5), 1e-6),
+            "{v}"
+        );
+        let e = run("always", vec![2, 7, 1], x.clone(), dtype).unwrap_err();
+        assert_eq!(e.kind, lossc::diag::ErrorKind::Range);
+        // never read: no cell takes the branch
+        assert!(run("branch", vec![2, 7, 1], x.clone(), dtype).is_ok());
+        // never read: the rows have no cells
+        let empty = Array::real(vec![3, 0], vec![]);
+        assert_eq!(run("nocells", vec![2, 7, 1], empty, dtype).unwrap(), 0.0);
+        let e = run("nocells", vec![2, 7, 1], x.clone(), dtype).unwrap_err();
+        assert_eq!(e.kind, lossc::diag::ErrorKind::Range);
+    }
+}

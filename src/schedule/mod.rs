@@ -234,7 +234,115 @@ impl<'a> Analysis<'a> {
                 &mut out,
             );
         }
+        // Checked reads every cell of the deeper loops evaluates, that do not depend on them
+        // (CTC's `logit_length[logit_lengths[b]]` in every cell of `alpha_grad[b, f, u]`): read
+        // once out here, where the loops are sure to run (so the read fails exactly when the
+        // first cell would have).
+        if !deeper.is_empty() && deeper.iter().all(|i| self.nonempty(*i)) {
+            let mut seen = std::collections::HashSet::new();
+            for (r, when) in roots {
+                if *when == When::Always {
+                    self.must_reads(*r, bound, new, &mut seen, &mut out);
+                }
+            }
+        }
         out
+    }
+
+    /// Whether index `i` has at least one value whatever the inputs (`u: 2 * S + 1`).
+    pub fn nonempty(&self, i: IndexId) -> bool {
+        fn least(p: &Program, e: ExprId) -> Option<i64> {
+            match p.pool.get(e) {
+                Expr::Int(k) => Some(*k),
+                Expr::Extent(_) => Some(0),
+                Expr::Binary(Bin::Add, a, b) => least(p, *a)?.checked_add(least(p, *b)?),
+                Expr::Binary(Bin::Mul, a, b) => {
+                    let (x, y) = (least(p, *a)?, least(p, *b)?);
+                    (x >= 0 && y >= 0).then(|| x.checked_mul(y)).flatten()
+                }
+                _ => None,
+            }
+        }
+        match self.p.indices[i.ix()].extent {
+            crate::ir::Extent::Fixed(n) => n > 0,
+            crate::ir::Extent::Computed(e) => least(self.p, e).is_some_and(|n| n > 0),
+            crate::ir::Extent::Input { .. } => false,
+        }
+    }
+
+    /// Reads at checked cells (a data-dependent index) evaluated whenever `e` is, whose
+    /// indices are all `bound` and include `new`; in evaluation order.
+    fn must_reads(
+        &self,
+        e: ExprId,
+        bound: &[IndexId],
+        new: Option<IndexId>,
+        seen: &mut std::collections::HashSet<ExprId>,
+        out: &mut Vec<ExprId>,
+    ) {
+        let pool = &self.p.pool;
+        if pool.get(e).is_leaf() || !seen.insert(e) {
+            return;
+        }
+        if let Some(n) = new {
+            if !pool.free(e).contains(&n) {
+                return;
+            }
+        }
+        let inb = &|i: IndexId| bound.contains(&i);
+        match pool.get(e) {
+            Expr::Select(c, a, b) => {
+                self.must_reads(*c, bound, new, seen, out);
+                match self.known(*c, inb) {
+                    Some(true) => self.must_reads(*a, bound, new, seen, out),
+                    Some(false) => self.must_reads(*b, bound, new, seen, out),
+                    None => {}
+                }
+            }
+            Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => {
+                self.must_reads(*a, bound, new, seen, out);
+                if self.known(*a, inb) == Some(*op == Bin::And) {
+                    self.must_reads(*b, bound, new, seen, out);
+                }
+            }
+            // (a reduction's body may run zero times)
+            Expr::Reduce(..) => {}
+            node @ (Expr::Input(_, args) | Expr::Tensor(_, args)) => {
+                for a in args {
+                    self.must_reads(*a, bound, new, seen, out);
+                }
+                let dims = match node {
+                    Expr::Input(i, _) => &self.p.inputs[i.ix()].dims,
+                    Expr::Tensor(t, _) => &self.p.tensors[t.ix()].indices,
+                    _ => unreachable!(),
+                };
+                // (an adjoint may be the table the stage accumulates; a recurrence, the one it
+                // fills: neither is read ahead of the cells)
+                let settled = match node {
+                    Expr::Tensor(t, _) => {
+                        let tn = &self.p.tensors[t.ix()];
+                        !tn.accumulated && !tn.recurrent
+                    }
+                    _ => true,
+                };
+                let checked = settled
+                    && args
+                        .iter()
+                        .zip(dims)
+                        .any(|(a, d)| !in_range(self.p, *a, *d));
+                let closed = pool.free(e).iter().all(|f| bound.contains(f));
+                if checked && closed && !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+            other => {
+                let mut kids = Vec::new();
+                other.for_each_child(|c| kids.push(c));
+                for c in kids {
+                    self.must_reads(c, bound, new, seen, out);
+                }
+            }
+        }
     }
 
     /// The value of a condition wherever the indices for which `bound` holds are bound (inside
