@@ -44,6 +44,10 @@ def parse_args():
     ap.add_argument("--repeat", type=int, default=10,
                     help="timed calls per framework after warm-up (default 10); the median is reported")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time JAX and lossc alternately this many times and report the median "
+                         "of the per-round ratios with their range (default 1): the host's load "
+                         "drifts, and a ratio of two timings taken side by side drifts less")
     ap.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
     ap.add_argument("--lossc", default=None,
                     help="lossc binary (default: target/release/lossc under the repo root)")
@@ -296,8 +300,8 @@ def jax_value_grad(jax, bench, arrays):
     return f, args
 
 
-def time_jax(jax, bench, arrays, warmup, repeat):
-    f, args = jax_value_grad(jax, bench, arrays)
+def time_jax(jax, bench, arrays, warmup, repeat, compiled=None):
+    f, args = compiled if compiled is not None else jax_value_grad(jax, bench, arrays)
     t0 = time.perf_counter()
     jax.block_until_ready(f(*args))
     first = time.perf_counter() - t0
@@ -454,11 +458,14 @@ def run_bench(bench, jax, torch, lossc, args):
                load_before=round(os.getloadavg()[0], 2))
     rng = np.random.default_rng(args.seed)
     arrays = bench["gen"](rng, bench["dims"])
+    jax_f = None
     if jax is not None:
         try:
+            jax_f = jax_value_grad(jax, bench, arrays)
             row["jax_first_s"], row["jax_median_s"] = time_jax(jax, bench, arrays, args.warmup,
-                                                               args.repeat)
+                                                               args.repeat, jax_f)
         except Exception as e:  # noqa: BLE001
+            jax_f = None
             row["jax_error"] = f"{type(e).__name__}: {e}"
             print(f"JAX failed on {bench['name']}: {row['jax_error']}", file=sys.stderr)
     if torch is not None:
@@ -467,16 +474,31 @@ def run_bench(bench, jax, torch, lossc, args):
         except Exception as e:  # noqa: BLE001
             row["torch_error"] = f"{type(e).__name__}: {e}"
             print(f"torch failed on {bench['name']}: {row['torch_error']}", file=sys.stderr)
-    del arrays
-    obj, err = run_lossc_bench(lossc, bench)
-    if obj is None:
-        row["lossc_error"] = err
-        print(f"lossc: n/a ({bench['name']}: {err})", file=sys.stderr)
-    else:
-        row["lossc_compile_s"] = float(obj["compile_s"])
-        row["lossc_median_s"] = float(obj["median_s"])
-        if row.get("jax_median_s") and row["lossc_median_s"] > 0:
-            row["jax_over_lossc"] = row["jax_median_s"] / row["lossc_median_s"]
+    jax_medians = [row["jax_median_s"]] if "jax_median_s" in row else []
+    lossc_medians, ratios = [], []
+    for k in range(max(args.rounds, 1)):
+        if k > 0 and jax_f is not None:
+            # (the first call of an already compiled function: not a compile)
+            jax_medians.append(time_jax(jax, bench, arrays, args.warmup, args.repeat, jax_f)[1])
+        obj, err = run_lossc_bench(lossc, bench)
+        if obj is None:
+            row["lossc_error"] = err
+            print(f"lossc: n/a ({bench['name']}: {err})", file=sys.stderr)
+            break
+        if k == 0:
+            row["lossc_compile_s"] = float(obj["compile_s"])
+        lossc_medians.append(float(obj["median_s"]))
+        if len(jax_medians) == k + 1 and lossc_medians[-1] > 0:
+            ratios.append(jax_medians[-1] / lossc_medians[-1])
+    del arrays, jax_f
+    if jax_medians:
+        row["jax_median_s"] = statistics.median(jax_medians)
+    if lossc_medians:
+        row["lossc_median_s"] = statistics.median(lossc_medians)
+    if ratios:
+        row["jax_over_lossc"] = statistics.median(ratios)
+        row["ratio_min"], row["ratio_max"] = min(ratios), max(ratios)
+        row["rounds"] = len(ratios)
     row["load_after"] = round(os.getloadavg()[0], 2)
     return row
 
@@ -508,13 +530,20 @@ def print_markdown(rows, checks, meta):
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             ratio = r.get("jax_over_lossc")
+            text = f"{ratio:.2f}x" if ratio else "n/a"
+            if ratio and r.get("rounds", 1) > 1:
+                text += f" ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}x over {r['rounds']} rounds)"
             print(f"| {r['loss']} | {r['sizes']} | {fmt_s(r.get('jax_first_s'))} "
                   f"| {fmt_s(r.get('jax_median_s'))} | {fmt_s(r.get('torch_median_s'))} "
                   f"| {fmt_s(r.get('lossc_compile_s'))} | {fmt_s(r.get('lossc_median_s'))} "
-                  f"| {f'{ratio:.2f}x' if ratio else 'n/a'} |")
+                  f"| {text} |")
         print()
         print(f"f32, reduction mean, value + gradient, one thread pinned to CPU {meta['cpu']}; "
-              f"medians of {meta['repeat']} calls after {meta['warmup']} warm-up calls. "
+              f"medians of {meta['repeat']} calls after {meta['warmup']} warm-up calls"
+              + (f", JAX and lossc timed alternately in {meta['rounds']} rounds (medians of the "
+                 "rounds; the ratio is the median of the rounds' ratios)" if meta["rounds"] > 1
+                 else "")
+              + ". "
               f"{meta['versions']}. 1-min load average before/after each row: "
               + ", ".join(f"{r['loss']} {r['load_before']}/{r['load_after']}" for r in rows)
               + f" ({meta['ncpu']} cores).")
@@ -580,6 +609,7 @@ def main():
         else:
             versions.append("torchvision ops: inline copy")
     meta = dict(cpu=cpu, ncpu=os.cpu_count(), repeat=args.repeat, warmup=args.warmup,
+                rounds=max(args.rounds, 1),
                 versions=", ".join(versions), lossc=lossc,
                 eval_backend=args.eval_backend or "lossc default")
 
