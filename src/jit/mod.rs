@@ -456,8 +456,10 @@ struct Gen<'a, 'b> {
     ext: Vec<Value>,
     params: Vec<Value>,
     idx: Vec<Option<Value>>,
-    /// values by (kind, node): kind 0 is the node's value, 1 is e^-|node| (shared by
-    /// sigmoid, softplus and log_sigmoid of the node and of its negation)
+    /// values by (kind, node): kind 0 is the node's value; for a node and its negation, 1 is
+    /// e^-|node| (shared by sigmoid, softplus and log_sigmoid), 2 log1p of it, 5 and 6
+    /// sigmoid's 1/(1 + e^-|node|) and e^-|node|/(1 + e^-|node|); 9, 10, 13, 14 the same as
+    /// vectors; in vector steps 3 is a node's lanes and 4 a uniform node's splat
     scopes: Vec<HashMap<(u8, ExprId), Value>>,
     /// the index each scope binds (a loop body's scope), parallel to `scopes`
     binds: Vec<Option<IndexId>>,
