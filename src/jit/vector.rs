@@ -355,6 +355,9 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.b.ins().bnot(x)
             }
             Expr::StopGrad(a) => self.emit_v(a, ix)?,
+            Expr::Binary(op @ (Bin::And | Bin::Or), a, b) if self.lazy => {
+                return self.vlogic(op == Bin::And, a, b, ix)
+            }
             Expr::Binary(op, a, b) => {
                 if op == Bin::Pow && p.pool.ty(b) == Ty::Real {
                     let x = self.emit_v(a, ix)?;
@@ -457,6 +460,84 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             _ => return Err(internal("no vector form")),
         })
+    }
+
+    /// `a && b` (`and`) or `a || b` as lane masks. When the chain of `&&` (or `||`) has parts
+    /// that are the same for every lane and some of them are not cheap, the uniform parts are
+    /// tested first, cheapest first, with scalar branches: a gradient's
+    /// `f == T && u == 2 L && ...` is false on all rows but one, and then nothing else is
+    /// computed. The lanes are the same in any order: a part's reads may fail only where the
+    /// vector step is speculative, and then the scalar redo keeps the language's order.
+    fn vlogic(&mut self, and: bool, a: ExprId, b: ExprId, ix: IndexId) -> Result<Value> {
+        let p = self.p;
+        let op = if and { Bin::And } else { Bin::Or };
+        let mut parts = Vec::new();
+        flatten(p, op, a, &mut parts);
+        flatten(p, op, b, &mut parts);
+        let (mut uniform, lanes): (Vec<ExprId>, Vec<ExprId>) =
+            parts.iter().partition(|e| !p.pool.free(**e).contains(&ix));
+        // worth branching when there is scalar work to skip
+        let uniform_cheap = uniform.iter().all(|e| {
+            let mut budget = 8;
+            self.cheap(*e, &mut budget)
+        });
+        let combine = |g: &mut Self, x: Value, y: Value| {
+            if and {
+                g.b.ins().band(x, y)
+            } else {
+                g.b.ins().bor(x, y)
+            }
+        };
+        if uniform_cheap || lanes.is_empty() {
+            let x = self.emit_v(a, ix)?;
+            let y = self.emit_v(b, ix)?;
+            return Ok(combine(self, x, y));
+        }
+        // cheap uniform parts first (stable: otherwise in the written order)
+        uniform.sort_by_key(|e| {
+            let mut budget = 8;
+            !self.cheap(*e, &mut budget)
+        });
+        let mt = self.mtype();
+        let join = self.b.create_block();
+        self.b.append_block_param(join, mt);
+        let w = if self.f32 { types::I32 } else { types::I64 };
+        // the lanes when a uniform part decides: all false for `&&`, all true for `||`
+        let decided = self.b.ins().iconst(w, if and { 0 } else { -1 });
+        let decided = self.splat_m(decided);
+        // (a scope of its own: the blocks below do not dominate what follows the join)
+        self.push();
+        let r = (|| -> Result<()> {
+            for u in &uniform {
+                if self.known(*u) == Some(and) {
+                    continue;
+                }
+                let s = self.emit(*u)?;
+                let next = self.b.create_block();
+                let args = [BlockArg::Value(decided)];
+                if and {
+                    self.b.ins().brif(s, next, &[], join, &args);
+                } else {
+                    self.b.ins().brif(s, join, &args, next, &[]);
+                }
+                self.b.switch_to_block(next);
+            }
+            let mut acc: Option<Value> = None;
+            for l in &lanes {
+                let y = self.emit_v(*l, ix)?;
+                acc = Some(match acc {
+                    Some(x) => combine(self, x, y),
+                    None => y,
+                });
+            }
+            let acc = acc.ok_or_else(|| internal("no lane-wise part"))?;
+            self.b.ins().jump(join, &[BlockArg::Value(acc)]);
+            Ok(())
+        })();
+        self.pop();
+        r?;
+        self.b.switch_to_block(join);
+        Ok(self.b.block_params(join)[0])
     }
 
     /// `e`'s vector value where `flag == when` (else lanes of zeros, for a select to drop).
@@ -1644,6 +1725,17 @@ impl<'a, 'b> Gen<'a, 'b> {
 
 /// Every argument is the loop index itself along its own dimension or does not depend on it,
 /// and nothing but such an argument does (reads need no range check per lane).
+/// The parts of a chain of `op` (`&&` or `||`), left to right.
+fn flatten(p: &crate::ir::Program, op: Bin, e: ExprId, out: &mut Vec<ExprId>) {
+    match p.pool.get(e) {
+        Expr::Binary(o, a, b) if *o == op => {
+            flatten(p, op, *a, out);
+            flatten(p, op, *b, out);
+        }
+        _ => out.push(e),
+    }
+}
+
 fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId) -> bool {
     args.iter().zip(dims).all(|(a, d)| match p.pool.get(*a) {
         Expr::Index(i) if *i == ix => *d == ix,
