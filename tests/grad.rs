@@ -3,7 +3,7 @@
 //! Also the structural rules on small hand-written programs.
 
 use lossc::cases;
-use lossc::runtime::{Array, Backend, Call, Data, Library, Reduction};
+use lossc::runtime::{Array, Backend, Call, DType, Data, Library, Reduction};
 use std::path::PathBuf;
 
 /// A tiny deterministic generator (xorshift), so failures reproduce.
@@ -92,11 +92,22 @@ fn gradients_match_finite_differences_on_every_case() {
         if case.expected_error().is_some() {
             continue;
         }
-        let call = case.call(Backend::Interp).unwrap();
+        let mut call = case.call(Backend::Interp).unwrap();
+        // (in f64: f32 rounding would swamp the differences; f32 cases are checked against
+        // their references by the case runner)
+        call.dtype = DType::F64;
         if call.grad.is_empty() {
             continue;
         }
         let (lib, name) = lossc::cases::loss_library(&case).unwrap();
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("sweep_"))
+        {
+            // The generated sweep (edge values: clip bounds, exact margins, 1e-9 probabilities,
+            // 1e200 errors, a stop_grad β) sits where central differences do not apply; its
+            // gradients are checked against torch autograd (float64) by the case runner.
+            continue;
+        }
         if name == "ciou_loss" {
             // Its α is stop_grad (as torchvision's): the gradient is deliberately not the
             // derivative of the value, so finite differences do not apply. The reference
@@ -268,7 +279,10 @@ fn printed_gradients_parse_check_and_agree() {
         if case.expected_error().is_some() {
             continue;
         }
-        let call = case.call(Backend::Interp).unwrap();
+        let mut call = case.call(Backend::Interp).unwrap();
+        // (in f64: f32 rounding would swamp the differences; f32 cases are checked against
+        // their references by the case runner)
+        call.dtype = DType::F64;
         let (lib, name) = lossc::cases::loss_library(&case).unwrap();
         let out = match lib.call(&name, &call) {
             Ok(o) => o,
