@@ -1349,3 +1349,51 @@ fn per_row_checked_reads() {
         assert_eq!(e.kind, lossc::diag::ErrorKind::Range);
     }
 }
+
+/// Rows of every length from 1 to 40: the interleaved vector steps (16 cells in f32, 8 in f64),
+/// then single vector steps, then scalar cells, all agree with the interpreter, for a row-wise
+/// max and sum of exps (softmax cross-entropies, their gradients) and a sum (MSE over rows).
+#[test]
+fn short_rows_take_single_vector_steps() {
+    let lib = Library::with_stdlib().unwrap();
+    let mut rng = Rng(0x51ed270b7a0f3c29);
+    let mut failures = Vec::new();
+    for c in 1..=40usize {
+        let n = 3;
+        let logits: Vec<f64> = (0..n * c).map(|_| 8.0 * rng.next() - 4.0).collect();
+        let labels: Vec<f64> = (0..n * c).map(|_| rng.next()).collect();
+        let ids: Vec<i64> = (0..n).map(|k| ((k * 7) % c) as i64).collect();
+        for dtype in [DType::F64, DType::F32] {
+            let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+            let mut call = Call::new()
+                .input("labels", Array::real(vec![n, c], labels.clone()))
+                .input("logits", Array::real(vec![n, c], logits.clone()))
+                .reduction(Reduction::Mean)
+                .grad("logits");
+            call.dtype = dtype;
+            compare(
+                &format!("softmax c={c} {dtype:?}"),
+                &lib,
+                "softmax_cross_entropy",
+                &call,
+                rtol,
+                &mut failures,
+            );
+            let mut call = Call::new()
+                .input("labels", Array::int(vec![n], ids.clone()))
+                .input("logits", Array::real(vec![n, c], logits.clone()))
+                .reduction(Reduction::Sum)
+                .grad("logits");
+            call.dtype = dtype;
+            compare(
+                &format!("sparse c={c} {dtype:?}"),
+                &lib,
+                "sparse_softmax_cross_entropy",
+                &call,
+                rtol,
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1272,19 +1272,39 @@ impl<'a, 'b> Gen<'a, 'b> {
         // in every block that uses it, so the loop would recompute its bound each step.
         let copies = self.copies(w, accs);
         let step = copies * lanes;
-        let tail = self.b.ins().band_imm_s(n, step - 1);
-        let main_n = self.b.ins().isub(n, tail);
+        // Inside an outer loop (rows of a few dozen cells: CTC's 30 classes), the cells past
+        // the interleaved steps run one vector step at a time before the scalar remainder,
+        // which would otherwise take up to 15 cells (15 scalar exps) per row; a loop of its
+        // own (a whole 1-D loss) leaves at most 15 cells of millions and keeps its code small.
+        let single = copies > 1
+            && self
+                .idx
+                .iter()
+                .enumerate()
+                .any(|(i, v)| i != ix.ix() && v.is_some());
         // (int lanes are i32 for f32: no vector steps over 2^30 cells)
-        let main_n = if self.f32 && self.int_lanes_used(w, accs, ix) {
-            let big = self
-                .b
-                .ins()
-                .icmp_imm_s(IntCC::SignedGreaterThan, n, 1 << 30);
-            let zero = self.b.ins().iconst(types::I64, 0);
-            self.b.ins().select(big, zero, main_n)
+        let big = if self.f32 && self.int_lanes_used(w, accs, ix) {
+            Some(
+                self.b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThan, n, 1 << 30),
+            )
         } else {
-            main_n
+            None
         };
+        let bound = |g: &mut Self, step: i64| {
+            let tail = g.b.ins().band_imm_s(n, step - 1);
+            let m = g.b.ins().isub(n, tail);
+            match big {
+                Some(big) => {
+                    let zero = g.b.ins().iconst(types::I64, 0);
+                    g.b.ins().select(big, zero, m)
+                }
+                None => m,
+            }
+        };
+        let main_n = bound(self, step);
+        let single_n = if single { bound(self, lanes) } else { main_n };
         // Sums in f64 lanes (two F64X2 per F32X4), max/min in the real lanes.
         let mut vaccs: Vec<Vec<Variable>> = Vec::new();
         for c in accs {
@@ -1348,8 +1368,21 @@ impl<'a, 'b> Gen<'a, 'b> {
         let body = self.b.create_block();
         let exit = self.b.create_block();
         let flush = self.b.create_block();
-        let nonempty = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, main_n, 0);
-        self.b.ins().brif(nonempty, body, &[], exit, &[]);
+        let nonempty = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedGreaterThan, single_n, 0);
+        // (where the interleaved loop leaves: the single steps, if any)
+        let after = single.then(|| self.b.create_block());
+        if let Some(after) = after {
+            let head = self.b.create_block();
+            self.b.ins().brif(nonempty, head, &[], exit, &[]);
+            self.b.switch_to_block(head);
+            let run = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, main_n, 0);
+            self.b.ins().brif(run, body, &[], after, &[]);
+        } else {
+            self.b.ins().brif(nonempty, body, &[], exit, &[]);
+        }
         self.b.switch_to_block(body);
         let k = self.b.use_var(var);
         if copies > 1 {
@@ -1381,7 +1414,25 @@ impl<'a, 'b> Gen<'a, 'b> {
         let next = self.b.ins().iadd_imm_s(k, step);
         self.b.def_var(var, next);
         let more = self.b.ins().icmp(IntCC::SignedLessThan, next, main_n);
-        self.b.ins().brif(more, body, &[], flush, &[]);
+        self.b
+            .ins()
+            .brif(more, body, &[], after.unwrap_or(flush), &[]);
+        if let Some(after) = after {
+            // k is 0 (no interleaved step ran) or main_n
+            self.b.switch_to_block(after);
+            let k = self.b.use_var(var);
+            let more = self.b.ins().icmp(IntCC::SignedLessThan, k, single_n);
+            let ones = self.b.create_block();
+            self.b.ins().brif(more, ones, &[], flush, &[]);
+            self.b.switch_to_block(ones);
+            let k = self.b.use_var(var);
+            self.vstep(w, accs, &vaccs, ix, k)?;
+            let k = self.b.use_var(var);
+            let next = self.b.ins().iadd_imm_s(k, lanes);
+            self.b.def_var(var, next);
+            let more = self.b.ins().icmp(IntCC::SignedLessThan, next, single_n);
+            self.b.ins().brif(more, ones, &[], flush, &[]);
+        }
         // After a loop that ran: the one-cell sums go to memory, lanes in order.
         self.b.switch_to_block(flush);
         self.vcells = saved_cells;
@@ -1461,7 +1512,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             };
             self.b.def_var(c.var, s);
         }
-        Ok(main_n)
+        Ok(single_n)
     }
 
     /// The whole loop over `ix` of a speculative fill (see [`Gen::can_vectorize`]): vector
