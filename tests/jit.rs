@@ -1412,3 +1412,66 @@ fn short_rows_take_single_vector_steps() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A logsumexp of a few values on every combination of special values (NaN, ±inf, ±0, large,
+/// small): the maximum taken as one maxps still gives NaN for any NaN argument, the maximum
+/// where it is infinite, and the interpreter's value elsewhere, lane-wise and scalar.
+#[test]
+fn logsumexp_of_a_few_values_on_special_values() {
+    let src = "loss lse3(a[i], b[i], c[i]) -> [i] { logsumexp(a[i], b[i], c[i]) }\n\
+               loss lse2(a[i], b[i]) -> [i] { logsumexp(a[i], b[i]) }";
+    let lib = Library::from_source("lse.loss", src).unwrap();
+    let specials = [
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1.5,
+        -1e30,
+        80.0,
+    ];
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for x in specials {
+        for y in specials {
+            for z in specials {
+                a.push(x);
+                b.push(y);
+                c.push(z);
+            }
+        }
+    }
+    let n = a.len();
+    let mut failures = Vec::new();
+    for dtype in [DType::F64, DType::F32] {
+        let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+        let mut call = Call::new()
+            .input("a", Array::real(vec![n], a.clone()))
+            .input("b", Array::real(vec![n], b.clone()))
+            .input("c", Array::real(vec![n], c.clone()))
+            .reduction(Reduction::None);
+        call.dtype = dtype;
+        compare(
+            &format!("lse3 {dtype:?}"),
+            &lib,
+            "lse3",
+            &call,
+            rtol,
+            &mut failures,
+        );
+        let mut call = Call::new()
+            .input("a", Array::real(vec![n], a.clone()))
+            .input("b", Array::real(vec![n], c.clone()))
+            .reduction(Reduction::None);
+        call.dtype = dtype;
+        compare(
+            &format!("lse2 {dtype:?}"),
+            &lib,
+            "lse2",
+            &call,
+            rtol,
+            &mut failures,
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -2044,7 +2044,25 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// logsumexp of a few values: m + log(sum e^(v - m)), or m when m is not finite.
     fn logsumexp_of(&mut self, v: &[Value]) -> Result<Value> {
-        let m = v.iter().skip(1).fold(v[0], |a, b| self.b.ins().fmax(a, *b));
+        // The maximum as `b > a ? b : a` (one maxps; fmax's NaN and signed-zero rules take about
+        // eight instructions): a NaN argument is then skipped by the maximum but still makes
+        // the sum NaN; where the maximum is not finite the result is the maximum, or NaN when
+        // an argument is (below).
+        let m = v.iter().skip(1).fold(v[0], |a, b| {
+            let take = self.b.ins().fcmp(FloatCC::LessThan, a, *b);
+            self.sel(take, *b, a)
+        });
+        let mut nan: Option<Value> = None;
+        for pair in v.chunks(2) {
+            let u = self
+                .b
+                .ins()
+                .fcmp(FloatCC::Unordered, pair[0], pair[pair.len() - 1]);
+            nan = Some(match nan {
+                Some(x) => self.b.ins().bor(x, u),
+                None => u,
+            });
+        }
         let mut s: Option<Value> = None;
         for x in v {
             let d = self.b.ins().fsub(*x, m);
@@ -2060,7 +2078,10 @@ impl<'a, 'b> Gen<'a, 'b> {
         let inf = self.rc(m, f64::INFINITY);
         let am = self.b.ins().fabs(m);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, am, inf);
-        Ok(self.sel(finite, r, m))
+        // (r is NaN wherever an argument is)
+        let nan = nan.ok_or_else(|| internal("empty logsumexp"))?;
+        let use_r = self.b.ins().bor(finite, nan);
+        Ok(self.sel(use_r, r, m))
     }
 
     /// A real reduction whose body is lane-wise: a vector loop, then the remaining cells.
