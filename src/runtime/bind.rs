@@ -397,6 +397,30 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
             }
             let got = shape[k] as i64;
             let ix = d.ix();
+            if k > 0 {
+                // An index bound past an input's first dimension takes no folded dimensions, so
+                // an input that would fold into it must not (`w[d, c]` as [2, 1, 3] against
+                // `features[n, d]`'s d = 2).
+                let l = vec![shape[k]];
+                match &lead[ix] {
+                    None => lead[ix] = Some(l),
+                    Some(prev) if *prev != l => {
+                        return Err(Error::new(
+                            ErrorKind::Shape,
+                            format!(
+                                "shape mismatch: input `{}` has shape {:?}, which disagrees with `{}` along `{}` ({:?} against {:?})",
+                                inp.name,
+                                arr_shape,
+                                bound_by[ix].clone().unwrap_or_default(),
+                                p.index_label(*d),
+                                l,
+                                prev
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
             if let Extent::Fixed(n) = p.indices[ix].extent {
                 if got != n {
                     return Err(Error::new(
@@ -502,10 +526,18 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
             (Ty::Int, Data::Real(v)) => {
                 let mut out = Vec::with_capacity(v.len());
                 for x in v {
-                    if x.fract() != 0.0 || !x.is_finite() || x.abs() > 9e15 {
+                    if x.fract() != 0.0 || !x.is_finite() {
                         return Err(Error::new(
                             ErrorKind::Type,
                             format!("input `{}` is declared int (wrong dtype), but holds {x}, which is not a whole number", inp.name),
+                        ));
+                    }
+                    // (a whole number this large is no valid id or length: out of range, as
+                    // 2^62 given as an integer is)
+                    if x.abs() > 9e15 {
+                        return Err(Error::new(
+                            ErrorKind::Range,
+                            format!("index out of range: input `{}` holds {x}, past the whole numbers an int input takes exactly (|x| <= 9e15)", inp.name),
                         ));
                     }
                     out.push(*x as i64);
