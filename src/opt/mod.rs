@@ -1095,7 +1095,6 @@ pub fn precise_logsumexp(p: &Program) -> Program {
             continue;
         }
         let indices = t.indices.clone();
-        let own = q.own_read(tid, Ty::Real);
         let inf = q.pool.real(f64::INFINITY);
         let zero = q.pool.real(0.0);
         let body = q.tensors[k].body;
@@ -1111,7 +1110,14 @@ pub fn precise_logsumexp(p: &Program) -> Program {
                 };
                 let abs = q.pool.add(Expr::Call(Func::Abs, vec![m]), Ty::Real);
                 let finite = q.pool.add(Expr::Binary(Bin::Lt, abs, inf), Ty::Bool);
-                if c != finite || off != m || !matches!(q.pool.get(m), Expr::Tensor(..)) {
+                // (the maximum read at this table's own cell, from a table over the same indices)
+                let own_max = match q.pool.get(m).clone() {
+                    Expr::Tensor(u, _) => {
+                        q.tensors[u.ix()].indices == indices && q.own_read(u, Ty::Real) == m
+                    }
+                    _ => false,
+                };
+                if c != finite || off != m || !own_max {
                     continue;
                 }
                 (m, l)
@@ -1157,7 +1163,6 @@ pub fn precise_logsumexp(p: &Program) -> Program {
         q.tensors[k].body = q
             .pool
             .add(Expr::Binary(Bin::Add, m_read, lo_read), Ty::Real);
-        let _ = own;
         split.insert(tid, (m_id, lo_id));
     }
     if split.is_empty() {
