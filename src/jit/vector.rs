@@ -947,6 +947,56 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(v)
     }
 
+    /// `s` added into the one cell `index` of a run that has the same cell for every lane. A
+    /// cell outside the table takes nothing when `s` is 0 (the guards of a padded table's
+    /// adjoint, `c_grad[lab[i]]` for a `lab[i]` past `c`, held in no lane: the scalar code
+    /// writes nothing there either) and is a range error otherwise.
+    fn accumulate_one(
+        &mut self,
+        slot: usize,
+        dims: &[IndexId],
+        index: &[ExprId],
+        s: Value,
+    ) -> Result<()> {
+        let mut off = self.b.ins().iconst(types::I64, 0);
+        let mut checks = Vec::new();
+        for (k, (a, d)) in index.iter().zip(dims).enumerate() {
+            let v = self.emit(*a)?;
+            let n = self.ext[d.ix()];
+            if !crate::schedule::in_range(self.p, *a, *d) {
+                let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+                checks.push((bad, *a, k, v));
+            }
+            let m = self.b.ins().imul(off, n);
+            off = self.b.ins().iadd(m, v);
+        }
+        if checks.is_empty() {
+            self.accumulate(slot, off, s);
+            return Ok(());
+        }
+        let zero = self.real_const(0.0);
+        // (NaN counts as something to add)
+        let some = self.b.ins().fcmp(FloatCC::NotEqual, s, zero);
+        let mut outside: Option<Value> = None;
+        for (bad, a, k, v) in checks {
+            let fails = self.b.ins().band(bad, some);
+            self.check(fails, super::ERR_RANGE, a, k, v);
+            outside = Some(match outside {
+                Some(o) => self.b.ins().bor(o, bad),
+                None => bad,
+            });
+        }
+        let write = self.b.create_block();
+        let done = self.b.create_block();
+        let outside = outside.ok_or_else(|| internal("no range check"))?;
+        self.b.ins().brif(outside, done, &[], write, &[]);
+        self.b.switch_to_block(write);
+        self.accumulate(slot, off, s);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        Ok(())
+    }
+
     fn vaddr(&mut self, slot: usize, dims: &[IndexId], args: &[ExprId]) -> Result<Value> {
         let off = self.voffset(dims, args)?;
         Ok(self.addr(slot, Elem::Real, off))
@@ -1192,8 +1242,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                             let x = self.b.ins().extractlane(v, lane as u8);
                             s = self.b.ins().fadd(s, x);
                         }
-                        let off = self.offset_with(&dims, &r.index, None)?;
-                        self.accumulate(slot, off, s);
+                        self.accumulate_one(slot, &dims, &r.index, s)?;
                         continue;
                     }
                     if let (true, Some((w, col))) = (r.direct, self.column_of(&dims, &r.index, ix))
@@ -1461,14 +1510,10 @@ impl<'a, 'b> Gen<'a, 'b> {
                 };
                 let dims = self.p.tensors[r.target.ix()].indices.clone();
                 let slot = self.p.inputs.len() + r.target.ix();
-                let off = match self.offset_with(&dims, &r.index, None) {
-                    Ok(off) => off,
-                    Err(e) => {
-                        self.pop();
-                        return Err(e);
-                    }
-                };
-                self.accumulate(slot, off, s);
+                if let Err(e) = self.accumulate_one(slot, &dims, &r.index, s) {
+                    self.pop();
+                    return Err(e);
+                }
             }
         }
         self.pop();
