@@ -362,24 +362,8 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
             shape.extend(&arr_shape[extra + 1..]);
             let l = arr_shape[..=extra].to_vec();
             let ix = inp.dims[0].ix();
-            match &lead[ix] {
-                None => lead[ix] = Some(l),
-                Some(prev) if *prev != l && extents[ix] >= 0 => {
-                    return Err(Error::new(
-                        ErrorKind::Shape,
-                        format!(
-                            "shape mismatch: input `{}` has shape {:?}, which disagrees with `{}` along `{}` ({:?} against {:?})",
-                            inp.name,
-                            arr_shape,
-                            bound_by[ix].clone().unwrap_or_default(),
-                            p.index_label(inp.dims[0]),
-                            l,
-                            prev
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
+            let by = (extents[ix] >= 0).then(|| bound_by[ix].clone().unwrap_or_default());
+            agree_lead(p, &mut lead[ix], l, inp.dims[0], &inp.name, arr_shape, by)?;
         }
         for (k, d) in inp.dims.iter().enumerate() {
             // No index is longer than the largest table (a `[0, 2^63]` shape holds no data
@@ -401,25 +385,16 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
                 // An index bound past an input's first dimension takes no folded dimensions, so
                 // an input that would fold into it must not (`w[d, c]` as [2, 1, 3] against
                 // `features[n, d]`'s d = 2).
-                let l = vec![shape[k]];
-                match &lead[ix] {
-                    None => lead[ix] = Some(l),
-                    Some(prev) if *prev != l => {
-                        return Err(Error::new(
-                            ErrorKind::Shape,
-                            format!(
-                                "shape mismatch: input `{}` has shape {:?}, which disagrees with `{}` along `{}` ({:?} against {:?})",
-                                inp.name,
-                                arr_shape,
-                                bound_by[ix].clone().unwrap_or_default(),
-                                p.index_label(*d),
-                                l,
-                                prev
-                            ),
-                        ))
-                    }
-                    Some(_) => {}
-                }
+                let by = bound_by[ix].clone().unwrap_or_default();
+                agree_lead(
+                    p,
+                    &mut lead[ix],
+                    vec![shape[k]],
+                    *d,
+                    &inp.name,
+                    arr_shape,
+                    Some(by),
+                )?;
             }
             if let Extent::Fixed(n) = p.indices[ix].extent {
                 if got != n {
@@ -452,6 +427,33 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
         }
     }
     Ok(Shapes { extents, lead })
+}
+
+/// Records `l` as the leading shape that folds into index `d`, or checks it against the one
+/// recorded (when `bound_by`, the input that bound it, is given).
+fn agree_lead(
+    p: &Program,
+    lead: &mut Option<Vec<usize>>,
+    l: Vec<usize>,
+    d: ir::IndexId,
+    name: &str,
+    arr_shape: &[usize],
+    bound_by: Option<String>,
+) -> Result<()> {
+    match (&*lead, bound_by) {
+        (None, _) => *lead = Some(l),
+        (Some(prev), Some(by)) if *prev != l => {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                format!(
+                    "shape mismatch: input `{name}` has shape {arr_shape:?}, which disagrees with `{by}` along `{}` ({l:?} against {prev:?})",
+                    p.index_label(d),
+                ),
+            ))
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Parameter values (given, or their defaults, which may read the inputs) and computed
