@@ -935,8 +935,8 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// An index argument's value, range-checked unless it is in range by construction.
-    /// (Vector loops only take reads that are safe, so the check never fails today; it keeps
-    /// a future relaxation from reading out of bounds.)
+    /// (Vector loops take reads that are safe; a scatter's one cell, which its guards may have
+    /// left unwritten outside the table, goes through [`Gen::accumulate_one`] instead.)
     fn checked_arg(&mut self, a: ExprId, d: IndexId) -> Result<Value> {
         let v = self.emit(a)?;
         if !crate::schedule::in_range(self.p, a, d) {
