@@ -101,6 +101,11 @@ pub enum MathFn {
     /// Bitwise equal to `Log1p` there, without the cases that cannot arise (`1 + x >= 4`,
     /// `x <= -1`, infinities, tiny or negative `x` near 0).
     Log1pUnit,
+    /// `exp` for arguments `<= 0` (and NaN, -inf) only: `exp(x - max)` of a logsumexp or a
+    /// softmax, `exp(-|x|)` of softplus. Bitwise equal to `Exp` there, with one scaling
+    /// multiplication instead of two (`k <= 0` leaves room for `2^(k+64)` to stay normal) and
+    /// no upper clamp.
+    ExpNonPos,
     Expm1,
     Tanh,
     Sin,
@@ -111,11 +116,12 @@ pub enum MathFn {
 
 impl MathFn {
     /// All the functions, in declaration order.
-    pub const ALL: [MathFn; 10] = [
+    pub const ALL: [MathFn; 11] = [
         MathFn::Exp,
         MathFn::Log,
         MathFn::Log1p,
         MathFn::Log1pUnit,
+        MathFn::ExpNonPos,
         MathFn::Expm1,
         MathFn::Tanh,
         MathFn::Sin,
@@ -164,6 +170,7 @@ impl E<'_, '_> {
         let e = self;
         match f {
             MathFn::Exp => e.exp(x),
+            MathFn::ExpNonPos => e.exp_nonpos(x),
             MathFn::Log => e.log(x),
             MathFn::Log1p => e.log1p(x),
             MathFn::Log1pUnit => e.log1p_unit(x),
@@ -527,8 +534,23 @@ impl<'a, 'b> E<'a, 'b> {
         let lo = self.c2(-104.0, -746.0);
         let hi = self.c2(89.0, 710.0);
         let xc = self.clamp(x, lo, hi);
+        self.exp_clamped(xc, false)
+    }
+
+    /// `exp(x)` for `x <= 0` or NaN (see [`MathFn::ExpNonPos`]): only the lower clamp, then
+    /// `y 2^k` as `(y 2^(k+64)) 2^-64` (`2^(k+512)`, `2^-512` for f64): for `k` in
+    /// `[-150, 0]` the first product is exact (normal), the second rounds once, as the
+    /// second step of [`Self::scale2`] does: the same bits.
+    fn exp_nonpos(&mut self, x: Value) -> Value {
+        let lo = self.c2(-104.0, -746.0);
+        let below = self.cmp(FloatCC::LessThan, x, lo);
+        let xc = self.sel(below, lo, x);
+        self.exp_clamped(xc, true)
+    }
+
+    fn exp_clamped(&mut self, xc: Value, nonpos: bool) -> Value {
         if !self.d && self.fma {
-            return self.exp_f32_fma(xc);
+            return self.exp_f32_fma(xc, nonpos);
         }
         let t = self.mulc(xc, std::f64::consts::LOG2_E);
         let (kf, k) = self.round_int(t);
@@ -579,14 +601,27 @@ impl<'a, 'b> E<'a, 'b> {
             let y = self.add(zp, r);
             self.addc(y, 1.0)
         };
-        self.scale2(y, k)
+        self.scale_exp(y, k, nonpos)
+    }
+
+    /// `y 2^k` for exp's `k`: in two steps ([`Self::scale2`]), or for `k <= 0` in one shifted
+    /// step and a constant.
+    fn scale_exp(&mut self, y: Value, k: Value, nonpos: bool) -> Value {
+        if !nonpos {
+            return self.scale2(y, k);
+        }
+        let (up, down) = if self.d { (512, -512) } else { (64, -64) };
+        let ku = self.iaddc(k, up);
+        let s = self.pow2i(ku);
+        let y = self.mul(y, s);
+        self.mulc(y, 2f64.powi(down))
     }
 
     /// f32 `exp` of a clamped `x` with fused multiply-adds: rounding folded into one fma,
     /// Cody-Waite reduction in two exact-product steps, and a degree-6 minimax polynomial
     /// `1 + r (1 + r P(r))` (relative error 3e-9 on `|r| <= ln2/2`), about ten instructions
     /// fewer than the unfused form and fewer live constants.
-    fn exp_f32_fma(&mut self, xc: Value) -> Value {
+    fn exp_f32_fma(&mut self, xc: Value, nonpos: bool) -> Value {
         let magic = 12582912.0_f32;
         let m = self.c(magic as f64);
         let l2e = self.c(std::f64::consts::LOG2_E);
@@ -616,7 +651,7 @@ impl<'a, 'b> E<'a, 'b> {
         let q = self.fma(r, p, one);
         let y = self.fma(r, q, one);
         self.pin(y);
-        self.scale2(y, k)
+        self.scale_exp(y, k, nonpos)
     }
 
     // ---- log, log1p ------------------------------------------------------------------------
@@ -1480,7 +1515,7 @@ mod tests {
 
     fn reference(f: MathFn, x: f64) -> f64 {
         match f {
-            MathFn::Exp => x.exp(),
+            MathFn::Exp | MathFn::ExpNonPos => x.exp(),
             MathFn::Log => x.ln(),
             MathFn::Log1p | MathFn::Log1pUnit => x.ln_1p(),
             MathFn::Expm1 => x.exp_m1(),
@@ -1549,6 +1584,7 @@ mod tests {
         match f {
             MathFn::Sin | MathFn::Cos => x.abs() <= if double { 1e9 } else { 102943.0 },
             MathFn::Log1pUnit => (0.0..=1.0).contains(&x),
+            MathFn::ExpNonPos => x <= 0.0 || x.is_nan(),
             _ => true,
         }
     }
@@ -1806,6 +1842,7 @@ mod tests {
                 (-1e-30, -1e-30),
             ],
             MathFn::Log1pUnit => &[(0.0, 0.0), (1e-30, 1e-30), (1e-310, 1e-310)],
+            MathFn::ExpNonPos => &[(-inf, 0.0), (0.0, 1.0), (-0.0, 1.0), (-1e4, 0.0)],
             MathFn::Expm1 => &[
                 (-inf, -1.0),
                 (inf, inf),
@@ -1912,6 +1949,51 @@ mod tests {
                 err32(got, want) <= 1.0,
                 "logf({x:e}) = {got:e}, want {want:e}"
             );
+        }
+    }
+
+    /// The exp of non-positive arguments is the general one there, bit for bit: every 61st
+    /// non-positive f32 (all of [-104, 0] at that stride, the clamp, subnormal results),
+    /// every f32 of [-104, -85] (the results that round into the subnormals), NaN, -inf, and
+    /// 10^6 doubles of [-750, 0] with the ends.
+    #[test]
+    fn exp_nonpos_is_exp_on_its_domain() {
+        let (a, b) = (compile(MathFn::Exp), compile(MathFn::ExpNonPos));
+        let neg = (-0.0f32).to_bits();
+        let xs32: Vec<f32> = (neg..=u32::MAX)
+            .step_by(61)
+            .chain((-85.0f32).to_bits()..=(-104.0f32).to_bits())
+            .map(f32::from_bits)
+            .chain([0.0, -0.0, f32::NEG_INFINITY, f32::NAN, -f32::MIN_POSITIVE])
+            .chain([-103.97208, -87.33655, -1e-45, f32::MIN])
+            .collect();
+        let same = |p: f32, q: f32| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan());
+        let mut out = [0f32; 4];
+        for chunk in xs32.chunks(4) {
+            let mut lanes = [0f32; 4];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            (b.v32)(lanes.as_ptr(), out.as_mut_ptr());
+            for (&x, &y) in lanes.iter().zip(&out) {
+                let (p, q) = ((a.f32)(x), (b.f32)(x));
+                assert!(same(p, q), "f32 {x:e}: {p:e} vs {q:e}");
+                assert!(same(p, y), "f32x4 {x:e}: {p:e} vs {y:e}");
+            }
+        }
+        let mut rng = Rng(11);
+        let xs64: Vec<f64> = (0..1_000_000)
+            .map(|_| rng.uniform(-750.0, 0.0))
+            .chain([0.0, -0.0, f64::NEG_INFINITY, f64::NAN, -746.0, -745.1332191019412])
+            .chain([-708.3964185322641, -709.782712893384, -5e-324, f64::MIN])
+            .collect();
+        let mut out = [0f64; 2];
+        for chunk in xs64.chunks_exact(2) {
+            (b.v64)(chunk.as_ptr(), out.as_mut_ptr());
+            for (&x, &y) in chunk.iter().zip(&out) {
+                let (p, q) = ((a.f64)(x), (b.f64)(x));
+                let same = p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan());
+                assert!(same, "f64 {x:e}: {p:e} vs {q:e}");
+                assert!(p.to_bits() == y.to_bits() || (p.is_nan() && y.is_nan()), "f64x2 {x:e}");
+            }
         }
     }
 
