@@ -1415,6 +1415,82 @@ fn short_rows_take_single_vector_steps() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Softmax rows holding special values (NaN, ±inf, a row all -inf, exponentials that round
+/// into the subnormals or to zero, -1e30), rows of 1 to 37 classes (vector steps, single
+/// steps and scalar cells): the exponentials' fill and their sum run as one pass
+/// (`summed_fill`), with the exp of non-positive arguments; JIT and interpreter agree, value
+/// and gradient, in f32 and f64, for softmax and sparse softmax cross-entropy and a loss
+/// whose sum of exponentials is its output.
+#[test]
+fn softmax_rows_of_special_values() {
+    let lib = Library::with_stdlib().unwrap();
+    let src = "loss mass(x[n, c]) -> [n] { let m[n] = max(c: x[n, c]); \
+               let e[n, c] = exp(x[n, c] - m[n]); let s[n] = sum(c: e[n, c]); s[n] + e[n, 0] }";
+    let own = Library::from_source("mass.loss", src).unwrap();
+    let specials = [
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        -1e30,
+        -90.0,
+        -104.5,
+        -150.0,
+        -745.5,
+        0.0,
+        -0.0,
+        3.0,
+    ];
+    let mut rng = Rng(0x5f3759df);
+    let mut failures = Vec::new();
+    for c in [1usize, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 37] {
+        // row k: random values with special value k (if any) at a random cell; then a row
+        // of -inf and a row of a special value everywhere
+        let mut logits = Vec::new();
+        let rows = specials.len() + 3;
+        for k in 0..rows {
+            let mut row: Vec<f64> = (0..c).map(|_| 6.0 * rng.next() - 3.0).collect();
+            if k < specials.len() {
+                let at = (rng.next() * c as f64) as usize % c;
+                row[at] = specials[k];
+                if c > 2 {
+                    row[(at + 1) % c] = specials[(k + 4) % specials.len()];
+                }
+            } else if k == specials.len() {
+                row.iter_mut().for_each(|v| *v = f64::NEG_INFINITY);
+            } else if k == specials.len() + 1 {
+                row.iter_mut().for_each(|v| *v = -100.0 * rng.next());
+            }
+            logits.extend(row);
+        }
+        let labels: Vec<f64> = (0..rows * c).map(|_| rng.next()).collect();
+        let ids: Vec<i64> = (0..rows).map(|k| (k % c) as i64).collect();
+        for dtype in [DType::F64, DType::F32] {
+            let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+            let x = Array::real(vec![rows, c], logits.clone());
+            let mut call = Call::new()
+                .input("labels", Array::real(vec![rows, c], labels.clone()))
+                .input("logits", x.clone())
+                .reduction(Reduction::None)
+                .grad("logits");
+            call.dtype = dtype;
+            let name = format!("softmax c={c} {dtype:?}");
+            compare(&name, &lib, "softmax_cross_entropy", &call, rtol, &mut failures);
+            let mut call = Call::new()
+                .input("labels", Array::int(vec![rows], ids.clone()))
+                .input("logits", x.clone())
+                .reduction(Reduction::None)
+                .grad("logits");
+            call.dtype = dtype;
+            let name = format!("sparse c={c} {dtype:?}");
+            compare(&name, &lib, "sparse_softmax_cross_entropy", &call, rtol, &mut failures);
+            let mut call = Call::new().input("x", x).reduction(Reduction::None);
+            call.dtype = dtype;
+            compare(&format!("mass c={c} {dtype:?}"), &own, "mass", &call, rtol, &mut failures);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A logsumexp of a few values on every combination of special values (NaN, ±inf, ±0, large,
 /// small): the maximum taken as one maxps still gives NaN for any NaN argument, the maximum
 /// where it is infinite, and the interpreter's value elsewhere, lane-wise and scalar.

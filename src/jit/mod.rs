@@ -487,6 +487,9 @@ struct Gen<'a, 'b> {
     frontend: cranelift_codegen::isa::TargetFrontendConfig,
     /// in a vector step: the columns of a table of short rows, by (slot, step's first cell)
     vcols: HashMap<(usize, Value), Vec<Value>>,
+    /// a carried reduction (node) whose body is read from the value being stored (see
+    /// [`Gen::fill_with_sum`])
+    carried_alias: Option<(ExprId, ExprId)>,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -570,12 +573,23 @@ impl<'a, 'b> Gen<'a, 'b> {
             vcells: Vec::new(),
             frontend,
             vcols: HashMap::new(),
+            carried_alias: None,
         })
     }
 
     fn body(&mut self, stages: &[Stage]) -> Result<()> {
-        for st in stages {
-            self.stage(st)?;
+        let mut k = 0;
+        while k < stages.len() {
+            if let Some(node) = stages
+                .get(k + 1)
+                .and_then(|next| summed_fill(self.p, &stages[k], next))
+            {
+                self.fill_with_sum(&stages[k], &stages[k + 1], node)?;
+                k += 2;
+                continue;
+            }
+            self.stage(&stages[k])?;
+            k += 1;
         }
         let zero = self.b.ins().iconst(types::I64, 0);
         self.b.ins().return_(&[zero]);
@@ -822,6 +836,10 @@ impl<'a, 'b> Gen<'a, 'b> {
             let Expr::Reduce(red, _, body) = self.p.pool.get(node).clone() else {
                 return Err(internal("carried node is not a reduction"));
             };
+            let body = match self.carried_alias {
+                Some((n, b)) if n == node => b,
+                _ => body,
+            };
             let (ty, init) = match red {
                 Red::Sum | Red::Mean => (types::F64, self.b.ins().f64const(0.0)),
                 Red::Max => (self.rt, self.real_const(f64::NEG_INFINITY)),
@@ -1038,6 +1056,60 @@ impl<'a, 'b> Gen<'a, 'b> {
                 })
             }
         }
+    }
+
+    /// A fill of `t[.., c]` and the next stage's fill of `s[..]`, whose body sums `t`'s row
+    /// (`node`, see [`summed_fill`]), in one pass over each row: the row's cells are stored
+    /// and summed as they are computed (softmax's exponentials and their sum), then `s`'s cell
+    /// is filled with the sum at hand. The sum is the same, bit for bit, as the separate
+    /// pass's (the same lanes and steps, in the same order); it is computed even where `s`'s
+    /// body would not need it, which is safe: it reads only the row just stored.
+    fn fill_with_sum(&mut self, fill: &Stage, then: &Stage, node: ExprId) -> Result<()> {
+        let (
+            Stage::Fill {
+                tensor: Some(t),
+                indices,
+                body,
+                ..
+            },
+            Stage::Fill {
+                tensor: Some(s),
+                indices: outer,
+                body: s_body,
+                ..
+            },
+        ) = (fill, then)
+        else {
+            return Err(internal("not a summed fill"));
+        };
+        self.written.iter_mut().for_each(|w| *w = false);
+        self.written[t.ix()] = true;
+        self.written[s.ix()] = true;
+        let (slot, s_slot) = (self.p.inputs.len() + t.ix(), self.p.inputs.len() + s.ix());
+        let (body, s_body) = (*body, *s_body);
+        let c = &indices[outer.len()..];
+        let roots = [(body, When::Always)];
+        self.hoist(&roots, None, indices)?;
+        let vw = VecWork::Fill {
+            slot,
+            body,
+            dims: indices,
+        };
+        self.carried_alias = Some((node, body));
+        let r = self.nest(outer, false, &roots, &[], None, &mut |g: &mut Self| {
+            g.nest(c, false, &roots, &[vec![node]], Some(&vw), &mut |g: &mut Self| {
+                let v = g.emit(body)?;
+                let off = g.row_major(indices)?;
+                g.store(slot, Elem::Real, off, v);
+                Ok(())
+            })?;
+            let v = g.emit(s_body)?;
+            let off = g.row_major(outer)?;
+            g.store(s_slot, Elem::Real, off, v);
+            Ok(())
+        });
+        self.carried_alias = None;
+        r
     }
 
     fn group(&mut self, grp: &Group) -> Result<()> {
@@ -1775,6 +1847,38 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.host(name, &[x], types::F64)
     }
 
+    /// `exp(x)` of an `x` known to be `<= 0` or NaN: in vector code the inline form with one
+    /// scaling step ([`math::MathFn::ExpNonPos`], the same bits); scalar code calls libm.
+    fn exp_nonpos(&mut self, x: Value) -> Result<Value> {
+        if self.b.func.dfg.value_type(x).is_vector() {
+            return Ok(self.vector_math(math::MathFn::ExpNonPos, x));
+        }
+        self.math(Func::Exp, x)
+    }
+
+    /// Whether `d` is `a - m[..]` where `m` is a table whose cell is `max(c: a)` read at its
+    /// own cell (the exponentials of a logsumexp or softmax, `exp(x - max)`): then `d <= 0`
+    /// or NaN wherever it is evaluated (a's index `c` is bound to a cell of the maximum's row).
+    fn nonpos_arg(&self, d: ExprId) -> bool {
+        let p = self.p;
+        let Expr::Binary(Bin::Sub, a, m) = p.pool.get(d) else {
+            return false;
+        };
+        let Expr::Tensor(t, args) = p.pool.get(*m) else {
+            return false;
+        };
+        let t = &p.tensors[t.ix()];
+        let own = args.len() == t.indices.len()
+            && args
+                .iter()
+                .zip(&t.indices)
+                .all(|(x, i)| matches!(p.pool.get(*x), Expr::Index(j) if j == i));
+        own && !t.recurrent
+            && t.pad.is_none()
+            && matches!(p.pool.get(t.body), Expr::Reduce(Red::Max, c, b)
+                if b == a && p.pool.free(*a).contains(c))
+    }
+
     /// In a step being interleaved, a store of `v` to the anchor slot: a side effect that
     /// pins where `v` is computed (see `vector::interleave`).
     fn pin(&mut self, v: Value) {
@@ -1883,6 +1987,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let both = self.b.ins().band(xz, yok);
                 self.sel(both, z, prod)
             }
+            Func::Exp if self.nonpos_arg(args[0]) => self.exp_nonpos(x)?,
             Func::Exp
             | Func::Log
             | Func::Log1p
@@ -1972,7 +2077,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             let a = self.b.ins().fabs(x);
             self.b.ins().fneg(a)
         };
-        let e = self.math(Func::Exp, na)?;
+        let e = self.exp_nonpos(na)?;
         self.remember_key((tag, base), e);
         Ok(e)
     }
@@ -2066,7 +2171,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut s: Option<Value> = None;
         for x in v {
             let d = self.b.ins().fsub(*x, m);
-            let t = self.math(Func::Exp, d)?;
+            let t = self.exp_nonpos(d)?;
             s = Some(match s {
                 Some(a) => self.b.ins().fadd(a, t),
                 None => t,
@@ -2109,7 +2214,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let v = match shift {
                     Some(m) => {
                         let d = g.b.ins().fsub(v, m);
-                        g.math(Func::Exp, d)?
+                        g.exp_nonpos(d)?
                     }
                     None => v,
                 };
@@ -2257,7 +2362,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.for_each(i, false, &mut |g: &mut Self| {
                     let v = g.emit(body)?;
                     let d = g.b.ins().fsub(v, m);
-                    let t = g.math(Func::Exp, d)?;
+                    let t = g.exp_nonpos(d)?;
                     let t = g.widen(t);
                     let a = g.b.use_var(sv);
                     let r = g.b.ins().fadd(a, t);
@@ -2301,6 +2406,64 @@ pub fn tensor_slot(p: &Program, t: TensorId) -> usize {
 
 /// Every node a stage evaluates from: a fill's body; a pass's guards, target cells, values
 /// and carried reductions.
+/// The reduction `sum(c: t[.., c])` in `then`'s body when `fill` fills the real table
+/// `t[.., c]` with a body holding no reduction and `then` fills the real `s[..]` (`t`'s indices
+/// but the last), reading `t` only in that one sum, of its own row: the two run as one pass
+/// ([`Gen::fill_with_sum`]).
+fn summed_fill(p: &Program, fill: &Stage, then: &Stage) -> Option<ExprId> {
+    let (
+        Stage::Fill {
+            tensor: Some(t),
+            indices,
+            body,
+            reverse: false,
+        },
+        Stage::Fill {
+            tensor: Some(s),
+            indices: outer,
+            body: s_body,
+            reverse: false,
+        },
+    ) = (fill, then)
+    else {
+        return None;
+    };
+    let (&c, lead) = indices.split_last()?;
+    let real = |x: TensorId| p.tensors[x.ix()].ty == Ty::Real;
+    if lead != outer.as_slice() || !real(*t) || !real(*s) || t == s {
+        return None;
+    }
+    if p.pool.reaches(&[*body], |_, x| matches!(x, Expr::Reduce(..))) {
+        return None;
+    }
+    let own = |args: &[ExprId]| {
+        args.len() == indices.len()
+            && args
+                .iter()
+                .zip(indices)
+                .all(|(a, i)| matches!(p.pool.get(*a), Expr::Index(j) if j == i))
+    };
+    let found = std::cell::Cell::new(None);
+    let other = std::cell::Cell::new(false);
+    p.pool.reaches(&[*s_body], |e, x| {
+        match x {
+            Expr::Reduce(Red::Sum, i, r)
+                if *i == c
+                    && found.get().is_none()
+                    && matches!(p.pool.get(*r), Expr::Tensor(u, a) if u == t && own(a)) =>
+            {
+                found.set(Some(e))
+            }
+            Expr::Reduce(..) => other.set(true),
+            // (t read at another cell: not fused)
+            Expr::Tensor(u, a) if u == t && !own(a) => other.set(true),
+            _ => {}
+        }
+        false
+    });
+    found.get().filter(|_| !other.get())
+}
+
 fn stage_roots(st: &Stage) -> Vec<ExprId> {
     match st {
         Stage::Zero(_) => Vec::new(),

@@ -1659,7 +1659,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     Some(m) => {
                         let mv = g.splat_v(m);
                         let d = g.b.ins().fsub(v, mv);
-                        g.math(Func::Exp, d)?
+                        g.exp_nonpos(d)?
                     }
                     None => v,
                 };
