@@ -1474,7 +1474,14 @@ fn softmax_rows_of_special_values() {
                 .grad("logits");
             call.dtype = dtype;
             let name = format!("softmax c={c} {dtype:?}");
-            compare(&name, &lib, "softmax_cross_entropy", &call, rtol, &mut failures);
+            compare(
+                &name,
+                &lib,
+                "softmax_cross_entropy",
+                &call,
+                rtol,
+                &mut failures,
+            );
             let mut call = Call::new()
                 .input("labels", Array::int(vec![rows], ids.clone()))
                 .input("logits", x.clone())
@@ -1482,10 +1489,24 @@ fn softmax_rows_of_special_values() {
                 .grad("logits");
             call.dtype = dtype;
             let name = format!("sparse c={c} {dtype:?}");
-            compare(&name, &lib, "sparse_softmax_cross_entropy", &call, rtol, &mut failures);
+            compare(
+                &name,
+                &lib,
+                "sparse_softmax_cross_entropy",
+                &call,
+                rtol,
+                &mut failures,
+            );
             let mut call = Call::new().input("x", x).reduction(Reduction::None);
             call.dtype = dtype;
-            compare(&format!("mass c={c} {dtype:?}"), &own, "mass", &call, rtol, &mut failures);
+            compare(
+                &format!("mass c={c} {dtype:?}"),
+                &own,
+                "mass",
+                &call,
+                rtol,
+                &mut failures,
+            );
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

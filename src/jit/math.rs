@@ -64,6 +64,7 @@
 //! | log      | 0.862       | 1 (0.768)                   | all                           |
 //! | log1p    | 0.840       | 1 (0.818)                   | all                           |
 //! | log1p on [0, 1] (softplus) | = log1p, bitwise | = log1p           | `[0, 1]`, NaN                 |
+//! | exp on x <= 0 (`ExpNonPos`) | = exp, bitwise | = exp, bitwise     | `x <= 0`, NaN                 |
 //! | expm1    | 0.813       | 1 (0.799)                   | all                           |
 //! | tanh     | 1.738       | 2 (0.746)                   | all                           |
 //! | sin      | 0.844       | 1 (0.766)                   | f32 `|x| <= 102943`, f64 `|x| <= 1e9` |
@@ -1982,7 +1983,14 @@ mod tests {
         let mut rng = Rng(11);
         let xs64: Vec<f64> = (0..1_000_000)
             .map(|_| rng.uniform(-750.0, 0.0))
-            .chain([0.0, -0.0, f64::NEG_INFINITY, f64::NAN, -746.0, -745.1332191019412])
+            .chain([
+                0.0,
+                -0.0,
+                f64::NEG_INFINITY,
+                f64::NAN,
+                -746.0,
+                -745.1332191019412,
+            ])
             .chain([-708.3964185322641, -709.782712893384, -5e-324, f64::MIN])
             .collect();
         let mut out = [0f64; 2];
@@ -1992,7 +2000,10 @@ mod tests {
                 let (p, q) = ((a.f64)(x), (b.f64)(x));
                 let same = p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan());
                 assert!(same, "f64 {x:e}: {p:e} vs {q:e}");
-                assert!(p.to_bits() == y.to_bits() || (p.is_nan() && y.is_nan()), "f64x2 {x:e}");
+                assert!(
+                    p.to_bits() == y.to_bits() || (p.is_nan() && y.is_nan()),
+                    "f64x2 {x:e}"
+                );
             }
         }
     }

@@ -1097,12 +1097,19 @@ impl<'a, 'b> Gen<'a, 'b> {
         };
         self.carried_alias = Some((node, body));
         let r = self.nest(outer, false, &roots, &[], None, &mut |g: &mut Self| {
-            g.nest(c, false, &roots, &[vec![node]], Some(&vw), &mut |g: &mut Self| {
-                let v = g.emit(body)?;
-                let off = g.row_major(indices)?;
-                g.store(slot, Elem::Real, off, v);
-                Ok(())
-            })?;
+            g.nest(
+                c,
+                false,
+                &roots,
+                &[vec![node]],
+                Some(&vw),
+                &mut |g: &mut Self| {
+                    let v = g.emit(body)?;
+                    let off = g.row_major(indices)?;
+                    g.store(slot, Elem::Real, off, v);
+                    Ok(())
+                },
+            )?;
             let v = g.emit(s_body)?;
             let off = g.row_major(outer)?;
             g.store(s_slot, Elem::Real, off, v);
@@ -2433,7 +2440,9 @@ fn summed_fill(p: &Program, fill: &Stage, then: &Stage) -> Option<ExprId> {
     if lead != outer.as_slice() || !real(*t) || !real(*s) || t == s {
         return None;
     }
-    if p.pool.reaches(&[*body], |_, x| matches!(x, Expr::Reduce(..))) {
+    if p.pool
+        .reaches(&[*body], |_, x| matches!(x, Expr::Reduce(..)))
+    {
         return None;
     }
     let own = |args: &[ExprId]| {
