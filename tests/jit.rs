@@ -1467,36 +1467,21 @@ fn softmax_rows_of_special_values() {
         for dtype in [DType::F64, DType::F32] {
             let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
             let x = Array::real(vec![rows, c], logits.clone());
-            let mut call = Call::new()
-                .input("labels", Array::real(vec![rows, c], labels.clone()))
-                .input("logits", x.clone())
-                .reduction(Reduction::None)
-                .grad("logits");
-            call.dtype = dtype;
-            let name = format!("softmax c={c} {dtype:?}");
-            compare(
-                &name,
-                &lib,
-                "softmax_cross_entropy",
-                &call,
-                rtol,
-                &mut failures,
-            );
-            let mut call = Call::new()
-                .input("labels", Array::int(vec![rows], ids.clone()))
-                .input("logits", x.clone())
-                .reduction(Reduction::None)
-                .grad("logits");
-            call.dtype = dtype;
-            let name = format!("sparse c={c} {dtype:?}");
-            compare(
-                &name,
-                &lib,
-                "sparse_softmax_cross_entropy",
-                &call,
-                rtol,
-                &mut failures,
-            );
+            let dense = Array::real(vec![rows, c], labels.clone());
+            let sparse = Array::int(vec![rows], ids.clone());
+            for (entry, y) in [
+                ("softmax_cross_entropy", dense),
+                ("sparse_softmax_cross_entropy", sparse),
+            ] {
+                let mut call = Call::new()
+                    .input("labels", y)
+                    .input("logits", x.clone())
+                    .reduction(Reduction::None)
+                    .grad("logits");
+                call.dtype = dtype;
+                let name = format!("{entry} c={c} {dtype:?}");
+                compare(&name, &lib, entry, &call, rtol, &mut failures);
+            }
             let mut call = Call::new().input("x", x).reduction(Reduction::None);
             call.dtype = dtype;
             compare(

@@ -1953,6 +1953,20 @@ mod tests {
         }
     }
 
+    /// `b` gives `a`'s bits (NaN: any NaN) on every `x`, scalar and two lanes at a time.
+    fn same_bits_f64(a: &Compiled, b: &Compiled, xs: &[f64]) {
+        let same = |p: f64, q: f64| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan());
+        let mut out = [0f64; 2];
+        for chunk in xs.chunks_exact(2) {
+            (b.v64)(chunk.as_ptr(), out.as_mut_ptr());
+            for (&x, &y) in chunk.iter().zip(&out) {
+                let (p, q) = ((a.f64)(x), (b.f64)(x));
+                assert!(same(p, q), "f64 {x:e}: {p:e} vs {q:e}");
+                assert!(same(p, y), "f64x2 {x:e}: {p:e} vs {y:e}");
+            }
+        }
+    }
+
     /// The exp of non-positive arguments is the general one there, bit for bit: every 61st
     /// non-positive f32 (all of [-104, 0] at that stride, the clamp, subnormal results),
     /// every f32 of [-104, -85] (the results that round into the subnormals), NaN, -inf, and
@@ -1993,19 +2007,7 @@ mod tests {
             ])
             .chain([-708.3964185322641, -709.782712893384, -5e-324, f64::MIN])
             .collect();
-        let mut out = [0f64; 2];
-        for chunk in xs64.chunks_exact(2) {
-            (b.v64)(chunk.as_ptr(), out.as_mut_ptr());
-            for (&x, &y) in chunk.iter().zip(&out) {
-                let (p, q) = ((a.f64)(x), (b.f64)(x));
-                let same = p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan());
-                assert!(same, "f64 {x:e}: {p:e} vs {q:e}");
-                assert!(
-                    p.to_bits() == y.to_bits() || (p.is_nan() && y.is_nan()),
-                    "f64x2 {x:e}"
-                );
-            }
-        }
+        same_bits_f64(&a, &b, &xs64);
     }
 
     /// The `[0, 1]` log1p of softplus is the general one there, bit for bit (every 61st f32
@@ -2037,15 +2039,7 @@ mod tests {
             .chain((1..1000).map(f64::from_bits))
             .chain([1.0, 0.41421356237309503, 0.414213562373095])
             .collect();
-        let mut out = [0f64; 2];
-        for chunk in xs64.chunks_exact(2) {
-            (b.v64)(chunk.as_ptr(), out.as_mut_ptr());
-            for (&x, &y) in chunk.iter().zip(&out) {
-                let (p, q) = ((a.f64)(x), (b.f64)(x));
-                assert_eq!(p.to_bits(), q.to_bits(), "f64 {x:e}: {p:e} vs {q:e}");
-                assert_eq!(p.to_bits(), y.to_bits(), "f64x2 {x:e}");
-            }
-        }
+        same_bits_f64(&a, &b, &xs64);
     }
 
     /// Every f32 (through the F32X4 loop, which the other tests check against the scalar code),
