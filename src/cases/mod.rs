@@ -228,10 +228,10 @@ impl Case {
         let mut call = Call::new();
         call.backend = backend;
         if let Some(d) = field(j, "dtype") {
-            let s = d.as_str().unwrap_or("");
-            call.dtype = DType::from_name(s).ok_or_else(|| {
-                Error::new(ErrorKind::Type, format!("dtype `{d}` is not f32 or f64"))
-            })?;
+            call.dtype = match d.as_str() {
+                Some(s) => DType::parse(s)?,
+                None => DType::parse(&d.to_string())?,
+            };
         }
         if let Some(inputs) = field(j, "inputs") {
             let obj = inputs

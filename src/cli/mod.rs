@@ -131,12 +131,7 @@ struct KernelArgs {
 
 impl KernelArgs {
     fn options(&self) -> Result<crate::runtime::Options> {
-        let dtype = DType::from_name(&self.dtype).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Type,
-                format!("dtype `{}` is not f32 or f64", self.dtype),
-            )
-        })?;
+        let dtype = DType::parse(&self.dtype)?;
         let reduction = Reduction::from_name(&self.reduction).ok_or_else(|| {
             Error::new(
                 ErrorKind::Reduction,
@@ -571,12 +566,7 @@ fn write_npy(dir: &Path, file: &str, a: &Array, dtype: DType) -> Result<()> {
 fn eval(lib: &Library, entry: &str, a: &EvalArgs) -> Result<()> {
     let mut call = Call::new();
     call.backend = backend(&a.backend)?;
-    call.dtype = DType::from_name(&a.dtype).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Type,
-            format!("dtype `{}` is not f32 or f64", a.dtype),
-        )
-    })?;
+    call.dtype = DType::parse(&a.dtype)?;
     call.reduction = Reduction::from_name(&a.reduction).ok_or_else(|| {
         Error::new(
             ErrorKind::Reduction,

@@ -346,7 +346,7 @@ impl Session {
                     }
                 }
                 "dtype" => {
-                    call.dtype = DType::from_name(v).ok_or_else(|| Error::new(ErrorKind::Type, format!("dtype `{v}` is not f32 or f64")))?
+                    call.dtype = DType::parse(v)?
                 }
                 "weights" => call.weights = Some(self.array_value(v, "weights")?),
                 _ if p.input(k).is_some() => call.inputs.push((k.to_string(), self.array_value(v, &format!("input `{k}`"))?)),

@@ -38,6 +38,16 @@ impl DType {
             _ => None,
         }
     }
+
+    /// [`DType::from_name`], or the error every front end gives for another name.
+    pub fn parse(s: &str) -> Result<DType> {
+        DType::from_name(s).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Type,
+                format!("unknown dtype `{s}`: use f32 or f64"),
+            )
+        })
+    }
 }
 
 /// Largest array accepted from a file or literal, in elements.
