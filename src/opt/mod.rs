@@ -239,6 +239,31 @@ fn reuse_exponentials(q: &mut Program) {
         let ratio = q.pool.add(Expr::Binary(Bin::Div, e_read, s_read), Ty::Real);
         let mut memo: HashMap<ExprId, ExprId> = HashMap::from([(grad, ratio)]);
         substitute_passes(q, &mut memo);
+        // The adjoint's `a[n] * (e / s[n])` as `e * (a[n] / s[n])`: one division per row
+        // instead of one per cell (a cell's division is the gradient pass's slowest
+        // instruction); two roundings either way, so the same error bound.
+        let row = q.tensors[l_id.ix()].indices.clone();
+        let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
+        for k in 0..q.pool.len() {
+            let id = ExprId(k as u32);
+            let Expr::Binary(Bin::Mul, x, y) = q.pool.get(id).clone() else {
+                continue;
+            };
+            let a = match (x == ratio, y == ratio) {
+                (true, false) => y,
+                (false, true) => x,
+                _ => continue,
+            };
+            if q.pool.ty(a) != Ty::Real || !q.pool.free(a).iter().all(|i| row.contains(i)) {
+                continue;
+            }
+            let w = q.pool.add(Expr::Binary(Bin::Div, a, s_read), Ty::Real);
+            let r = q.pool.add(Expr::Binary(Bin::Mul, e_read, w), Ty::Real);
+            memo.insert(id, r);
+        }
+        if !memo.is_empty() {
+            substitute_passes(q, &mut memo);
+        }
         let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
         for e in 0..q.pool.len() {
             let id = ExprId(e as u32);
