@@ -1353,12 +1353,74 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     fn addr(&mut self, slot: usize, elem: Elem, off: Value) -> Value {
         let size = elem.size(self.f32) as i64;
+        // A constant the offset adds (an interleaved copy's `k + 4`) goes last, where the
+        // load or store takes it as its displacement: `vmovups 16(base, x, 4)` instead of a
+        // `lea` per copy.
+        let (off, c) = self.split_const(off, 4);
         let bytes = if size == 1 {
             off
         } else {
             self.b.ins().imul_imm_s(off, size)
         };
-        self.b.ins().iadd(self.bufs[slot], bytes)
+        let a = self.b.ins().iadd(self.bufs[slot], bytes);
+        match c.checked_mul(size) {
+            Some(d) if c != 0 && i32::try_from(d).is_ok() => self.b.ins().iadd_imm_s(a, d),
+            _ if c != 0 => {
+                // (out of displacement range: the sum as it was)
+                let o = self.b.ins().iadd_imm_s(off, c);
+                let bytes = self.b.ins().imul_imm_s(o, size);
+                self.b.ins().iadd(self.bufs[slot], bytes)
+            }
+            _ => a,
+        }
+    }
+
+    /// `v` as `x + c` where `c` is the sum of the constants `v`'s additions add (looking
+    /// `depth` additions deep), and `x` the rest (rebuilt when a constant sat inside).
+    fn split_const(&mut self, v: Value, depth: u32) -> (Value, i64) {
+        use cranelift_codegen::ir::{InstructionData, Opcode, ValueDef};
+        if depth == 0 {
+            return (v, 0);
+        }
+        let dfg = &self.b.func.dfg;
+        let ValueDef::Result(inst, 0) = dfg.value_def(v) else {
+            return (v, 0);
+        };
+        let InstructionData::Binary {
+            opcode: Opcode::Iadd,
+            args: [a, b],
+        } = dfg.insts[inst]
+        else {
+            return (v, 0);
+        };
+        if dfg.value_type(v) != types::I64 {
+            return (v, 0);
+        }
+        let konst = |x: Value| match dfg.value_def(x) {
+            ValueDef::Result(i, 0) => match dfg.insts[i] {
+                InstructionData::UnaryImm {
+                    opcode: Opcode::Iconst,
+                    imm,
+                } => Some(imm.bits()),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(c) = konst(b) {
+            let (x, d) = self.split_const(a, depth - 1);
+            return (x, c.wrapping_add(d));
+        }
+        if let Some(c) = konst(a) {
+            let (x, d) = self.split_const(b, depth - 1);
+            return (x, c.wrapping_add(d));
+        }
+        let (ax, ac) = self.split_const(a, depth - 1);
+        let (bx, bc) = self.split_const(b, depth - 1);
+        if ac == 0 && bc == 0 {
+            return (v, 0);
+        }
+        let x = self.b.ins().iadd(ax, bx);
+        (x, ac.wrapping_add(bc))
     }
 
     fn store(&mut self, slot: usize, elem: Elem, off: Value, v: Value) {
