@@ -1356,22 +1356,22 @@ impl<'a, 'b> Gen<'a, 'b> {
         // A constant the offset adds (an interleaved copy's `k + 4`) goes last, where the
         // load or store takes it as its displacement: `vmovups 16(base, x, 4)` instead of a
         // `lea` per copy.
-        let (off, c) = self.split_const(off, 4);
+        // (a displacement out of i32 range: the offset as it was)
+        let (x, c) = self.split_const(off, 4);
+        let (off, disp) = match c.checked_mul(size).map(i32::try_from) {
+            Some(Ok(d)) => (x, d),
+            _ => (off, 0),
+        };
         let bytes = if size == 1 {
             off
         } else {
             self.b.ins().imul_imm_s(off, size)
         };
         let a = self.b.ins().iadd(self.bufs[slot], bytes);
-        match c.checked_mul(size) {
-            Some(d) if c != 0 && i32::try_from(d).is_ok() => self.b.ins().iadd_imm_s(a, d),
-            _ if c != 0 => {
-                // (out of displacement range: the sum as it was)
-                let o = self.b.ins().iadd_imm_s(off, c);
-                let bytes = self.b.ins().imul_imm_s(o, size);
-                self.b.ins().iadd(self.bufs[slot], bytes)
-            }
-            _ => a,
+        if disp == 0 {
+            a
+        } else {
+            self.b.ins().iadd_imm_s(a, disp as i64)
         }
     }
 
