@@ -459,6 +459,17 @@ pub struct Program {
 }
 
 impl Program {
+    /// Whether `args` read table `t` at its own cell (`t[i, j]` for `t[i, j]`): the
+    /// read-only test of what [`Program::own_read`] builds.
+    pub fn is_own_cell(&self, t: TensorId, args: &[ExprId]) -> bool {
+        let dims = &self.tensors[t.ix()].indices;
+        args.len() == dims.len()
+            && args
+                .iter()
+                .zip(dims)
+                .all(|(a, i)| matches!(self.pool.get(*a), Expr::Index(j) if j == i))
+    }
+
     /// A read of table `t` at its own indices (`t[i, j]` for `t[i, j]`), typed `ty`.
     pub fn own_read(&mut self, t: TensorId, ty: Ty) -> ExprId {
         let args: Vec<ExprId> = self.tensors[t.ix()]

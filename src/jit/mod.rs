@@ -580,11 +580,11 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn body(&mut self, stages: &[Stage]) -> Result<()> {
         let mut k = 0;
         while k < stages.len() {
-            if let Some(node) = stages
+            if let Some(f) = stages
                 .get(k + 1)
                 .and_then(|next| summed_fill(self.p, &stages[k], next))
             {
-                self.fill_with_sum(&stages[k], &stages[k + 1], node)?;
+                self.fill_with_sum(&f)?;
                 k += 2;
                 continue;
             }
@@ -1064,29 +1064,20 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// is filled with the sum at hand. The sum is the same, bit for bit, as the separate
     /// pass's (the same lanes and steps, in the same order); it is computed even where `s`'s
     /// body would not need it, which is safe: it reads only the row just stored.
-    fn fill_with_sum(&mut self, fill: &Stage, then: &Stage, node: ExprId) -> Result<()> {
-        let (
-            Stage::Fill {
-                tensor: Some(t),
-                indices,
-                body,
-                ..
-            },
-            Stage::Fill {
-                tensor: Some(s),
-                indices: outer,
-                body: s_body,
-                ..
-            },
-        ) = (fill, then)
-        else {
-            return Err(internal("not a summed fill"));
-        };
+    fn fill_with_sum(&mut self, f: &SummedFill) -> Result<()> {
+        let SummedFill {
+            t,
+            indices,
+            body,
+            s,
+            s_body,
+            node,
+        } = *f;
+        let outer = &indices[..indices.len() - 1];
         self.written.iter_mut().for_each(|w| *w = false);
         self.written[t.ix()] = true;
         self.written[s.ix()] = true;
         let (slot, s_slot) = (self.p.inputs.len() + t.ix(), self.p.inputs.len() + s.ix());
-        let (body, s_body) = (*body, *s_body);
         let c = &indices[outer.len()..];
         let roots = [(body, When::Always)];
         self.hoist(&roots, None, indices)?;
@@ -1936,12 +1927,8 @@ impl<'a, 'b> Gen<'a, 'b> {
         let Expr::Tensor(t, args) = p.pool.get(*m) else {
             return false;
         };
+        let own = p.is_own_cell(*t, args);
         let t = &p.tensors[t.ix()];
-        let own = args.len() == t.indices.len()
-            && args
-                .iter()
-                .zip(&t.indices)
-                .all(|(x, i)| matches!(p.pool.get(*x), Expr::Index(j) if j == i));
         own && !t.recurrent
             && t.pad.is_none()
             && matches!(p.pool.get(t.body), Expr::Reduce(Red::Max, c, b)
@@ -2475,11 +2462,19 @@ pub fn tensor_slot(p: &Program, t: TensorId) -> usize {
 
 /// Every node a stage evaluates from: a fill's body; a pass's guards, target cells, values
 /// and carried reductions.
-/// The reduction `sum(c: t[.., c])` in `then`'s body when `fill` fills the real table
-/// `t[.., c]` with a body holding no reduction and `then` fills the real `s[..]` (`t`'s indices
-/// but the last), reading `t` only in that one sum, of its own row: the two run as one pass
-/// ([`Gen::fill_with_sum`]).
-fn summed_fill(p: &Program, fill: &Stage, then: &Stage) -> Option<ExprId> {
+/// A fill of the real table `t[.., c]` whose body holds no reduction, followed by a fill of
+/// the real `s[..]` (`t`'s indices but the last) that reads `t` only in one sum over its own
+/// row (`node`, `sum(c: t[.., c])`): the two run as one pass ([`Gen::fill_with_sum`]).
+struct SummedFill<'s> {
+    t: TensorId,
+    indices: &'s [IndexId],
+    body: ExprId,
+    s: TensorId,
+    s_body: ExprId,
+    node: ExprId,
+}
+
+fn summed_fill<'s>(p: &Program, fill: &'s Stage, then: &Stage) -> Option<SummedFill<'s>> {
     let (
         Stage::Fill {
             tensor: Some(t),
@@ -2507,13 +2502,6 @@ fn summed_fill(p: &Program, fill: &Stage, then: &Stage) -> Option<ExprId> {
     {
         return None;
     }
-    let own = |args: &[ExprId]| {
-        args.len() == indices.len()
-            && args
-                .iter()
-                .zip(indices)
-                .all(|(a, i)| matches!(p.pool.get(*a), Expr::Index(j) if j == i))
-    };
     let found = std::cell::Cell::new(None);
     let other = std::cell::Cell::new(false);
     p.pool.reaches(&[*s_body], |e, x| {
@@ -2521,18 +2509,26 @@ fn summed_fill(p: &Program, fill: &Stage, then: &Stage) -> Option<ExprId> {
             Expr::Reduce(Red::Sum, i, r)
                 if *i == c
                     && found.get().is_none()
-                    && matches!(p.pool.get(*r), Expr::Tensor(u, a) if u == t && own(a)) =>
+                    && matches!(p.pool.get(*r), Expr::Tensor(u, a) if u == t && p.is_own_cell(*t, a)) =>
             {
                 found.set(Some(e))
             }
             Expr::Reduce(..) => other.set(true),
             // (t read at another cell: not fused)
-            Expr::Tensor(u, a) if u == t && !own(a) => other.set(true),
+            Expr::Tensor(u, a) if u == t && !p.is_own_cell(*t, a) => other.set(true),
             _ => {}
         }
         false
     });
-    found.get().filter(|_| !other.get())
+    let node = found.get().filter(|_| !other.get())?;
+    Some(SummedFill {
+        t: *t,
+        indices,
+        body: *body,
+        s: *s,
+        s_body: *s_body,
+        node,
+    })
 }
 
 fn stage_roots(st: &Stage) -> Vec<ExprId> {
