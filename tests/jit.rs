@@ -509,6 +509,60 @@ fn vector_pow_follows_c_on_special_values() {
 }
 
 #[test]
+fn min_max_and_clamp_follow_the_interpreter_on_special_values() {
+    // A tie (±0 included) keeps the first argument and a NaN anywhere gives NaN, on every
+    // path: vector steps and the cells after them, f32 and f64.
+    let src = "loss mn(x[i], y[i]) -> [i] { min(x[i], y[i]) }
+               loss mx(x[i], y[i]) -> [i] { max(x[i], y[i]) }
+               loss mn3(x[i], y[i]) -> [i] { min(y[i], x[i], -0.0) }
+               loss mx3(x[i], y[i]) -> [i] { max(0.0, x[i], y[i]) }
+               loss cl(x[i], y[i]) -> [i] { clamp(x[i], y[i], 0.0) }";
+    let lib = Library::from_source("m.loss", src).unwrap();
+    let vals = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        1.5,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for x in vals {
+        for y in vals {
+            xs.push(x);
+            ys.push(y);
+        }
+    }
+    // (one more cell: a partial step after the vector steps)
+    xs.push(-0.0);
+    ys.push(0.0);
+    let n = xs.len();
+    for name in ["mn", "mx", "mn3", "mx3", "cl"] {
+        for dtype in [DType::F32, DType::F64] {
+            let call = Call::new()
+                .input("x", Array::real(vec![n], xs.clone()))
+                .input("y", Array::real(vec![n], ys.clone()))
+                .dtype(dtype);
+            let want = lib.call(name, &call).unwrap().value.to_f64();
+            let mut jit = call.clone();
+            jit.backend = Backend::Jit;
+            let got = lib.call(name, &jit).unwrap().value.to_f64();
+            for k in 0..n {
+                let (a, b) = (want[k], got[k]);
+                let same = (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits();
+                assert!(
+                    same,
+                    "{name} {dtype:?}: x {} y {}: {a:?}, JIT {b:?}",
+                    xs[k], ys[k]
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn compiled_losses_are_send_and_sync_and_print_their_code() {
     fn send_sync<T: Send + Sync>(_: &T) {}
     let lib = Library::with_stdlib().unwrap();

@@ -2019,11 +2019,11 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let s = self.sel(neg, m1, x);
                 self.sel(pos, one, s)
             }
-            Func::Min => v.iter().skip(1).fold(x, |a, b| self.b.ins().fmin(a, *b)),
-            Func::Max => v.iter().skip(1).fold(x, |a, b| self.b.ins().fmax(a, *b)),
+            Func::Min => v.iter().skip(1).fold(x, |a, b| self.min_max(false, a, *b)),
+            Func::Max => v.iter().skip(1).fold(x, |a, b| self.min_max(true, a, *b)),
             Func::Clamp => {
-                let lo = self.b.ins().fmax(x, v[1]);
-                self.b.ins().fmin(lo, v[2])
+                let lo = self.min_max(true, x, v[1]);
+                self.min_max(false, lo, v[2])
             }
             Func::Sigmoid => self.sigmoid(x, args[0])?,
             Func::Softplus => self.softplus(x, args[0])?,
@@ -2091,6 +2091,22 @@ impl<'a, 'b> Gen<'a, 'b> {
         } else {
             self.real_const(v)
         }
+    }
+
+    /// `max(a, b)` (`max`) or `min(a, b)` as the interpreter defines them: NaN if either is
+    /// NaN, else `b` if it is strictly greater (smaller), else `a` (a tie, ±0 included, keeps
+    /// `a`). The strict compare-and-select is one maxps/minps (`b > a ? b : a`: NaN in `b`
+    /// picks `a`), then `b`'s NaN is taken over: three instructions per vector where
+    /// Cranelift's `fmax`/`fmin` (IEEE signed zeros) take eight.
+    fn min_max(&mut self, max: bool, a: Value, b: Value) -> Value {
+        let take = if max {
+            self.b.ins().fcmp(FloatCC::LessThan, a, b)
+        } else {
+            self.b.ins().fcmp(FloatCC::LessThan, b, a)
+        };
+        let m = self.sel(take, b, a);
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, b, b);
+        self.sel(nan, b, m)
     }
 
     /// `if c { a } else { b }` on values: `select` for scalars, a bit select on lane masks.
