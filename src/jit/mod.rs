@@ -2120,6 +2120,18 @@ impl<'a, 'b> Gen<'a, 'b> {
                     MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
                 self.b.ins().bitcast(ty, le, c)
             };
+            // A lane mask is all ones or all zeros: selecting against +0.0 (all bits zero) is
+            // one `and` (or `andnot`) where a bit select takes three instructions; but not
+            // `a < b ? a : b`-like selects, which are one minps/maxps.
+            if is_min_max(&self.b.func, c, a, b) {
+                return self.b.ins().bitselect(m, a, b);
+            }
+            if is_zero_splat(&self.b.func, b) {
+                return self.b.ins().band(m, a);
+            }
+            if is_zero_splat(&self.b.func, a) {
+                return self.b.ins().band_not(b, m);
+            }
             self.b.ins().bitselect(m, a, b)
         } else {
             self.b.ins().select(c, a, b)
@@ -2560,5 +2572,54 @@ fn stage_roots(st: &Stage) -> Vec<ExprId> {
                     .chain(g.carried.iter().flatten().copied())
             })
             .collect(),
+    }
+}
+
+/// Whether `v` is a vector of all-zero bits (+0.0 or 0 in every lane) made by `splat` or
+/// `vconst`.
+fn is_zero_splat(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
+    use cranelift_codegen::ir::{InstructionData, Opcode, ValueDef};
+    let ValueDef::Result(inst, _) = f.dfg.value_def(v) else {
+        return false;
+    };
+    match f.dfg.insts[inst] {
+        InstructionData::Unary {
+            opcode: Opcode::Splat,
+            arg,
+        } => match f.dfg.value_def(arg) {
+            ValueDef::Result(c, _) => match f.dfg.insts[c] {
+                InstructionData::UnaryIeee32 { imm, .. } => imm.bits() == 0,
+                InstructionData::UnaryIeee64 { imm, .. } => imm.bits() == 0,
+                InstructionData::UnaryImm { imm, .. } => imm.bits() == 0,
+                _ => false,
+            },
+            _ => false,
+        },
+        InstructionData::UnaryConst {
+            constant_handle, ..
+        } => f
+            .dfg
+            .constants
+            .get(constant_handle)
+            .as_slice()
+            .iter()
+            .all(|b| *b == 0),
+        _ => false,
+    }
+}
+
+/// Whether `c` compares `a` and `b` with `<` (a select between them on `c` is a min or max).
+fn is_min_max(f: &cranelift_codegen::ir::Function, c: Value, a: Value, b: Value) -> bool {
+    use cranelift_codegen::ir::{InstructionData, Opcode, ValueDef};
+    let ValueDef::Result(inst, _) = f.dfg.value_def(c) else {
+        return false;
+    };
+    match f.dfg.insts[inst] {
+        InstructionData::FloatCompare {
+            opcode: Opcode::Fcmp,
+            cond: FloatCC::LessThan,
+            args: [x, y],
+        } => (x == a && y == b) || (x == b && y == a),
+        _ => false,
     }
 }
