@@ -423,6 +423,9 @@ fn simplifier_rewrites_each_on_its_own() {
         ("x[i] * 1 + 0 - 0", "", 3.0, 3.0),
         ("2.0 * 3.0 + x[i]", "(6.0 + ", 1.0, 7.0),
         ("-(-x[i])", "", 2.0, 2.0),
+        ("x[i] / 4.0", "* 0.25)", 3.0, 0.75),
+        ("x[i] / -0.5", "* -2.0)", 3.0, -6.0),
+        ("x[i] / 3.0", "/ 3.0)", 3.0, 1.0),
     ];
     for (body, want, x, v) in cases {
         let src = format!("loss f(x[i]) -> [i] {{ {body} }}");
@@ -457,6 +460,45 @@ fn simplifier_rewrites_each_on_its_own() {
     assert_eq!(v, vec![1000.0]);
     let printed = lossc::ir::print_program(&lossc::opt::simplify(l.loss("lse").unwrap()));
     assert!(printed.contains("logsumexp(c:"), "{printed}");
+}
+
+/// `x / 2^k -> x * 2^-k` changes no bit: both round the exact `x 2^-k` once, in f32 and f64,
+/// for subnormal, huge, infinite and NaN `x` and results that overflow or underflow.
+#[test]
+fn division_by_a_power_of_two_is_the_multiplication() {
+    let xs = [
+        0.0,
+        -0.0,
+        1.0,
+        3.0,
+        -7.5,
+        f64::MIN_POSITIVE,
+        5e-324,
+        1.5e-320,
+        f32::MIN_POSITIVE as f64,
+        1e-45,
+        f64::MAX,
+        f32::MAX as f64,
+        1e300,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        0.1,
+        1.0 / 3.0,
+    ];
+    for k in -126..=127 {
+        let c = 2f64.powi(k);
+        for sign in [1.0, -1.0] {
+            let c = sign * c;
+            for x in xs {
+                let (a, b) = (x / c, x * (1.0 / c));
+                assert_eq!(a.to_bits(), b.to_bits(), "f64 {x} / {c}");
+                let (xf, cf) = (x as f32, c as f32);
+                let (a, b) = (xf / cf, xf * (1.0 / cf));
+                assert_eq!(a.to_bits(), b.to_bits(), "f32 {xf} / {cf}");
+            }
+            assert!((f64::NAN / c).is_nan() && (f64::NAN * (1.0 / c)).is_nan());
+        }
+    }
 }
 
 /// Comparisons an index's least value (0) decides fold: `i + 1 >= 0` is true, `2 == i + 3`

@@ -17,7 +17,7 @@ use cranelift_codegen::ir::{
     StackSlotData, StackSlotKind, Type, Value,
 };
 use cranelift_frontend::Variable;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// What the innermost level of a nest does, for the vector path.
 pub(super) enum VecWork<'w> {
@@ -1765,14 +1765,19 @@ impl<'a, 'b> Gen<'a, 'b> {
             size += 40 * w + 2;
             node.for_each_child(|c| stack.push(c));
         }
+        let chained = division_depth(self.p, &work_roots(w, accs)) >= 2;
         if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
-            eprintln!("vector step: math weight {weight}, size ~{size}");
+            eprintln!(
+                "vector step: math weight {weight}, size ~{size}, divisions {divisions}, \
+                 chained {chained}"
+            );
         }
         // (short steps with one exp or a division gain most from four copies: softmax's
         // exponentials and its gradient's exp / sum; big steps of divisions alone, the box
         // losses', gain nothing and would double their compile time)
         let copies = match (weight, size < 200) {
             (0, _) if divisions > 0 && size < 100 => 4,
+            (0, _) if chained && size < 200 => 4,
             (0, _) if size <= 10 => 4,
             (0, _) => 1,
             (_, true) => 4,
@@ -1866,6 +1871,33 @@ enum Outside {
 }
 
 /// The nodes a vector step evaluates: the work's and the carried reductions' bodies.
+/// The most real divisions by a non-constant on one path through the expressions under
+/// `roots`: a step with divisions in a chain (GIoU's gradient: `(a / d) / d`) waits on their
+/// latency, which independent copies of the step hide.
+fn division_depth(p: &crate::ir::Program, roots: &[ExprId]) -> usize {
+    fn depth(p: &crate::ir::Program, e: ExprId, memo: &mut HashMap<ExprId, usize>) -> usize {
+        if let Some(d) = memo.get(&e) {
+            return *d;
+        }
+        let node = p.pool.get(e);
+        let mut d = 0;
+        node.for_each_child(|c| d = d.max(depth(p, c, memo)));
+        if let Expr::Binary(Bin::Div, _, b) = node {
+            if p.pool.ty(e) == Ty::Real && !matches!(p.pool.get(*b), Expr::Real(_) | Expr::Int(_)) {
+                d += 1;
+            }
+        }
+        memo.insert(e, d);
+        d
+    }
+    let mut memo = HashMap::new();
+    roots
+        .iter()
+        .map(|r| depth(p, *r, &mut memo))
+        .max()
+        .unwrap_or(0)
+}
+
 fn work_roots(w: &VecWork, accs: &[Carried]) -> Vec<ExprId> {
     let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
     match w {
