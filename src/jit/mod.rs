@@ -2123,13 +2123,13 @@ impl<'a, 'b> Gen<'a, 'b> {
             // A lane mask is all ones or all zeros: selecting against +0.0 (all bits zero) is
             // one `and` (or `andnot`) where a bit select takes three instructions; but not
             // `a < b ? a : b`-like selects, which are one minps/maxps.
-            if is_min_max(&self.b.func, c, a, b) {
+            if is_min_max(self.b.func, c, a, b) {
                 return self.b.ins().bitselect(m, a, b);
             }
-            if is_zero_splat(&self.b.func, b) {
+            if is_zero_splat(self.b.func, b) {
                 return self.b.ins().band(m, a);
             }
-            if is_zero_splat(&self.b.func, a) {
+            if is_zero_splat(self.b.func, a) {
                 return self.b.ins().band_not(b, m);
             }
             self.b.ins().bitselect(m, a, b)
