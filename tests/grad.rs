@@ -462,6 +462,58 @@ fn simplifier_rewrites_each_on_its_own() {
     assert!(printed.contains("logsumexp(c:"), "{printed}");
 }
 
+/// `p == max(p, q)` -> `p >= q` (and the other three forms) gives the same truth value on
+/// every pair, ties, ±0 and NaN included: held against the comparison with a materialised
+/// maximum, which the rewrite does not touch, on both backends.
+#[test]
+fn winner_tests_compare_the_arguments() {
+    let l = lib("loss a(x[i], y[i]) -> [i] {
+            (if x[i] == max(x[i], y[i]) { 1.0 } else { 0.0 })
+              + (if max(x[i], y[i]) == y[i] { 2.0 } else { 0.0 })
+              + (if x[i] == min(x[i], y[i]) { 4.0 } else { 0.0 })
+              + (if y[i] == min(x[i], y[i]) { 8.0 } else { 0.0 })
+        }
+        loss b(x[i], y[i]) -> [i] {
+            let mx[i] = max(x[i], y[i]);
+            let mn[i] = min(x[i], y[i]);
+            (if x[i] == mx[i] { 1.0 } else { 0.0 }) + (if mx[i] == y[i] { 2.0 } else { 0.0 })
+              + (if x[i] == mn[i] { 4.0 } else { 0.0 }) + (if y[i] == mn[i] { 8.0 } else { 0.0 })
+        }");
+    let printed = lossc::ir::print_program(&lossc::opt::simplify(l.loss("a").unwrap()));
+    assert!(
+        !printed.contains("max(") && printed.contains(">="),
+        "{printed}"
+    );
+    let vals = [
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    let (mut xs, mut ys) = (vec![], vec![]);
+    for x in vals {
+        for y in vals {
+            xs.push(x);
+            ys.push(y);
+        }
+    }
+    let n = xs.len();
+    for backend in [Backend::Interp, Backend::Jit] {
+        let mut call = Call::new()
+            .input("x", Array::real(vec![n], xs.clone()))
+            .input("y", Array::real(vec![n], ys.clone()));
+        call.backend = backend;
+        let (a, b) = (
+            l.call("a", &call).unwrap().value.to_f64(),
+            l.call("b", &call).unwrap().value.to_f64(),
+        );
+        assert_eq!(a, b, "{backend:?}");
+    }
+}
+
 /// `x / 2^k -> x * 2^-k` changes no bit: both round the exact `x 2^-k` once, in f32 and f64,
 /// for subnormal, huge, infinite and NaN `x` and results that overflow or underflow.
 #[test]

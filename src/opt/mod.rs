@@ -665,6 +665,31 @@ fn real_of(q: &Program, e: ExprId) -> Option<f64> {
     }
 }
 
+/// `x == max(p, q)` (or `min`) with `x` one of the two arguments, as the comparison of the
+/// arguments it amounts to: `p == max(p, q)` is `p >= q`, `q == max(p, q)` is `q >= p`, and
+/// `<=` for `min`. The same truth value for every input: a tie keeps `p`, which equals `q`
+/// then (±0 included), and a NaN makes both false. A gradient's "did this argument win" test
+/// then no longer needs the maximum itself, which need not stay live until then.
+fn winner_test(q: &mut Program, x: ExprId, m: ExprId) -> Option<ExprId> {
+    let (f, args) = match q.pool.get(m) {
+        Expr::Call(f @ (Func::Max | Func::Min), args) if args.len() == 2 => (*f, args.clone()),
+        _ => return None,
+    };
+    if q.pool.ty(x) != Ty::Real || q.pool.ty(m) != Ty::Real {
+        return None;
+    }
+    let (p, r) = (args[0], args[1]);
+    let (l, o) = if x == p {
+        (p, r)
+    } else if x == r {
+        (r, p)
+    } else {
+        return None;
+    };
+    let op = if f == Func::Max { Bin::Ge } else { Bin::Le };
+    Some(q.pool.add(Expr::Binary(op, l, o), Ty::Bool))
+}
+
 /// Whether `c` is ±2^k (a mantissa of zero bits).
 fn is_pow2(c: f64) -> bool {
     c.is_normal() && c.to_bits() & ((1u64 << 52) - 1) == 0
@@ -787,6 +812,9 @@ impl Opt {
                 e
             }
             Expr::Binary(op, a, b) if ty == Ty::Real => self.binary(q, e, op, a, b),
+            Expr::Binary(Bin::Eq, a, b) => winner_test(q, a, b)
+                .or_else(|| winner_test(q, b, a))
+                .unwrap_or(e),
             Expr::Call(f, args) => self.call_rule(q, e, f, &args),
             _ => e,
         }
