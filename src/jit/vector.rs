@@ -1871,7 +1871,6 @@ enum Outside {
     Clamp,
 }
 
-/// The nodes a vector step evaluates: the work's and the carried reductions' bodies.
 /// The most real divisions by a non-constant on one path through the expressions under
 /// `roots`: a step with divisions in a chain (GIoU's gradient: `(a / d) / d`) waits on their
 /// latency, which independent copies of the step hide.
@@ -1899,6 +1898,7 @@ fn division_depth(p: &crate::ir::Program, roots: &[ExprId]) -> usize {
         .unwrap_or(0)
 }
 
+/// The nodes a vector step evaluates: the work's and the carried reductions' bodies.
 fn work_roots(w: &VecWork, accs: &[Carried]) -> Vec<ExprId> {
     let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
     match w {

@@ -690,7 +690,7 @@ fn winner_test(q: &mut Program, x: ExprId, m: ExprId) -> Option<ExprId> {
     Some(q.pool.add(Expr::Binary(op, l, o), Ty::Bool))
 }
 
-/// Whether `c` is ±2^k (a mantissa of zero bits).
+/// Whether `c` is ±2^k (normal, a mantissa of zero bits).
 fn is_pow2(c: f64) -> bool {
     c.is_normal() && c.to_bits() & ((1u64 << 52) - 1) == 0
 }
@@ -997,11 +997,7 @@ impl Opt {
                 // is a fifth of a division's latency. Only where 2^-k is a normal f32 too.
                 if let Some(c) = rb {
                     let r = 1.0 / c;
-                    if c.is_finite()
-                        && c != 0.0
-                        && is_pow2(c)
-                        && r.abs() >= f32::MIN_POSITIVE as f64
-                        && r.abs() <= f32::MAX as f64
+                    if is_pow2(c) && (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&r.abs())
                     {
                         let rc = self.real(q, r);
                         return self.bin(q, Bin::Mul, a, rc);
