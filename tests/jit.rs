@@ -459,6 +459,24 @@ fn zero_weights_skip_a_gathered_reduction() {
     }
 }
 
+/// Every pair `(x, y)` of `vals`, as the two input columns.
+fn all_pairs(vals: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let xs = vals
+        .iter()
+        .flat_map(|x| vals.iter().map(move |_| *x))
+        .collect();
+    let ys = vals.iter().flat_map(|_| vals.iter().copied()).collect();
+    (xs, ys)
+}
+
+/// The values of `name` on `call` from the interpreter and from the JIT.
+fn interp_and_jit(lib: &Library, name: &str, call: &Call) -> (Vec<f64>, Vec<f64>) {
+    let want = lib.call(name, call).unwrap().value.to_f64();
+    let mut jit = call.clone();
+    jit.backend = Backend::Jit;
+    (want, lib.call(name, &jit).unwrap().value.to_f64())
+}
+
 /// `x ^ y` in the vector loop follows C's `pow` on special values as the interpreter (and the
 /// scalar code) do: signed zeros, infinities, NaN, negative bases (fuzz finding 14: the vector
 /// form gave NaN for `(-inf) ^ -1.8125`, which is +0).
@@ -481,23 +499,14 @@ fn vector_pow_follows_c_on_special_values() {
         f64::NEG_INFINITY,
         f64::NAN,
     ];
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for x in vals {
-        for y in vals {
-            xs.push(x);
-            ys.push(y);
-        }
-    }
+    let (xs, ys) = all_pairs(&vals);
     let n = xs.len();
     for dtype in [DType::F32, DType::F64] {
         let call = Call::new()
             .input("x", Array::real(vec![n], xs.clone()))
             .input("y", Array::real(vec![n], ys.clone()))
             .dtype(dtype);
-        let want = lib.call("p", &call).unwrap().value.to_f64();
-        let mut jit = call.clone();
-        jit.backend = Backend::Jit;
-        let got = lib.call("p", &jit).unwrap().value.to_f64();
+        let (want, got) = interp_and_jit(&lib, "p", &call);
         for k in 0..n {
             let (a, b) = (want[k], got[k]);
             let same = (a.is_nan() && b.is_nan())
@@ -528,13 +537,7 @@ fn min_max_and_clamp_follow_the_interpreter_on_special_values() {
         f64::NEG_INFINITY,
         f64::NAN,
     ];
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for x in vals {
-        for y in vals {
-            xs.push(x);
-            ys.push(y);
-        }
-    }
+    let (mut xs, mut ys) = all_pairs(&vals);
     // (one more cell: a partial step after the vector steps)
     xs.push(-0.0);
     ys.push(0.0);
@@ -545,10 +548,7 @@ fn min_max_and_clamp_follow_the_interpreter_on_special_values() {
                 .input("x", Array::real(vec![n], xs.clone()))
                 .input("y", Array::real(vec![n], ys.clone()))
                 .dtype(dtype);
-            let want = lib.call(name, &call).unwrap().value.to_f64();
-            let mut jit = call.clone();
-            jit.backend = Backend::Jit;
-            let got = lib.call(name, &jit).unwrap().value.to_f64();
+            let (want, got) = interp_and_jit(&lib, name, &call);
             for k in 0..n {
                 let (a, b) = (want[k], got[k]);
                 let same = (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits();
