@@ -525,7 +525,8 @@ fn min_max_and_clamp_follow_the_interpreter_on_special_values() {
                loss mx(x[i], y[i]) -> [i] { max(x[i], y[i]) }
                loss mn3(x[i], y[i]) -> [i] { min(y[i], x[i], -0.0) }
                loss mx3(x[i], y[i]) -> [i] { max(0.0, x[i], y[i]) }
-               loss cl(x[i], y[i]) -> [i] { clamp(x[i], y[i], 0.0) }";
+               loss cl(x[i], y[i]) -> [i] { clamp(x[i], y[i], 0.0) }
+               loss cn(x[i], y[i]) -> [i] { clamp(x[i], -1.0, 2.0) * min(y[i], 0.0 / 0.0) }";
     let lib = Library::from_source("m.loss", src).unwrap();
     let vals = [
         0.0,
@@ -542,7 +543,7 @@ fn min_max_and_clamp_follow_the_interpreter_on_special_values() {
     xs.push(-0.0);
     ys.push(0.0);
     let n = xs.len();
-    for name in ["mn", "mx", "mn3", "mx3", "cl"] {
+    for name in ["mn", "mx", "mn3", "mx3", "cl", "cn"] {
         for dtype in [DType::F32, DType::F64] {
             let call = Call::new()
                 .input("x", Array::real(vec![n], xs.clone()))

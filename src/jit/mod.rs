@@ -2099,14 +2099,20 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// picks `a`), then `b`'s NaN is taken over: three instructions per vector where
     /// Cranelift's `fmax`/`fmin` (IEEE signed zeros) take eight.
     fn min_max(&mut self, max: bool, a: Value, b: Value) -> Value {
+        // `b`'s NaN is taken over first, into `a` (no select when `b` is a constant other
+        // than NaN: a clamp's bounds): the min and the max of one pair share that select.
+        let a = if is_number_const(self.b.func, b) {
+            a
+        } else {
+            let nan = self.b.ins().fcmp(FloatCC::Unordered, b, b);
+            self.sel(nan, b, a)
+        };
         let take = if max {
             self.b.ins().fcmp(FloatCC::LessThan, a, b)
         } else {
             self.b.ins().fcmp(FloatCC::LessThan, b, a)
         };
-        let m = self.sel(take, b, a);
-        let nan = self.b.ins().fcmp(FloatCC::Unordered, b, b);
-        self.sel(nan, b, m)
+        self.sel(take, b, a)
     }
 
     /// `if c { a } else { b }` on values: `select` for scalars, a bit select on lane masks.
@@ -2575,9 +2581,27 @@ fn stage_roots(st: &Stage) -> Vec<ExprId> {
     }
 }
 
-/// Whether `v` is a vector of all-zero bits (+0.0 or 0 in every lane) made by `splat` or
-/// `vconst`.
-fn is_zero_splat(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
+/// The bits of a scalar constant `v` (`f32const`, `f64const`, `iconst`) or of the scalar
+/// constant a vector `v` splats; None for anything else.
+fn const_bits(f: &cranelift_codegen::ir::Function, v: Value) -> Option<u64> {
+    use cranelift_codegen::ir::{InstructionData, Opcode, ValueDef};
+    let ValueDef::Result(inst, _) = f.dfg.value_def(v) else {
+        return None;
+    };
+    match f.dfg.insts[inst] {
+        InstructionData::Unary {
+            opcode: Opcode::Splat,
+            arg,
+        } => const_bits(f, arg),
+        InstructionData::UnaryIeee32 { imm, .. } => Some(imm.bits() as u64),
+        InstructionData::UnaryIeee64 { imm, .. } => Some(imm.bits()),
+        InstructionData::UnaryImm { imm, .. } => Some(imm.bits() as u64),
+        _ => None,
+    }
+}
+
+/// Whether `v` is a float constant (or a splat of one) other than NaN.
+fn is_number_const(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
     use cranelift_codegen::ir::{InstructionData, Opcode, ValueDef};
     let ValueDef::Result(inst, _) = f.dfg.value_def(v) else {
         return false;
@@ -2586,24 +2610,33 @@ fn is_zero_splat(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
         InstructionData::Unary {
             opcode: Opcode::Splat,
             arg,
-        } => match f.dfg.value_def(arg) {
-            ValueDef::Result(c, _) => match f.dfg.insts[c] {
-                InstructionData::UnaryIeee32 { imm, .. } => imm.bits() == 0,
-                InstructionData::UnaryIeee64 { imm, .. } => imm.bits() == 0,
-                InstructionData::UnaryImm { imm, .. } => imm.bits() == 0,
-                _ => false,
-            },
+        } => is_number_const(f, arg),
+        InstructionData::UnaryIeee32 { imm, .. } => !f32::from_bits(imm.bits()).is_nan(),
+        InstructionData::UnaryIeee64 { imm, .. } => !f64::from_bits(imm.bits()).is_nan(),
+        _ => false,
+    }
+}
+
+/// Whether `v` is a vector of all-zero bits (+0.0 or 0 in every lane) made by `splat` or
+/// `vconst`.
+fn is_zero_splat(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
+    use cranelift_codegen::ir::{InstructionData, ValueDef};
+    if f.dfg.value_type(v).is_vector() && const_bits(f, v) == Some(0) {
+        return true;
+    }
+    match f.dfg.value_def(v) {
+        ValueDef::Result(inst, _) => match f.dfg.insts[inst] {
+            InstructionData::UnaryConst {
+                constant_handle, ..
+            } => f
+                .dfg
+                .constants
+                .get(constant_handle)
+                .as_slice()
+                .iter()
+                .all(|b| *b == 0),
             _ => false,
         },
-        InstructionData::UnaryConst {
-            constant_handle, ..
-        } => f
-            .dfg
-            .constants
-            .get(constant_handle)
-            .as_slice()
-            .iter()
-            .all(|b| *b == 0),
         _ => false,
     }
 }
