@@ -462,6 +462,16 @@ fn simplifier_rewrites_each_on_its_own() {
     assert!(printed.contains("logsumexp(c:"), "{printed}");
 }
 
+/// A quotient's adjoints share one division: `d(a/b)/da = v / b`, `d(a/b)/db = -(v / b) (a / b)`
+/// (the finite-difference tests hold the values).
+#[test]
+fn a_quotient_costs_one_division_in_the_gradient() {
+    let l = lib("loss q(x[i]) -> [] { sum(i: x[i] / (x[i] + 2.0)) }");
+    let printed = lossc::cli::grad_source(&l, "q", "x", "none", false).unwrap();
+    // the quotient itself and the one `v / (x[i] + 2)` both adjoints use
+    assert_eq!(printed.matches(" / ").count(), 2, "{printed}");
+}
+
 /// `p == max(p, q)` -> `p >= q` (and the other three forms) gives the same truth value on
 /// every pair, ties, ±0 and NaN included: held against the comparison with a materialised
 /// maximum, which the rewrite does not touch, on both backends.

@@ -530,9 +530,10 @@ impl Diff {
                     vec![(a, with(va)), (b, with(vb))]
                 }
                 Bin::Div => {
+                    // d(a/b)/db = -(v / b) (a / b): the same two roundings as -(v (a / b)) / b,
+                    // and `v / b` is d/da's, so a quotient costs one division, not two.
                     let va = self.div(v, b);
-                    let ve = self.mul(v, e);
-                    let q = self.div(ve, b);
+                    let q = self.mul(va, e);
                     let vb = self.neg(q);
                     vec![(a, with(va)), (b, with(vb))]
                 }
