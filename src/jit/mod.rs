@@ -490,6 +490,11 @@ struct Gen<'a, 'b> {
     /// a carried reduction (node) whose body is read from the value being stored (see
     /// [`Gen::fill_with_sum`])
     carried_alias: Option<(ExprId, ExprId)>,
+    /// a scatter's innermost space index and its runs (see [`Gen::hold_targets`])
+    hold: Option<(IndexId, Vec<Run>)>,
+    /// in a scalar loop over runs: runs whose target cell does not move with the loop,
+    /// accumulated in a variable (loaded before the loop, stored after it)
+    reg_targets: Vec<(TensorId, Variable)>,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -574,6 +579,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             frontend,
             vcols: HashMap::new(),
             carried_alias: None,
+            hold: None,
+            reg_targets: Vec::new(),
         })
     }
 
@@ -915,7 +922,9 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.for_each_from(ix, Some(start), false, &mut |g: &mut Self| step(g, 0))?;
             }
         } else if lanes == 1 {
+            let held = self.hold_targets(vw, &accs, rest, ix)?;
             self.for_each(ix, reverse, &mut |g: &mut Self| step(g, 0))?;
+            self.release_targets(held);
         } else {
             self.for_each_unrolled(ix, lanes, &mut step)?;
             // Combine pairwise: ((a0 + a1) + (a2 + a3)), a fixed order.
@@ -954,6 +963,89 @@ impl<'a, 'b> Gen<'a, 'b> {
             self.remember(c.node, v);
         }
         Ok(())
+    }
+
+    /// Before a scalar innermost loop over `ix` whose body adds runs to tables (a group's
+    /// runs, `vw`, or a scatter's when `ix` is its innermost space index, [`Gen::hold`]): the
+    /// runs that add to one cell for the whole loop (an index safe, in range and free of
+    /// `ix`), when no other run targets their table and nothing in the loop reads it. Their
+    /// cell is loaded into a variable that [`Gen::run`] adds to (the same additions in the
+    /// same order as through memory: the same bits) and [`Gen::release_targets`] stores.
+    /// CTC's `lse_grad[b, t] += -emit_grad[b, t, u]` otherwise went through memory at every
+    /// `u`, a chain of stores and loads.
+    fn hold_targets(
+        &mut self,
+        vw: Option<&VecWork>,
+        accs: &[Carried],
+        rest: &[IndexId],
+        ix: IndexId,
+    ) -> Result<Vec<(usize, Value, Variable)>> {
+        let mut held = Vec::new();
+        if !rest.is_empty() || !self.reg_targets.is_empty() {
+            return Ok(held);
+        }
+        let runs: Vec<Run> = match (vw, &self.hold) {
+            (Some(VecWork::Runs(runs)), _) => runs.to_vec(),
+            (None, Some((i, runs))) if *i == ix => runs.clone(),
+            _ => return Ok(held),
+        };
+        let p = self.p;
+        let roots: Vec<ExprId> = runs
+            .iter()
+            .flat_map(|r| r.terms.iter())
+            .flat_map(|t| {
+                let mut v = contribution_roots(t);
+                v.extend(t.index.iter().copied());
+                v
+            })
+            .chain(accs.iter().map(|c| c.body))
+            .collect();
+        for r in &runs {
+            let dims = &p.tensors[r.target.ix()].indices;
+            let fixed = !r.direct
+                && runs.iter().filter(|o| o.target == r.target).count() == 1
+                && r.index.len() == dims.len()
+                && r.index.iter().zip(dims).all(|(a, d)| {
+                    self.an.safe(*a)
+                        && !p.pool.free(*a).contains(&ix)
+                        && p.pool.free(*a).iter().all(|f| self.idx[f.ix()].is_some())
+                        && crate::schedule::in_range(p, *a, *d)
+                })
+                && !p.pool.reaches(
+                    &roots,
+                    |_, x| matches!(x, Expr::Tensor(t, _) if *t == r.target),
+                );
+            if !fixed {
+                continue;
+            }
+            let slot = p.inputs.len() + r.target.ix();
+            let mut off = self.b.ins().iconst(types::I64, 0);
+            for (a, d) in r.index.iter().zip(dims) {
+                let v = self.emit(*a)?;
+                let m = self.b.ins().imul(off, self.ext[d.ix()]);
+                off = self.b.ins().iadd(m, v);
+            }
+            let a = self.addr(slot, Elem::Real, off);
+            let old = self.b.ins().load(self.rt, self.trusted, a, 0);
+            let var = self.b.declare_var(self.rt);
+            self.b.def_var(var, old);
+            self.reg_targets.push((r.target, var));
+            held.push((slot, off, var));
+        }
+        Ok(held)
+    }
+
+    /// After the loop: the held cells' sums back to memory.
+    fn release_targets(&mut self, held: Vec<(usize, Value, Variable)>) {
+        if held.is_empty() {
+            return;
+        }
+        for (slot, off, var) in held {
+            let v = self.b.use_var(var);
+            let a = self.addr(slot, Elem::Real, off);
+            self.b.ins().store(self.trusted, v, a, 0);
+        }
+        self.reg_targets.clear();
     }
 
     fn reduce_index(&self, e: ExprId) -> Result<IndexId> {
@@ -1048,12 +1140,19 @@ impl<'a, 'b> Gen<'a, 'b> {
                     .flat_map(|r| r.terms.iter().flat_map(contribution_hoist_roots))
                     .collect();
                 self.hoist(&roots, None, space)?;
-                self.nest(space, *reverse, &roots, &[], None, &mut |g: &mut Self| {
+                // (runs outside any group loop may add to one cell along the innermost index)
+                self.hold = space.last().map(|i| {
+                    let runs = groups.iter().filter(|g| g.extra.is_empty());
+                    (*i, runs.flat_map(|g| g.runs.iter().cloned()).collect())
+                });
+                let r = self.nest(space, *reverse, &roots, &[], None, &mut |g: &mut Self| {
                     for grp in groups {
                         g.group(grp)?;
                     }
                     Ok(())
-                })
+                });
+                self.hold = None;
+                r
             }
         }
     }
@@ -1223,7 +1322,15 @@ impl<'a, 'b> Gen<'a, 'b> {
         let lists: Vec<Vec<ExprId>> = r.terms.iter().map(contribution_roots).collect();
         self.shared(&lists)?;
         let done = self.b.create_block();
-        let off = self.target_offset(r, done)?;
+        let held = self
+            .reg_targets
+            .iter()
+            .find(|(t, _)| *t == r.target)
+            .map(|(_, v)| *v);
+        let off = match held {
+            Some(_) => self.b.ins().iconst(types::I64, 0),
+            None => self.target_offset(r, done)?,
+        };
         let mut acc: Option<Value> = None;
         for t in &r.terms {
             // Cheap, safe guards and value: compute it and select (no branch).
@@ -1276,7 +1383,11 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(a) => a,
             None => self.real_const(0.0),
         };
-        if r.direct {
+        if let Some(var) = held {
+            let old = self.b.use_var(var);
+            let new = self.b.ins().fadd(old, v);
+            self.b.def_var(var, new);
+        } else if r.direct {
             self.store(slot, Elem::Real, off, v);
         } else {
             self.accumulate(slot, off, v);
