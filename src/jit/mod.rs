@@ -2692,9 +2692,16 @@ fn stage_roots(st: &Stage) -> Vec<ExprId> {
     }
 }
 
-/// The bits of a scalar constant `v` (`f32const`, `f64const`, `iconst`) or of the scalar
-/// constant a vector `v` splats; None for anything else.
-fn const_bits(f: &cranelift_codegen::ir::Function, v: Value) -> Option<u64> {
+/// A scalar constant, or the scalar constant a vector splats.
+#[derive(Clone, Copy)]
+enum Const {
+    F32(f32),
+    F64(f64),
+    Int(i64),
+}
+
+/// The constant `v` is (`f32const`, `f64const`, `iconst`, or a `splat` of one), if it is one.
+fn splat_const(f: &cranelift_codegen::ir::Function, v: Value) -> Option<Const> {
     use cranelift_codegen::ir::{InstructionData, Opcode, ValueDef};
     let ValueDef::Result(inst, _) = f.dfg.value_def(v) else {
         return None;
@@ -2703,27 +2710,19 @@ fn const_bits(f: &cranelift_codegen::ir::Function, v: Value) -> Option<u64> {
         InstructionData::Unary {
             opcode: Opcode::Splat,
             arg,
-        } => const_bits(f, arg),
-        InstructionData::UnaryIeee32 { imm, .. } => Some(imm.bits() as u64),
-        InstructionData::UnaryIeee64 { imm, .. } => Some(imm.bits()),
-        InstructionData::UnaryImm { imm, .. } => Some(imm.bits() as u64),
+        } => splat_const(f, arg),
+        InstructionData::UnaryIeee32 { imm, .. } => Some(Const::F32(f32::from_bits(imm.bits()))),
+        InstructionData::UnaryIeee64 { imm, .. } => Some(Const::F64(f64::from_bits(imm.bits()))),
+        InstructionData::UnaryImm { imm, .. } => Some(Const::Int(imm.bits())),
         _ => None,
     }
 }
 
 /// Whether `v` is a float constant (or a splat of one) other than NaN.
 fn is_number_const(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
-    use cranelift_codegen::ir::{InstructionData, Opcode, ValueDef};
-    let ValueDef::Result(inst, _) = f.dfg.value_def(v) else {
-        return false;
-    };
-    match f.dfg.insts[inst] {
-        InstructionData::Unary {
-            opcode: Opcode::Splat,
-            arg,
-        } => is_number_const(f, arg),
-        InstructionData::UnaryIeee32 { imm, .. } => !f32::from_bits(imm.bits()).is_nan(),
-        InstructionData::UnaryIeee64 { imm, .. } => !f64::from_bits(imm.bits()).is_nan(),
+    match splat_const(f, v) {
+        Some(Const::F32(x)) => !x.is_nan(),
+        Some(Const::F64(x)) => !x.is_nan(),
         _ => false,
     }
 }
@@ -2732,7 +2731,13 @@ fn is_number_const(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
 /// `vconst`.
 fn is_zero_splat(f: &cranelift_codegen::ir::Function, v: Value) -> bool {
     use cranelift_codegen::ir::{InstructionData, ValueDef};
-    if f.dfg.value_type(v).is_vector() && const_bits(f, v) == Some(0) {
+    let zero = match splat_const(f, v) {
+        Some(Const::F32(x)) => x.to_bits() == 0,
+        Some(Const::F64(x)) => x.to_bits() == 0,
+        Some(Const::Int(x)) => x == 0,
+        None => false,
+    };
+    if f.dfg.value_type(v).is_vector() && zero {
         return true;
     }
     match f.dfg.value_def(v) {
