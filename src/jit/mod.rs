@@ -445,6 +445,15 @@ pub(crate) struct Carried {
     shift: Option<Value>,
 }
 
+/// A scatter's innermost space index, the runs outside group loops (candidates to hold in a
+/// register along it), all of its runs and its groups' carried reductions.
+struct Hold {
+    ix: IndexId,
+    runs: Vec<Run>,
+    all: Vec<Run>,
+    carried: Vec<ExprId>,
+}
+
 struct Gen<'a, 'b> {
     p: &'a Program,
     an: Analysis<'a>,
@@ -490,8 +499,8 @@ struct Gen<'a, 'b> {
     /// a carried reduction (node) whose body is read from the value being stored (see
     /// [`Gen::fill_with_sum`])
     carried_alias: Option<(ExprId, ExprId)>,
-    /// a scatter's innermost space index and its runs (see [`Gen::hold_targets`])
-    hold: Option<(IndexId, Vec<Run>)>,
+    /// while a scatter's space is nested (see [`Gen::hold_targets`])
+    hold: Option<Hold>,
     /// in a scalar loop over runs: runs whose target cell does not move with the loop,
     /// accumulated in a variable (loaded before the loop, stored after it)
     reg_targets: Vec<(TensorId, Variable)>,
@@ -984,13 +993,14 @@ impl<'a, 'b> Gen<'a, 'b> {
         if !rest.is_empty() || !self.reg_targets.is_empty() {
             return Ok(held);
         }
-        let runs: Vec<Run> = match (vw, &self.hold) {
-            (Some(VecWork::Runs(runs)), _) => runs.to_vec(),
-            (None, Some((i, runs))) if *i == ix => runs.clone(),
+        // (candidates, and every run in the loop: none may read or target a held table)
+        let (runs, all, carried) = match (vw, &self.hold) {
+            (Some(VecWork::Runs(runs)), _) => (runs.to_vec(), runs.to_vec(), vec![]),
+            (None, Some(h)) if h.ix == ix => (h.runs.clone(), h.all.clone(), h.carried.clone()),
             _ => return Ok(held),
         };
         let p = self.p;
-        let roots: Vec<ExprId> = runs
+        let roots: Vec<ExprId> = all
             .iter()
             .flat_map(|r| r.terms.iter())
             .flat_map(|t| {
@@ -999,11 +1009,12 @@ impl<'a, 'b> Gen<'a, 'b> {
                 v
             })
             .chain(accs.iter().map(|c| c.body))
+            .chain(carried)
             .collect();
         for r in &runs {
             let dims = &p.tensors[r.target.ix()].indices;
             let fixed = !r.direct
-                && runs.iter().filter(|o| o.target == r.target).count() == 1
+                && all.iter().filter(|o| o.target == r.target).count() == 1
                 && r.index.len() == dims.len()
                 && r.index.iter().zip(dims).all(|(a, d)| {
                     self.an.safe(*a)
@@ -1143,7 +1154,16 @@ impl<'a, 'b> Gen<'a, 'b> {
                 // (runs outside any group loop may add to one cell along the innermost index)
                 self.hold = space.last().map(|i| {
                     let runs = groups.iter().filter(|g| g.extra.is_empty());
-                    (*i, runs.flat_map(|g| g.runs.iter().cloned()).collect())
+                    let all = groups.iter().flat_map(|g| g.runs.iter().cloned());
+                    let carried = groups
+                        .iter()
+                        .flat_map(|g| g.carried.iter().flatten().copied());
+                    Hold {
+                        ix: *i,
+                        runs: runs.flat_map(|g| g.runs.iter().cloned()).collect(),
+                        all: all.collect(),
+                        carried: carried.collect(),
+                    }
                 });
                 let r = self.nest(space, *reverse, &roots, &[], None, &mut |g: &mut Self| {
                     for grp in groups {
