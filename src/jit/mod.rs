@@ -1342,14 +1342,18 @@ impl<'a, 'b> Gen<'a, 'b> {
         let lists: Vec<Vec<ExprId>> = r.terms.iter().map(contribution_roots).collect();
         self.shared(&lists)?;
         let done = self.b.create_block();
+        enum Target {
+            Held(Variable),
+            Cell(Value),
+        }
         let held = self
             .reg_targets
             .iter()
             .find(|(t, _)| *t == r.target)
             .map(|(_, v)| *v);
-        let off = match held {
-            Some(_) => self.b.ins().iconst(types::I64, 0),
-            None => self.target_offset(r, done)?,
+        let target = match held {
+            Some(var) => Target::Held(var),
+            None => Target::Cell(self.target_offset(r, done)?),
         };
         let mut acc: Option<Value> = None;
         for t in &r.terms {
@@ -1403,14 +1407,14 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(a) => a,
             None => self.real_const(0.0),
         };
-        if let Some(var) = held {
-            let old = self.b.use_var(var);
-            let new = self.b.ins().fadd(old, v);
-            self.b.def_var(var, new);
-        } else if r.direct {
-            self.store(slot, Elem::Real, off, v);
-        } else {
-            self.accumulate(slot, off, v);
+        match target {
+            Target::Held(var) => {
+                let old = self.b.use_var(var);
+                let new = self.b.ins().fadd(old, v);
+                self.b.def_var(var, new);
+            }
+            Target::Cell(off) if r.direct => self.store(slot, Elem::Real, off, v),
+            Target::Cell(off) => self.accumulate(slot, off, v),
         }
         self.b.ins().jump(done, &[]);
         self.b.switch_to_block(done);
@@ -1504,28 +1508,22 @@ impl<'a, 'b> Gen<'a, 'b> {
         if depth == 0 {
             return (v, 0);
         }
-        let dfg = &self.b.func.dfg;
-        let ValueDef::Result(inst, 0) = dfg.value_def(v) else {
+        let f = &*self.b.func;
+        let ValueDef::Result(inst, 0) = f.dfg.value_def(v) else {
             return (v, 0);
         };
         let InstructionData::Binary {
             opcode: Opcode::Iadd,
             args: [a, b],
-        } = dfg.insts[inst]
+        } = f.dfg.insts[inst]
         else {
             return (v, 0);
         };
-        if dfg.value_type(v) != types::I64 {
+        if f.dfg.value_type(v) != types::I64 {
             return (v, 0);
         }
-        let konst = |x: Value| match dfg.value_def(x) {
-            ValueDef::Result(i, 0) => match dfg.insts[i] {
-                InstructionData::UnaryImm {
-                    opcode: Opcode::Iconst,
-                    imm,
-                } => Some(imm.bits()),
-                _ => None,
-            },
+        let konst = |x: Value| match splat_const(f, x) {
+            Some(Const::Int(c)) => Some(c),
             _ => None,
         };
         if let Some(c) = konst(b) {
@@ -2226,12 +2224,12 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// `max(a, b)` (`max`) or `min(a, b)` as the interpreter defines them: NaN if either is
     /// NaN, else `b` if it is strictly greater (smaller), else `a` (a tie, ±0 included, keeps
-    /// `a`). The strict compare-and-select is one maxps/minps (`b > a ? b : a`: NaN in `b`
-    /// picks `a`), then `b`'s NaN is taken over: three instructions per vector where
-    /// Cranelift's `fmax`/`fmin` (IEEE signed zeros) take eight.
+    /// `a`). `b`'s NaN is first taken into `a` (a select the min and the max of one pair
+    /// share; none when `b` is a constant other than NaN: a clamp's bounds); then the strict
+    /// compare-and-select is one maxps/minps (`b > a ? b : a`, which keeps a NaN `a`): at
+    /// most three instructions per vector where Cranelift's `fmax`/`fmin` (IEEE signed
+    /// zeros) take eight.
     fn min_max(&mut self, max: bool, a: Value, b: Value) -> Value {
-        // `b`'s NaN is taken over first, into `a` (no select when `b` is a constant other
-        // than NaN: a clamp's bounds): the min and the max of one pair share that select.
         let a = if is_number_const(self.b.func, b) {
             a
         } else {
@@ -2625,8 +2623,6 @@ pub fn tensor_slot(p: &Program, t: TensorId) -> usize {
     p.inputs.len() + t.ix()
 }
 
-/// Every node a stage evaluates from: a fill's body; a pass's guards, target cells, values
-/// and carried reductions.
 /// A fill of the real table `t[.., c]` whose body holds no reduction, followed by a fill of
 /// the real `s[..]` (`t`'s indices but the last) that reads `t` only in one sum over its own
 /// row (`node`, `sum(c: t[.., c])`): the two run as one pass ([`Gen::fill_with_sum`]).
@@ -2696,6 +2692,8 @@ fn summed_fill<'s>(p: &Program, fill: &'s Stage, then: &Stage) -> Option<SummedF
     })
 }
 
+/// Every node a stage evaluates from: a fill's body; a pass's guards, target cells, values
+/// and carried reductions.
 fn stage_roots(st: &Stage) -> Vec<ExprId> {
     match st {
         Stage::Zero(_) => Vec::new(),
