@@ -110,6 +110,11 @@ pub enum MathFn {
     /// multiplication instead of two (`k <= 0` leaves room for `2^(k+64)` to stay normal) and
     /// no upper clamp.
     ExpNonPos,
+    /// `log` for positive, normal, finite arguments only (a logsumexp's sum of `exp(x - max)`,
+    /// which is in `[1, n]`): bitwise equal to `Log` there, without the subnormal rescaling and
+    /// the special values; other arguments (NaN included) give unspecified results, which the
+    /// caller must not use.
+    LogNormal,
     Expm1,
     Tanh,
     Sin,
@@ -120,12 +125,13 @@ pub enum MathFn {
 
 impl MathFn {
     /// All the functions, in declaration order.
-    pub const ALL: [MathFn; 11] = [
+    pub const ALL: [MathFn; 12] = [
         MathFn::Exp,
         MathFn::Log,
         MathFn::Log1p,
         MathFn::Log1pUnit,
         MathFn::ExpNonPos,
+        MathFn::LogNormal,
         MathFn::Expm1,
         MathFn::Tanh,
         MathFn::Sin,
@@ -177,6 +183,7 @@ impl E<'_, '_> {
             MathFn::Exp => e.exp(x),
             MathFn::ExpNonPos => e.exp_nonpos(x),
             MathFn::Log => e.log(x),
+            MathFn::LogNormal => e.log_normal(x),
             MathFn::Log1p => e.log1p(x),
             MathFn::Log1pUnit => e.log1p_unit(x),
             MathFn::Expm1 => e.expm1(x),
@@ -482,6 +489,25 @@ impl<'a, 'b> E<'a, 'b> {
         (nf, n)
     }
 
+    /// [`Self::round_int`] with the integer left as `bits + off` (`off` the negated bits of
+    /// the rounding constant), so that a caller adding constants to it adds them all at once.
+    fn round_int_bits(&mut self, t: Value) -> (Value, Value, i64) {
+        let magic: f64 = if self.d {
+            6755399441055744.0
+        } else {
+            12582912.0
+        };
+        let magic_bits = if self.d {
+            magic.to_bits() as i64
+        } else {
+            (magic as f32).to_bits() as i64
+        };
+        let m = self.c(magic);
+        let tm = self.add(t, m);
+        let nf = self.sub(tm, m);
+        (nf, self.bits_of(tm), -magic_bits)
+    }
+
     /// An integer `n` (`|n| < 2^22`) as a float.
     fn int_to_float(&mut self, n: Value) -> Value {
         let magic: f64 = if self.d {
@@ -558,7 +584,7 @@ impl<'a, 'b> E<'a, 'b> {
             return self.exp_f32_fma(xc, nonpos);
         }
         let t = self.mulc(xc, std::f64::consts::LOG2_E);
-        let (kf, k) = self.round_int(t);
+        let (kf, kbits, koff) = self.round_int_bits(t);
         let (ln2hi, ln2lo) = if self.d {
             (0.6931471803691238, 1.9082149292705877e-10)
         } else {
@@ -606,18 +632,23 @@ impl<'a, 'b> E<'a, 'b> {
             let y = self.add(zp, r);
             self.addc(y, 1.0)
         };
-        self.scale_exp(y, k, nonpos)
+        self.scale_exp(y, kbits, koff, nonpos)
     }
 
-    /// `y 2^k` for exp's `k`: in two steps ([`Self::scale2`]), or for `k <= 0` in one shifted
-    /// step and a constant.
-    fn scale_exp(&mut self, y: Value, k: Value, nonpos: bool) -> Value {
+    /// `y 2^k` for exp's `k = kbits + koff` (wrapping): in two steps ([`Self::scale2`]), or
+    /// for `k <= 0` in one shifted step and a constant, where the rounding constant's bits,
+    /// the shift and the exponent bias are one addition (the same bits as three).
+    fn scale_exp(&mut self, y: Value, kbits: Value, koff: i64, nonpos: bool) -> Value {
         if !nonpos {
+            let k = self.iaddc(kbits, koff);
             return self.scale2(y, k);
         }
         let (up, down) = if self.d { (512, -512) } else { (64, -64) };
-        let ku = self.iaddc(k, up);
-        let s = self.pow2i(ku);
+        let bias = self.bias();
+        let kb = self.iaddc(kbits, koff.wrapping_add(up + bias));
+        let mb = self.mant_bits();
+        let bits = self.b.ins().ishl_imm_s(kb, mb);
+        let s = self.float_of(bits);
         let y = self.mul(y, s);
         self.mulc(y, 2f64.powi(down))
     }
@@ -633,8 +664,7 @@ impl<'a, 'b> E<'a, 'b> {
         let t = self.fma(xc, l2e, m);
         let kf = self.sub(t, m);
         let bits = self.bits_of(t);
-        let mb = self.ci(magic.to_bits() as i64);
-        let k = self.b.ins().isub(bits, mb);
+        let koff = -(magic.to_bits() as i64);
         let ln2hi = std::f64::consts::LN_2 as f32 as f64;
         let ln2lo = std::f64::consts::LN_2 - ln2hi;
         let nhi = self.c(-ln2hi);
@@ -656,7 +686,7 @@ impl<'a, 'b> E<'a, 'b> {
         let q = self.fma(r, p, one);
         let y = self.fma(r, q, one);
         self.pin(y);
-        self.scale_exp(y, k, nonpos)
+        self.scale_exp(y, bits, koff, nonpos)
     }
 
     // ---- log, log1p ------------------------------------------------------------------------
@@ -739,8 +769,31 @@ impl<'a, 'b> E<'a, 'b> {
         let zero = self.c(0.0);
         let adj = self.sel(sub, sh, zero);
         let kf = self.add(kf, adj);
+        let r = self.log_split(kf, m);
+        // Special values.
+        let is0 = self.cmpc(FloatCC::Equal, x, 0.0);
+        let ninf = self.c(f64::NEG_INFINITY);
+        let r = self.sel(is0, ninf, r);
+        let neg = self.cmpc(FloatCC::UnorderedOrLessThan, x, 0.0);
+        let nan = self.c(f64::NAN);
+        let r = self.sel(neg, nan, r);
+        let isinf = self.cmpc(FloatCC::Equal, x, f64::INFINITY);
+        let inf = self.c(f64::INFINITY);
+        self.sel(isinf, inf, r)
+    }
+
+    /// [`Self::log`] of a positive normal finite `x` (see [`MathFn::LogNormal`]): for such
+    /// `x` the subnormal step adds 0 to `k` and no special value applies, so the same bits.
+    fn log_normal(&mut self, x: Value) -> Value {
+        let (kf, m) = self.split(x);
+        self.log_split(kf, m)
+    }
+
+    /// `k ln2 + log(m)` for `m` in `[sqrt(1/2), sqrt(2))`, `kf` = `k` as a float.
+    fn log_split(&mut self, kf: Value, m: Value) -> Value {
         let f = self.addc(m, -1.0);
-        let r = if self.d {
+        if self.d {
+            let zero = self.c(0.0);
             self.log_kernel(kf, f, zero)
         } else {
             // Cephes logf, no division: f - f²/2 + f³ P(f) + k ln2.
@@ -768,17 +821,7 @@ impl<'a, 'b> E<'a, 'b> {
             let r = self.add(f, y);
             let kh = self.mulc(kf, 0.693359375);
             self.add(r, kh)
-        };
-        // Special values.
-        let is0 = self.cmpc(FloatCC::Equal, x, 0.0);
-        let ninf = self.c(f64::NEG_INFINITY);
-        let r = self.sel(is0, ninf, r);
-        let neg = self.cmpc(FloatCC::UnorderedOrLessThan, x, 0.0);
-        let nan = self.c(f64::NAN);
-        let r = self.sel(neg, nan, r);
-        let isinf = self.cmpc(FloatCC::Equal, x, f64::INFINITY);
-        let inf = self.c(f64::INFINITY);
-        self.sel(isinf, inf, r)
+        }
     }
 
     fn log1p(&mut self, x: Value) -> Value {
@@ -1546,7 +1589,7 @@ mod tests {
     fn reference(f: MathFn, x: f64) -> f64 {
         match f {
             MathFn::Exp | MathFn::ExpNonPos => x.exp(),
-            MathFn::Log => x.ln(),
+            MathFn::Log | MathFn::LogNormal => x.ln(),
             MathFn::Log1p | MathFn::Log1pUnit => x.ln_1p(),
             MathFn::Expm1 => x.exp_m1(),
             MathFn::Tanh => x.tanh(),
@@ -1615,6 +1658,15 @@ mod tests {
             MathFn::Sin | MathFn::Cos => x.abs() <= if double { 1e9 } else { 102943.0 },
             MathFn::Log1pUnit => (0.0..=1.0).contains(&x),
             MathFn::ExpNonPos => x <= 0.0 || x.is_nan(),
+            MathFn::LogNormal => {
+                let min = if double {
+                    f64::MIN_POSITIVE
+                } else {
+                    f32::MIN_POSITIVE as f64
+                };
+                let max = if double { f64::MAX } else { f32::MAX as f64 };
+                (min..=max).contains(&x)
+            }
             _ => true,
         }
     }
@@ -1843,7 +1895,11 @@ mod tests {
     fn specials(f: MathFn) -> Vec<(f64, f64)> {
         use std::f64::consts::{FRAC_PI_2, PI};
         let (inf, nan) = (f64::INFINITY, f64::NAN);
-        let common = [(nan, nan)];
+        let common: &[(f64, f64)] = if f == MathFn::LogNormal {
+            &[]
+        } else {
+            &[(nan, nan)]
+        };
         let own: &[(f64, f64)] = match f {
             MathFn::Exp => &[
                 (-inf, 0.0),
@@ -1873,6 +1929,8 @@ mod tests {
             ],
             MathFn::Log1pUnit => &[(0.0, 0.0), (1e-30, 1e-30), (1e-310, 1e-310)],
             MathFn::ExpNonPos => &[(-inf, 0.0), (0.0, 1.0), (-0.0, 1.0), (-1e4, 0.0)],
+            // (no NaN: outside its domain; `common` is skipped below)
+            MathFn::LogNormal => &[(1.0, 0.0), (2.0, std::f64::consts::LN_2)],
             MathFn::Expm1 => &[
                 (-inf, -1.0),
                 (inf, inf),
@@ -2035,6 +2093,42 @@ mod tests {
                 -745.1332191019412,
             ])
             .chain([-708.3964185322641, -709.782712893384, -5e-324, f64::MIN])
+            .collect();
+        same_bits_f64(&a, &b, &xs64);
+    }
+
+    /// The log of positive normal finite arguments is the general one there, bit for bit:
+    /// every 61st positive normal f32, every f32 of [1, 4] (a logsumexp's sums of a few
+    /// terms), the ends, and 10^6 doubles of [1, 64] and 10^6 over all positive normal
+    /// exponents.
+    #[test]
+    fn log_normal_is_log_on_its_domain() {
+        let (a, b) = (compile(MathFn::Log), compile(MathFn::LogNormal));
+        let xs32: Vec<f32> = (f32::MIN_POSITIVE.to_bits()..=f32::MAX.to_bits())
+            .step_by(61)
+            .chain(1.0f32.to_bits()..=4.0f32.to_bits())
+            .map(f32::from_bits)
+            .chain([f32::MIN_POSITIVE, f32::MAX, 1.0, 2.0, 3.0])
+            .collect();
+        let mut out = [0f32; 4];
+        for chunk in xs32.chunks(4) {
+            let mut lanes = [1f32; 4];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            (b.v32)(lanes.as_ptr(), out.as_mut_ptr());
+            for (&x, &y) in lanes.iter().zip(&out) {
+                let (p, q) = ((a.f32)(x), (b.f32)(x));
+                assert_eq!(p.to_bits(), q.to_bits(), "f32 {x:e}: {p:e} vs {q:e}");
+                assert_eq!(p.to_bits(), y.to_bits(), "f32x4 {x:e}: {p:e} vs {y:e}");
+            }
+        }
+        let (mut rng, mut bits) = (Rng(13), Rng(14));
+        let xs64: Vec<f64> = (0..1_000_000)
+            .map(|_| rng.uniform(1.0, 64.0))
+            .chain((0..1_000_000).map(|_| {
+                let e = bits.next() % 2046 + 1;
+                f64::from_bits(e << 52 | bits.next() >> 12)
+            }))
+            .chain([f64::MIN_POSITIVE, f64::MAX, 1.0, 2.0, 3.0, 4.0])
             .collect();
         same_bits_f64(&a, &b, &xs64);
     }

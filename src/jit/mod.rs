@@ -2397,15 +2397,24 @@ impl<'a, 'b> Gen<'a, 'b> {
             });
         }
         let s = s.ok_or_else(|| internal("empty logsumexp"))?;
-        let l = self.math(Func::Log, s)?;
-        let r = self.b.ins().fadd(m, l);
+        let nan = nan.ok_or_else(|| internal("empty logsumexp"))?;
         let inf = self.rc(m, f64::INFINITY);
         let am = self.b.ins().fabs(m);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, am, inf);
-        // (r is NaN wherever an argument is)
-        let nan = nan.ok_or_else(|| internal("empty logsumexp"))?;
-        let use_r = self.b.ins().bor(finite, nan);
-        Ok(self.sel(use_r, r, m))
+        if !self.b.func.dfg.value_type(s).is_vector() {
+            let l = self.math(Func::Log, s)?;
+            let r = self.b.ins().fadd(m, l);
+            // (r is NaN wherever an argument is)
+            let use_r = self.b.ins().bor(finite, nan);
+            return Ok(self.sel(use_r, r, m));
+        }
+        // Where m is finite and no argument NaN, one term is exp(0) = 1 and the others are in
+        // [0, 1]: s is in [1, n], where the log needs no special values
+        // (`MathFn::LogNormal`, the same bits). Elsewhere s is NaN (an argument is) or unused.
+        let l = self.vector_math(math::MathFn::LogNormal, s);
+        let r = self.b.ins().fadd(m, l);
+        let r = self.sel(finite, r, m);
+        Ok(self.sel(nan, s, r))
     }
 
     /// A real reduction whose body is lane-wise: a vector loop, then the remaining cells.
