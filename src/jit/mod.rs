@@ -1134,8 +1134,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                     vw,
                     &mut |g: &mut Self| {
                         let v = g.emit(body)?;
-                        let off = g.row_major(&dims)?;
-                        g.store(slot, elem, off, v);
+                        let a = g.row_major_addr(slot, elem, &dims)?;
+                        g.b.ins().store(g.trusted, v, a, 0);
                         Ok(())
                     },
                 )
@@ -1215,14 +1215,14 @@ impl<'a, 'b> Gen<'a, 'b> {
                 Some(&vw),
                 &mut |g: &mut Self| {
                     let v = g.emit(body)?;
-                    let off = g.row_major(indices)?;
-                    g.store(slot, Elem::Real, off, v);
+                    let a = g.row_major_addr(slot, Elem::Real, indices)?;
+                    g.b.ins().store(g.trusted, v, a, 0);
                     Ok(())
                 },
             )?;
             let v = g.emit(s_body)?;
-            let off = g.row_major(outer)?;
-            g.store(s_slot, Elem::Real, off, v);
+            let a = g.row_major_addr(s_slot, Elem::Real, outer)?;
+            g.b.ins().store(g.trusted, v, a, 0);
             Ok(())
         });
         self.carried_alias = None;
@@ -1459,6 +1459,18 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     // ---- memory ----
 
+    /// The address of the current cell of a table over `dims` (see [`Gen::addr_in_row`]).
+    fn row_major_addr(&mut self, slot: usize, elem: Elem, dims: &[IndexId]) -> Result<Value> {
+        let Some((last, outer)) = dims.split_last() else {
+            let off = self.row_major(dims)?;
+            return Ok(self.addr(slot, elem, off));
+        };
+        let row = self.row_major(outer)?;
+        let row = self.b.ins().imul(row, self.ext[last.ix()]);
+        let v = self.idx[last.ix()].ok_or_else(|| internal("index not bound"))?;
+        Ok(self.addr_in_row(slot, elem, row, v))
+    }
+
     fn row_major(&mut self, dims: &[IndexId]) -> Result<Value> {
         let mut off = self.b.ins().iconst(types::I64, 0);
         for d in dims {
@@ -1478,6 +1490,26 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn addr(&mut self, slot: usize, elem: Elem, off: Value) -> Value {
+        let base = self.bufs[slot];
+        self.addr_from(base, elem, off)
+    }
+
+    /// The address of cell `off` of the row of `slot` that starts at cell `row`: the row's
+    /// address (`row` does not depend on the loop index, so this part is computed once, out
+    /// of the loop) plus the cell's, `vmovups d(rowbase, u, 4)` instead of adding the row's
+    /// offset to `u` and the table's base to that in every step.
+    fn addr_in_row(&mut self, slot: usize, elem: Elem, row: Value, off: Value) -> Value {
+        let size = elem.size(self.f32) as i64;
+        let bytes = if size == 1 {
+            row
+        } else {
+            self.b.ins().imul_imm_s(row, size)
+        };
+        let base = self.b.ins().iadd(self.bufs[slot], bytes);
+        self.addr_from(base, elem, off)
+    }
+
+    fn addr_from(&mut self, base: Value, elem: Elem, off: Value) -> Value {
         let size = elem.size(self.f32) as i64;
         // A constant the offset adds (an interleaved copy's `k + 4`) goes last, where the
         // load or store takes it as its displacement: `vmovups 16(base, x, 4)` instead of a
@@ -1493,7 +1525,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         } else {
             self.b.ins().imul_imm_s(off, size)
         };
-        let a = self.b.ins().iadd(self.bufs[slot], bytes);
+        let a = self.b.ins().iadd(base, bytes);
         if disp == 0 {
             a
         } else {
@@ -1605,6 +1637,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             _ => return Err(internal("not a load")),
         };
         let mut off = self.b.ins().iconst(types::I64, 0);
+        // (the last dimension's row offset and cell, for the address)
+        let mut row_cell: Option<(Value, Value)> = None;
         let mut inside: Option<Value> = None;
         let mut checked = false;
         for (k, (a, d)) in args.iter().zip(dims).enumerate() {
@@ -1626,6 +1660,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
             let m = self.b.ins().imul(off, n);
             off = self.b.ins().iadd(m, v);
+            row_cell = Some((m, v));
         }
         // A load behind a range check (or a pad's emptiness test) must stay behind it:
         // `can_move` would let Cranelift hoist it out of a loop, above the check, and read
@@ -1663,7 +1698,10 @@ impl<'a, 'b> Gen<'a, 'b> {
                 Ok(self.b.block_params(join)[0])
             }
             _ => {
-                let a = self.addr(slot, elem, off);
+                let a = match row_cell {
+                    Some((row, cell)) => self.addr_in_row(slot, elem, row, cell),
+                    None => self.addr(slot, elem, off),
+                };
                 Ok(self.b.ins().load(ty, flags, a, 0))
             }
         }

@@ -668,6 +668,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
         };
         let m = self.b.ins().imul(row, n);
+        // (the slow path's lane by lane offsets)
         let off = self.b.ins().iadd(m, first);
         // (not `aligned`: the lanes' cells start anywhere in a row)
         let mut flags = MemFlagsData::new().with_notrap();
@@ -679,7 +680,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             (a, b) => a.or(b),
         };
         let Some(inside) = inside else {
-            return self.vload_cells(slot, elem, off, flags);
+            return self.vload_cells(slot, elem, m, first, flags);
         };
         let fill = match (pad, span_in) {
             // only the row may be outside: then every lane is the pad
@@ -698,7 +699,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.append_block_param(join, vt);
         self.b.ins().brif(inside, fast, &[], lanewise, &[]);
         self.arm(fast, join, &mut |g: &mut Self| {
-            g.vload_cells(slot, elem, off, flags)
+            g.vload_cells(slot, elem, m, first, flags)
         })?;
         self.arm(lanewise, join, &mut |g: &mut Self| {
             g.lanes_or_pad(slot, elem, dims, fill, row_in, first, n, off)
@@ -778,16 +779,17 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(self.assemble_lanes(elem, &lanes_v))
     }
 
-    /// The lanes' consecutive cells from `off`: one vector load of reals, or a bool table's
-    /// bytes as lane masks.
+    /// The lanes' consecutive cells from cell `first` of the row starting at cell `row`: one
+    /// vector load of reals, or a bool table's bytes as lane masks.
     fn vload_cells(
         &mut self,
         slot: usize,
         elem: Elem,
-        off: Value,
+        row: Value,
+        first: Value,
         flags: MemFlagsData,
     ) -> Result<Value> {
-        let a = self.addr(slot, elem, off);
+        let a = self.addr_in_row(slot, elem, row, first);
         match elem {
             Elem::Real => Ok(self.load_v(flags, a, 0)),
             Elem::Bool => {
@@ -997,9 +999,18 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(())
     }
 
+    /// The address of a unit-stride read or write along the loop's index: its row's
+    /// address (out of the loop) plus the cell's (see [`Gen::addr_in_row`]).
     fn vaddr(&mut self, slot: usize, dims: &[IndexId], args: &[ExprId]) -> Result<Value> {
-        let off = self.voffset(dims, args)?;
-        Ok(self.addr(slot, Elem::Real, off))
+        let (Some((a, outer_args)), Some((d, outer))) = (args.split_last(), dims.split_last())
+        else {
+            let off = self.voffset(dims, args)?;
+            return Ok(self.addr(slot, Elem::Real, off));
+        };
+        let row = self.offset_with(outer, outer_args, None)?;
+        let row = self.b.ins().imul(row, self.ext[d.ix()]);
+        let cell = self.checked_arg(*a, *d)?;
+        Ok(self.addr_in_row(slot, Elem::Real, row, cell))
     }
 
     fn vload(
@@ -1172,8 +1183,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             VecWork::Nothing => {}
             VecWork::Fill { slot, body, dims } => {
                 let v = self.emit_v(*body, ix)?;
-                let off = self.row_major(dims)?;
-                let a = self.addr(*slot, Elem::Real, off);
+                let a = self.row_major_addr(*slot, Elem::Real, dims)?;
                 self.vstore(a, v);
             }
             VecWork::Runs(runs) => {
