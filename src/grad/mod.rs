@@ -663,6 +663,23 @@ impl Diff {
         out
     }
 
+    /// `x` as `log y + r` (either order), `y` real.
+    fn log_term(&self, x: ExprId) -> Option<(ExprId, ExprId)> {
+        let pool = &self.q.pool;
+        let Expr::Binary(Bin::Add, a, b) = pool.get(x) else {
+            return None;
+        };
+        let log_of = |z: ExprId| match pool.get(z) {
+            Expr::Call(Func::Log, y) if pool.ty(y[0]) == Ty::Real => Some(y[0]),
+            _ => None,
+        };
+        match (log_of(*a), log_of(*b)) {
+            (Some(y), _) => Some((y, *b)),
+            (None, Some(y)) => Some((y, *a)),
+            _ => None,
+        }
+    }
+
     fn call_rule(&mut self, e: ExprId, f: Func, args: &[ExprId], t: &Term) -> Vec<(ExprId, Term)> {
         let v = t.value;
         let with = |value: ExprId| Term {
@@ -780,6 +797,19 @@ impl Diff {
                     let w = self.call(Func::Exp, vec![d]);
                     let m = self.mul(v, w);
                     let finite = self.cmp(Bin::Ne, *x, ninf);
+                    if let Some((y, r)) = self.log_term(*x) {
+                        // x = log y + r: y's share of v e^(x - L) is v e^(x - L) / y =
+                        // v e^(r - L), which stays right at y = 0, where x is -inf and 1/y
+                        // infinite (the weights of a mixture log(y s1 + w s2), opt's stable
+                        // form of (y s1 + w s2)^g, at hard labels y = 0 or 1).
+                        out.push((r, guarded(m, finite)));
+                        let dr = self.sub(r, e);
+                        let wr = self.call(Func::Exp, vec![dr]);
+                        let my = self.mul(v, wr);
+                        let some = self.cmp(Bin::Ne, e, ninf);
+                        out.push((y, guarded(my, some)));
+                        continue;
+                    }
                     out.push((*x, guarded(m, finite)));
                 }
                 out
