@@ -138,8 +138,13 @@ fn reduce_with(p: &Program, r: Reduction, weighted: bool, rows: Option<IndexId>)
     };
     q.output.body = match (r, w) {
         (Reduction::Sum, _) => total,
-        (Reduction::Mean, _)
-        | (Reduction::WeightedMean, None)
+        // Σ w l / N as STDLIB.md writes it: NaN (0 / 0) over no elements, as torch's and
+        // TensorFlow's means of nothing (only the weighted means say 0 for a zero divisor).
+        (Reduction::Mean, _) => {
+            let d = pool.add(Expr::Unary(Un::ToReal, count), Ty::Real);
+            pool.add(Expr::Binary(Bin::Div, total, d), Ty::Real)
+        }
+        (Reduction::WeightedMean, None)
         | (Reduction::SumByNonzeroWeights, None) => guarded_div(pool, count),
         (Reduction::WeightedMean, Some(w)) => {
             let sw = sum_all(pool, w, Ty::Real);

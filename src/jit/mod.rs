@@ -1355,6 +1355,35 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(var) => Target::Held(var),
             None => Target::Cell(self.target_offset(r, done)?),
         };
+        // One unguarded term `-x` added into a cell: the cell takes `- x` (a + (-x) is a - x,
+        // bit for bit), with no negation (CTC's `lse_grad[b, t] += -emit_grad[b, t, u]`).
+        let negated = match r.terms.as_slice() {
+            [t] if !r.direct && t.guards.is_empty() => match self.p.pool.get(t.value) {
+                Expr::Unary(Un::Neg, x) => Some(*x),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(x) = negated {
+            let v = self.emit(x)?;
+            match target {
+                Target::Held(var) => {
+                    let old = self.b.use_var(var);
+                    let new = self.b.ins().fsub(old, v);
+                    self.b.def_var(var, new);
+                }
+                Target::Cell(off) => {
+                    let a = self.addr(slot, Elem::Real, off);
+                    let old = self.b.ins().load(self.rt, self.trusted, a, 0);
+                    let new = self.b.ins().fsub(old, v);
+                    self.b.ins().store(self.trusted, new, a, 0);
+                }
+            }
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(done);
+            self.pop();
+            return Ok(());
+        }
         let mut acc: Option<Value> = None;
         for t in &r.terms {
             // Cheap, safe guards and value: compute it and select (no branch).
