@@ -774,3 +774,54 @@ fn shared_aliases_under_guards_differentiate_in_linear_time() {
         }
     }
 }
+
+/// Index bounds in a chain merge into one test against the tightest bound
+/// (`opt::merge_bounds`), with the chain's truth unchanged: the same tests on ints (merged) and
+/// on reals (not merged) agree for row lengths on both sides of every bound, on both backends;
+/// a read that can fail between two bounds keeps them apart, so its error stays.
+#[test]
+fn index_bounds_merge_with_the_same_truth() {
+    let l = lib("
+        loss ints(x[b, u], n[b]: int) -> [b] {
+            sum(u: if u + 2 < U && !(u + 1 > 2 * n[b]) && u >= 1 && !(u - 1 < n[b] - 4) { x[b, u] } else { 0.0 })
+          + sum(u: if u > n[b] || u + 3 > U || u < 1 || 2 > u { 2.0 * x[b, u] } else { 0.0 })
+        }
+        loss reals(x[b, u], n[b]: int) -> [b] {
+            let r = real(u);
+            let m = real(n[b]);
+            sum(u: if r + 2 < real(U) && !(r + 1 > 2 * m) && r >= 1 && !(r - 1 < m - 4) { x[b, u] } else { 0.0 })
+          + sum(u: if r > m || r + 3 > real(U) || r < 1 || 2 > r { 2.0 * x[b, u] } else { 0.0 })
+        }
+        loss guarded(x[u], ids[u]: int, w[k]) -> [] {
+            sum(u: if u < K && x[ids[u]] > 0 && u + 1 < U { x[u] } else { 0.0 })
+        }");
+    let merged = lossc::ir::print_program(&lossc::opt::merge_bounds(&lossc::opt::simplify(
+        l.loss("ints").unwrap(),
+    )));
+    assert!(merged.contains("(u <= min("), "{merged}");
+    assert!(merged.contains("(u >= max("), "{merged}");
+    assert!(merged.contains("(u > min("), "{merged}");
+    assert!(merged.contains("(u < max("), "{merged}");
+    let (rows, cols) = (12, 9);
+    let x: Vec<f64> = (0..rows * cols).map(|k| 1.0 + k as f64).collect();
+    let n: Vec<i64> = (0..rows as i64).map(|k| k - 2).collect();
+    for backend in [Backend::Interp, Backend::Jit] {
+        let mut c = Call::new()
+            .input("x", Array::real(vec![rows, cols], x.clone()))
+            .input("n", Array::int(vec![rows], n.clone()));
+        c.backend = backend;
+        let a = l.call("ints", &c).unwrap().value.to_f64();
+        let b = l.call("reals", &c).unwrap().value.to_f64();
+        assert_eq!(a, b, "{backend:?}");
+        assert!(a.iter().any(|v| *v != 0.0));
+        // ids[2] is out of range and read at u = 2 (u < K), though u + 1 < U fails there:
+        // merged across the read, the chain would stop before it
+        let mut g = Call::new()
+            .input("x", real(&[1.0, 2.0, 3.0]))
+            .input("ids", Array::int(vec![3], vec![0, 1, 7]))
+            .input("w", real(&[0.0; 3]));
+        g.backend = backend;
+        let e = l.call("guarded", &g).unwrap_err();
+        assert_eq!(e.kind, lossc::diag::ErrorKind::Range, "{backend:?}");
+    }
+}

@@ -144,8 +144,9 @@ fn reduce_with(p: &Program, r: Reduction, weighted: bool, rows: Option<IndexId>)
             let d = pool.add(Expr::Unary(Un::ToReal, count), Ty::Real);
             pool.add(Expr::Binary(Bin::Div, total, d), Ty::Real)
         }
-        (Reduction::WeightedMean, None)
-        | (Reduction::SumByNonzeroWeights, None) => guarded_div(pool, count),
+        (Reduction::WeightedMean, None) | (Reduction::SumByNonzeroWeights, None) => {
+            guarded_div(pool, count)
+        }
         (Reduction::WeightedMean, Some(w)) => {
             let sw = sum_all(pool, w, Ty::Real);
             guarded_div(pool, sw)

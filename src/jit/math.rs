@@ -67,6 +67,7 @@
 //! | log1p    | 0.840       | 1 (0.818)                   | all                           |
 //! | log1p on [0, 1] (softplus) | 1.247 (one polynomial) | = log1p, bitwise | `[0, 1]`, NaN |
 //! | exp on x <= 0 (`ExpNonPos`) | = exp, bitwise | = exp, bitwise     | `x <= 0`, NaN                 |
+//! | log of a positive normal (`LogNormal`) | = log, bitwise | = log, bitwise | positive normal finite (else unspecified) |
 //! | expm1    | 0.813       | 1 (0.799)                   | all                           |
 //! | tanh     | 1.738       | 2 (0.746)                   | all                           |
 //! | sin      | 0.844       | 1 (0.766)                   | f32 `|x| <= 102943`, f64 `|x| <= 1e9` |

@@ -18,6 +18,9 @@
 use crate::ir::{Bin, Expr, ExprId, Extent, Func, Program, Red, TensorId, Ty, Un};
 use std::collections::HashMap;
 
+mod bounds;
+pub use bounds::merge_bounds;
+
 /// Simplifies every expression of `p` (definitions, output, parameters, extents, passes).
 pub fn simplify(p: &Program) -> Program {
     simplify_baked(p, &[])

@@ -610,7 +610,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
     } else {
         crate::opt::simplify(&crate::grad::differentiate(&q, &wrt)?)
     };
-    let q = crate::opt::precise_logsumexp(&q);
+    let q = crate::opt::merge_bounds(&crate::opt::precise_logsumexp(&q));
     let (values, grads) = match call.backend {
         Backend::Interp => interp::run_with_grads(&q, &env)?,
         Backend::Jit => super::native::run_with_grads(&q, &env)?,

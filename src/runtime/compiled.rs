@@ -211,7 +211,7 @@ fn variant(
     } else {
         crate::opt::simplify(&crate::grad::differentiate(&q, wrt)?)
     };
-    let q = crate::opt::precise_logsumexp(&q);
+    let q = crate::opt::merge_bounds(&crate::opt::precise_logsumexp(&q));
     let kernel = native::kernel(&q, f32)?;
     Ok(Variant { program: q, kernel })
 }
