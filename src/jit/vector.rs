@@ -166,9 +166,26 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
         }
         let reach = self.an.reach(&roots);
+        // The int reads that only index gathers (`logits[b, t, ext[b, u]]`): loaded lane by
+        // lane by the gather, never as lanes of their own.
+        let mut gather_only: HashMap<ExprId, bool> = HashMap::new();
         for (k, seen) in reach.iter().enumerate() {
             let e = ExprId(k as u32);
             if !*seen {
+                continue;
+            }
+            let g = gather_index(p, e, ix);
+            p.pool.get(e).for_each_child(|c| {
+                if g == Some(c) {
+                    gather_only.entry(c).or_insert(true);
+                } else {
+                    gather_only.insert(c, false);
+                }
+            });
+        }
+        for (k, seen) in reach.iter().enumerate() {
+            let e = ExprId(k as u32);
+            if !*seen || gather_only.get(&e) == Some(&true) {
                 continue;
             }
             // the table being filled, read in its own row: a dependence between lanes
@@ -206,14 +223,18 @@ impl<'a, 'b> Gen<'a, 'b> {
             Expr::Input(i, args) => {
                 let inp = &p.inputs[i.ix()];
                 inp.ty == Ty::Real
-                    && (plain(p, args, &inp.dims, ix) || shifted(p, args, &inp.dims, ix))
+                    && (plain(p, args, &inp.dims, ix)
+                        || shifted(p, args, &inp.dims, ix)
+                        || gather_index(p, e, ix).is_some())
             }
             Expr::Tensor(t, args) => {
                 let tn = &p.tensors[t.ix()];
                 // (a recurrence read here is finished, or read in other rows: see above)
                 matches!(tn.ty, Ty::Real | Ty::Bool)
                     && !tn.accumulated
-                    && (plain(p, args, &tn.indices, ix) || shifted(p, args, &tn.indices, ix))
+                    && (plain(p, args, &tn.indices, ix)
+                        || shifted(p, args, &tn.indices, ix)
+                        || (tn.ty == Ty::Real && gather_index(p, e, ix).is_some()))
             }
             Expr::Unary(Un::Neg, a) => p.pool.ty(*a) == Ty::Real,
             Expr::Unary(Un::Not, a) => p.pool.ty(*a) == Ty::Bool,
@@ -283,6 +304,9 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     fn emit_v_uncached(&mut self, e: ExprId, ix: IndexId) -> Result<Value> {
         let p = self.p;
+        if gather_index(p, e, ix).is_some() {
+            return self.vgather(e, ix);
+        }
         Ok(match p.pool.get(e).clone() {
             Expr::Input(i, args) => {
                 let dims = p.inputs[i.ix()].dims.clone();
@@ -1051,6 +1075,48 @@ impl<'a, 'b> Gen<'a, 'b> {
             let off = self.offset_with(dims, args, Some((ix, k)))?;
             let addr = self.addr(slot, Elem::Real, off);
             lanes.push(self.b.ins().load(self.rt, flags, addr, 0));
+        }
+        Ok(self.assemble_lanes(Elem::Real, &lanes))
+    }
+
+    /// A gather `x[.., g[.., ix]]` (see [`gather_index`]): for each lane, its id read from
+    /// `g`, range-checked against `x`'s last dimension as the scalar read checks it (a
+    /// failing check sends a speculative step to the scalar code), and the cell it names in
+    /// `x`'s row, whose address is computed once.
+    fn vgather(&mut self, e: ExprId, ix: IndexId) -> Result<Value> {
+        let p = self.p;
+        let (slot, dims, args) = match p.pool.get(e) {
+            Expr::Input(i, a) => (i.ix(), &p.inputs[i.ix()].dims, a),
+            Expr::Tensor(t, a) => (p.inputs.len() + t.ix(), &p.tensors[t.ix()].indices, a),
+            _ => return Err(internal("not a gather")),
+        };
+        let (Some((id, outer)), Some((last, outer_dims))) = (args.split_last(), dims.split_last())
+        else {
+            return Err(internal("gather of nothing"));
+        };
+        let (gslot, gdims, gargs) = match p.pool.get(*id) {
+            Expr::Input(i, a) => (i.ix(), &p.inputs[i.ix()].dims, a),
+            Expr::Tensor(t, a) => (p.inputs.len() + t.ix(), &p.tensors[t.ix()].indices, a),
+            _ => return Err(internal("gather without ids")),
+        };
+        let row = self.offset_with(outer_dims, outer, None)?;
+        let n = self.ext[last.ix()];
+        let row = self.b.ins().imul(row, n);
+        let base = self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
+        let flags = MemFlagsData::trusted().with_readonly();
+        let mut lanes = Vec::new();
+        for lane in 0..self.lanes() {
+            let k = self.b.ins().iadd_imm_s(base, lane);
+            let goff = self.offset_with(gdims, gargs, Some((ix, k)))?;
+            let ga = self.addr(gslot, Elem::Int, goff);
+            let v = self
+                .b
+                .ins()
+                .load(types::I64, MemFlagsData::trusted(), ga, 0);
+            let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+            self.check(bad, super::ERR_RANGE, e, outer.len(), v);
+            let a = self.addr_in_row(slot, Elem::Real, row, v);
+            lanes.push(self.b.ins().load(self.rt, flags, a, 0));
         }
         Ok(self.assemble_lanes(Elem::Real, &lanes))
     }
@@ -1846,6 +1912,26 @@ fn flatten(p: &crate::ir::Program, op: Bin, e: ExprId, out: &mut Vec<ExprId>) {
         }
         _ => out.push(e),
     }
+}
+
+/// `e` as a gather along `ix`, `x[.., g[.., ix]]`: a real read whose last index is an int
+/// read of `g` at plain indices with `ix` last (one id per lane), its other indices free of
+/// `ix`. Returns the id read.
+fn gather_index(p: &crate::ir::Program, e: ExprId, ix: IndexId) -> Option<ExprId> {
+    let args = match p.pool.get(e) {
+        Expr::Input(_, a) | Expr::Tensor(_, a) if p.pool.ty(e) == Ty::Real => a,
+        _ => return None,
+    };
+    let (id, outer) = args.split_last()?;
+    if outer.iter().any(|a| p.pool.free(*a).contains(&ix)) || p.pool.ty(*id) != Ty::Int {
+        return None;
+    }
+    let (gdims, gargs) = match p.pool.get(*id) {
+        Expr::Input(i, a) => (&p.inputs[i.ix()].dims, a),
+        Expr::Tensor(t, a) if !p.tensors[t.ix()].accumulated => (&p.tensors[t.ix()].indices, a),
+        _ => return None,
+    };
+    plain(p, gargs, gdims, ix).then_some(*id)
 }
 
 fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId) -> bool {
