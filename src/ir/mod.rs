@@ -263,6 +263,15 @@ impl ExprPool {
         self.map.insert(e, id);
         id
     }
+    /// Takes `id` out of the hash-consing map, so that adding its expression again makes a new
+    /// node: for nodes whose meaning changed (reads of a renumbered table), which must not be
+    /// found again for the expression in its new meaning (and type).
+    pub fn forget(&mut self, id: ExprId) {
+        let e = &self.nodes[id.ix()];
+        if self.map.get(e) == Some(&id) {
+            self.map.remove(e);
+        }
+    }
     fn compute_free(&self, e: &Expr) -> Vec<IndexId> {
         let mut out: Vec<IndexId> = match e {
             Expr::Index(i) => vec![*i],

@@ -154,13 +154,18 @@ fn reuse_exponentials(q: &mut Program) {
     if q.passes.is_empty() {
         return;
     }
-    let roots: Vec<ExprId> = q
-        .passes
-        .iter()
-        .flat_map(|p| p.contributions.iter())
-        .flat_map(|c| c.guards.iter().copied().chain([c.value]))
-        .collect();
-    for k in 0..q.tensors.len() {
+    // (the tables a split adds come right after the maximum, and are visited and passed over)
+    let mut k = 0;
+    while k < q.tensors.len() {
+        k += 1;
+        let k = k - 1;
+        // (anew each time: a split renumbers the tables, so the passes' nodes change)
+        let roots: Vec<ExprId> = q
+            .passes
+            .iter()
+            .flat_map(|p| p.contributions.iter())
+            .flat_map(|c| c.guards.iter().copied().chain([c.value]))
+            .collect();
         let t = &q.tensors[k];
         if t.recurrent || t.accumulated || t.pad.is_some() || t.ty != Ty::Real {
             continue;
@@ -183,17 +188,8 @@ fn reuse_exponentials(q: &mut Program) {
         }
         let (name, indices) = (t.name.clone(), t.indices.clone());
         let tid = TensorId(k as u32);
-        let reads_t = |q: &Program, e: ExprId| {
-            q.pool
-                .reaches(&[e], |_, x| matches!(x, Expr::Tensor(u, _) if *u == tid))
-        };
-        if q.tensors
-            .iter()
-            .enumerate()
-            .any(|(j, u)| j != k && (reads_t(q, u.body) || u.pad.is_some_and(|p| reads_t(q, p))))
-        {
-            continue;
-        }
+        // (other tables may read it: CTC's `emit[b, t, u] = logits[..] - lse[b, t]`; the new
+        // tables are filled before them)
         let own = q.own_read(tid, Ty::Real);
         let diff = q.pool.add(Expr::Binary(Bin::Sub, b, own), Ty::Real);
         let grad = q.pool.add(Expr::Call(Func::Exp, vec![diff]), Ty::Real);
@@ -280,6 +276,21 @@ fn reuse_exponentials(q: &mut Program) {
         let ob = q.output.body;
         q.output.body = substitute(q, ob, &mut memo);
         substitute_passes(q, &mut memo);
+        let added = q.tensors.len() - 3;
+        for j in (0..added).filter(|j| *j != k) {
+            let b = q.tensors[j].body;
+            q.tensors[j].body = substitute(q, b, &mut memo);
+            if let Some(p) = q.tensors[j].pad {
+                q.tensors[j].pad = Some(substitute(q, p, &mut memo));
+            }
+        }
+        // the maximum, then the exponentials, their sum and the logsumexp, then the rest
+        let order: Vec<TensorId> = (0..=k)
+            .chain(added..added + 3)
+            .chain(k + 1..added)
+            .map(|j| TensorId(j as u32))
+            .collect();
+        reorder_tensors(q, &order);
     }
 }
 
@@ -546,10 +557,26 @@ fn reorder_tensors(q: &mut Program, order: &[TensorId]) {
     for (k, t) in order.iter().enumerate() {
         new_id[t.ix()] = TensorId(k as u32);
     }
+    // The nodes holding a read of a table whose number changes mean something else now: out
+    // of the hash-consing map first, or adding the renamed read `t'[..]` could find an old
+    // read of another table `t'` (of another type) and return it.
+    let n = q.pool.len();
+    let mut stale = vec![false; n];
+    for e in 0..n {
+        let id = ExprId(e as u32);
+        let node = q.pool.get(id);
+        let mut s = matches!(node, Expr::Tensor(t, _) if new_id[t.ix()] != *t);
+        node.for_each_child(|c| s |= stale[c.ix()]);
+        stale[e] = s;
+    }
+    for (e, s) in stale.iter().enumerate() {
+        if *s {
+            q.pool.forget(ExprId(e as u32));
+        }
+    }
     // Every read renamed, its arguments too (a read's index may be another table's read:
     // CTC's `alpha[b, logit_length[logit_lengths[b]], ..]`), each node once.
     let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
-    let n = q.pool.len();
     for e in 0..n {
         let id = ExprId(e as u32);
         if let Expr::Tensor(..) = q.pool.get(id) {
