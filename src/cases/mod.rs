@@ -238,6 +238,10 @@ impl Case {
                 .as_object()
                 .ok_or_else(|| Error::new(ErrorKind::Data, "\"inputs\" is an object"))?;
             for (k, v) in obj {
+                // (null: not given, as a null "weights" or "dtype" is)
+                if v.is_null() {
+                    continue;
+                }
                 call.inputs
                     .push((k.clone(), array_from_json(v, &format!("input `{k}`"))?));
             }
@@ -247,6 +251,10 @@ impl Case {
                 .as_object()
                 .ok_or_else(|| Error::new(ErrorKind::Data, "\"params\" is an object"))?;
             for (k, v) in obj {
+                // (null: the default)
+                if v.is_null() {
+                    continue;
+                }
                 call.params.push((k.clone(), param_from_json(k, v)?));
             }
         }
@@ -280,6 +288,14 @@ impl Case {
     pub fn run(&self, stdlib: &Library, backend: Backend) -> Result<Output> {
         let mut own = None;
         let (lib, entry) = self.library(stdlib, &mut own)?;
+        // A parameter the loss does not have is unknown, whatever its value (which might not
+        // even be a number).
+        if let Some(params) = field(&self.json, "params").and_then(Json::as_object) {
+            let p = lib.loss(&entry)?;
+            for k in params.keys() {
+                crate::runtime::check_names(p, &[], &[k.as_str()])?;
+            }
+        }
         let call = self.call(backend)?;
         lib.call(&entry, &call)
     }

@@ -11,6 +11,7 @@ pub mod native;
 
 pub use crate::ir::Reduction;
 pub use array::{fmt_real, fmt_real32, Array, DType, Data, MAX_ELEMENTS};
+pub(crate) use bind::check_names;
 pub use bind::{validate_grad, Call, Output, ParamValue};
 pub use compiled::{time_it, CompiledLoss, Options, Real, Slice, View};
 
