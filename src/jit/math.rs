@@ -471,23 +471,8 @@ impl<'a, 'b> E<'a, 'b> {
     /// Rounds `t` (with `|t| < 2^22`) to the nearest integer: the integer as a float and as an
     /// integer of the lane width.
     fn round_int(&mut self, t: Value) -> (Value, Value) {
-        let magic: f64 = if self.d {
-            6755399441055744.0
-        } else {
-            12582912.0
-        };
-        let magic_bits = if self.d {
-            magic.to_bits() as i64
-        } else {
-            (magic as f32).to_bits() as i64
-        };
-        let m = self.c(magic);
-        let tm = self.add(t, m);
-        let nf = self.sub(tm, m);
-        let bits = self.bits_of(tm);
-        let mb = self.ci(magic_bits);
-        let n = self.b.ins().isub(bits, mb);
-        (nf, n)
+        let (nf, bits, off) = self.round_int_bits(t);
+        (nf, self.iaddc(bits, off))
     }
 
     /// [`Self::round_int`] with the integer left as `bits + off` (`off` the negated bits of

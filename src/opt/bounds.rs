@@ -45,31 +45,11 @@ pub fn merge_bounds(p: &Program) -> Program {
 }
 
 fn walk(q: &mut Program, e: ExprId, memo: &mut HashMap<ExprId, ExprId>) -> ExprId {
-    if let Some(r) = memo.get(&e) {
-        return *r;
-    }
-    let ty = q.pool.ty(e);
-    let node = q.pool.get(e).clone();
-    let mut sub = |x: ExprId| walk(q, x, memo);
-    let rebuilt = match node {
-        Expr::Input(i, a) => Expr::Input(i, a.iter().map(|x| sub(*x)).collect()),
-        Expr::Tensor(t, a) => Expr::Tensor(t, a.iter().map(|x| sub(*x)).collect()),
-        Expr::Call(f, a) => Expr::Call(f, a.iter().map(|x| sub(*x)).collect()),
-        Expr::Unary(op, a) => Expr::Unary(op, sub(a)),
-        Expr::Binary(op, a, b) => Expr::Binary(op, sub(a), sub(b)),
-        Expr::Select(c, a, b) => Expr::Select(sub(c), sub(a), sub(b)),
-        Expr::Reduce(r, i, b) => Expr::Reduce(r, i, sub(b)),
-        Expr::StopGrad(a) => Expr::StopGrad(sub(a)),
-        leaf => leaf,
-    };
-    let id = q.pool.add(rebuilt, ty);
-    let r = match q.pool.get(id) {
+    super::rebuild(q, e, memo, &mut |q, id| match q.pool.get(id) {
         Expr::Binary(Bin::And, ..) => merge(q, id, true).unwrap_or(id),
         Expr::Binary(Bin::Or, ..) => merge(q, id, false).unwrap_or(id),
         _ => id,
-    };
-    memo.insert(e, r);
-    r
+    })
 }
 
 /// The parts of a chain, in evaluation order: `a && b` (`!(a || b)` is `!a && !b`, lazily

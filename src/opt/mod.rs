@@ -662,12 +662,23 @@ fn substitute_passes(q: &mut Program, memo: &mut HashMap<ExprId, ExprId>) {
 
 /// `e` with the nodes of `memo` replaced (and its parents rebuilt).
 pub(crate) fn substitute(q: &mut Program, e: ExprId, memo: &mut HashMap<ExprId, ExprId>) -> ExprId {
+    rebuild(q, e, memo, &mut |_, x| x)
+}
+
+/// `e` rebuilt bottom-up with `post` applied to each rebuilt node, the nodes of `memo` (and
+/// those already done, which it records) replaced.
+pub(crate) fn rebuild(
+    q: &mut Program,
+    e: ExprId,
+    memo: &mut HashMap<ExprId, ExprId>,
+    post: &mut dyn FnMut(&mut Program, ExprId) -> ExprId,
+) -> ExprId {
     if let Some(r) = memo.get(&e) {
         return *r;
     }
     let ty = q.pool.ty(e);
     let node = q.pool.get(e).clone();
-    let mut sub = |x: ExprId| substitute(q, x, memo);
+    let mut sub = |x: ExprId| rebuild(q, x, memo, post);
     let rebuilt = match node {
         Expr::Input(i, a) => Expr::Input(i, a.iter().map(|x| sub(*x)).collect()),
         Expr::Tensor(t, a) => Expr::Tensor(t, a.iter().map(|x| sub(*x)).collect()),
@@ -680,6 +691,7 @@ pub(crate) fn substitute(q: &mut Program, e: ExprId, memo: &mut HashMap<ExprId, 
         leaf => leaf,
     };
     let r = q.pool.add(rebuilt, ty);
+    let r = post(q, r);
     memo.insert(e, r);
     r
 }
