@@ -58,7 +58,10 @@ pub fn check(files: &[&ast::File], sources: &Sources) -> Result<ir::Module> {
     let mut module = ir::Module::default();
     for l in losses {
         match Lower::new(&fns, sources).loss(l) {
-            Ok(p) => module.losses.push(p),
+            Ok(mut p) => {
+                separate_bound_indices(&mut p);
+                module.losses.push(p)
+            }
             Err(d) => diags.push(d),
         }
     }
@@ -71,6 +74,86 @@ pub fn check(files: &[&ast::File], sources: &Sources) -> Result<ir::Module> {
             pre_rendered: false,
         })
     }
+}
+
+/// A reduction over an index that is also free around it gets an index of its own, of the
+/// same extent. An alias holding a reduction, `let s = sum(c: x[n, c]);`, used where `c` is in
+/// use, `x[n, c] * s`, puts a bound `c` inside an expression over the free `c`: the value is
+/// right either way, but every later stage may then take a reduction's index as bound only
+/// there (the gradient merged the two `c` and lost the sum over the outer one).
+fn separate_bound_indices(p: &mut ir::Program) {
+    type Memo = HashMap<(ExprId, Vec<IndexId>), ExprId>;
+    fn rename(
+        p: &mut ir::Program,
+        e: ExprId,
+        from: IndexId,
+        to: IndexId,
+        memo: &mut HashMap<ExprId, ExprId>,
+    ) -> ExprId {
+        if let Some(r) = memo.get(&e) {
+            return *r;
+        }
+        if !p.pool.free(e).contains(&from) {
+            return e;
+        }
+        let ty = p.pool.ty(e);
+        let node = p.pool.get(e).clone();
+        let rebuilt = match node {
+            Expr::Index(i) if i == from => Expr::Index(to),
+            // (a nested reduction over `from` binds it anew: then `from` is not free below)
+            other => other.map_children(|c| rename(p, c, from, to, memo)),
+        };
+        let r = p.pool.add(rebuilt, ty);
+        memo.insert(e, r);
+        r
+    }
+    fn walk(p: &mut ir::Program, e: ExprId, ctx: &[IndexId], memo: &mut Memo) -> ExprId {
+        let key = (e, ctx.to_vec());
+        if let Some(r) = memo.get(&key) {
+            return *r;
+        }
+        let ty = p.pool.ty(e);
+        let node = p.pool.get(e).clone();
+        let rebuilt = match node {
+            Expr::Reduce(r, i, body) => {
+                let (i, body) = if ctx.contains(&i) {
+                    let base = p.indices[i.ix()].name.clone();
+                    let name = (2..)
+                        .map(|k| format!("{base}{k}"))
+                        .find(|n| p.indices.iter().all(|x| &x.name != n))
+                        .unwrap_or_default();
+                    let extent = p.pool.add(Expr::Extent(i), Ty::Int);
+                    p.indices.push(ir::Index {
+                        name,
+                        extent: Extent::Computed(extent),
+                    });
+                    let j = IndexId(p.indices.len() as u32 - 1);
+                    (j, rename(p, body, i, j, &mut HashMap::new()))
+                } else {
+                    (i, body)
+                };
+                let mut inner = ctx.to_vec();
+                inner.push(i);
+                inner.sort();
+                Expr::Reduce(r, i, walk(p, body, &inner, memo))
+            }
+            other => other.map_children(|c| walk(p, c, ctx, memo)),
+        };
+        let r = p.pool.add(rebuilt, ty);
+        memo.insert(key, r);
+        r
+    }
+    let mut memo = Memo::new();
+    for k in 0..p.tensors.len() {
+        let mut ctx = p.tensors[k].indices.clone();
+        ctx.sort();
+        let b = p.tensors[k].body;
+        p.tensors[k].body = walk(p, b, &ctx, &mut memo);
+    }
+    let mut ctx = p.output.indices.clone();
+    ctx.sort();
+    let b = p.output.body;
+    p.output.body = walk(p, b, &ctx, &mut memo);
 }
 
 fn is_builtin(name: &str) -> bool {

@@ -67,6 +67,17 @@ struct Diff {
     input_adj: HashMap<InputId, TensorId>,
 }
 
+/// `t`'s space and guards, one more guard, and `value`.
+fn guarded_by(t: &Term, value: ExprId, g: ExprId) -> Term {
+    let mut guards = t.guards.clone();
+    guards.push(g);
+    Term {
+        space: t.space.clone(),
+        guards,
+        value,
+    }
+}
+
 impl Diff {
     fn new(q: Program, wrt: &[InputId]) -> Diff {
         let n_forward = q.tensors.len();
@@ -619,13 +630,27 @@ impl Diff {
                     let ta = self.mul(two, a);
                     Some(self.mul(v, ta))
                 }
-                _ => {
+                Expr::Int(_) => {
                     let one = self.q.pool.int(1);
                     let nm1 = self.q.pool.add(Expr::Binary(Bin::Sub, b, one), Ty::Int);
                     let pw = self.q.pool.add(Expr::Binary(Bin::Pow, a, nm1), Ty::Real);
                     let n = self.promote(b);
                     let np = self.mul(n, pw);
                     Some(self.mul(v, np))
+                }
+                _ => {
+                    // a variable n (a parameter): where it is 0, a^0 = 1 has no gradient, even
+                    // at a = 0 where 0 a^-1 would be NaN
+                    let one = self.q.pool.int(1);
+                    let nm1 = self.q.pool.add(Expr::Binary(Bin::Sub, b, one), Ty::Int);
+                    let pw = self.q.pool.add(Expr::Binary(Bin::Pow, a, nm1), Ty::Real);
+                    let n = self.promote(b);
+                    let np = self.mul(n, pw);
+                    let da = self.mul(v, np);
+                    let zero = self.q.pool.int(0);
+                    let nz = self.q.pool.add(Expr::Binary(Bin::Ne, b, zero), Ty::Bool);
+                    out.push((a, guarded_by(t, da, nz)));
+                    None
                 }
             };
             if let Some(da) = da {
@@ -641,7 +666,14 @@ impl Diff {
                 let pw = self.bin(Bin::Pow, a, bm1);
                 let bp = self.mul(b, pw);
                 let da = self.mul(v, bp);
-                out.push((a, with(da)));
+                if matches!(self.q.pool.get(b), Expr::Real(_)) {
+                    out.push((a, with(da)));
+                } else {
+                    // (a variable exponent that is 0 here: no gradient, as for a constant 0)
+                    let zero = self.real(0.0);
+                    let nz = self.cmp(Bin::Ne, b, zero);
+                    out.push((a, guarded_by(t, da, nz)));
+                }
             }
             // d/db a^b = a^b log a; 0 where a == 0 (the limit from the right for b > 0).
             let zero = self.real(0.0);
@@ -819,8 +851,17 @@ impl Diff {
                 let ge = self.cmp(Bin::Ge, x, lo);
                 let le = self.cmp(Bin::Le, x, hi);
                 let inside = self.and(ge, le);
+                // Crossed bounds (lo > hi) give hi whatever x is (as torch.clamp): then hi
+                // takes the gradient, lo none.
                 let below = self.cmp(Bin::Lt, x, lo);
+                let ordered = self.cmp(Bin::Le, lo, hi);
+                let below = self.and(below, ordered);
                 let above = self.cmp(Bin::Gt, x, hi);
+                let crossed = self.cmp(Bin::Gt, lo, hi);
+                let above = self
+                    .q
+                    .pool
+                    .add(Expr::Binary(Bin::Or, above, crossed), Ty::Bool);
                 vec![
                     (x, guarded(v, inside)),
                     (lo, guarded(v, below)),

@@ -367,6 +367,28 @@ impl Expr {
             }
         }
     }
+
+    /// The node with each child replaced by `f` of it (in the order of `for_each_child`).
+    pub fn map_children(self, mut f: impl FnMut(ExprId) -> ExprId) -> Expr {
+        match self {
+            Expr::Input(i, a) => Expr::Input(i, a.into_iter().map(&mut f).collect()),
+            Expr::Tensor(t, a) => Expr::Tensor(t, a.into_iter().map(&mut f).collect()),
+            Expr::Call(c, a) => Expr::Call(c, a.into_iter().map(&mut f).collect()),
+            Expr::Unary(op, a) => Expr::Unary(op, f(a)),
+            Expr::Reduce(r, i, a) => Expr::Reduce(r, i, f(a)),
+            Expr::StopGrad(a) => Expr::StopGrad(f(a)),
+            Expr::Binary(op, a, b) => {
+                let a = f(a);
+                Expr::Binary(op, a, f(b))
+            }
+            Expr::Select(c, a, b) => {
+                let c = f(c);
+                let a = f(a);
+                Expr::Select(c, a, f(b))
+            }
+            leaf => leaf,
+        }
+    }
 }
 
 /// Where an index's extent comes from.

@@ -361,6 +361,26 @@ impl<'a> Src<'a> {
             );
         }
         let params_lines = std::mem::take(&mut self.lines);
+        // An index only reductions bind (the checker's own index for a reduction whose index is
+        // free around it) is declared first, by a table over it that only names its range.
+        for k in 0..self.q.indices.len() {
+            let id = IndexId(k as u32);
+            let Extent::Computed(e) = self.q.indices[k].extent.clone() else {
+                continue;
+            };
+            if declared.contains(&id)
+                || self.fresh_indices.contains(&id)
+                || self.q.tensors.iter().any(|t| t.indices.contains(&id))
+            {
+                continue;
+            }
+            let x = self.expr(e, &BTreeSet::new());
+            let n = self.index_names[k].clone();
+            let decl = self.fresh(&format!("{n}_range"));
+            body_lines.append(&mut self.lines);
+            body_lines.push(format!("    let {decl}[{n}: {x}] = 0;"));
+            declared.insert(id);
+        }
         self.undeclared = (0..self.q.indices.len())
             .filter(|k| !declared.contains(&IndexId(*k as u32)))
             .map(|k| IndexId(k as u32))

@@ -974,10 +974,12 @@ impl Opt {
         let (ra, rb) = (real_of(q, a), real_of(q, b));
         match op {
             Bin::Add => {
-                if ra == Some(0.0) {
+                // Only -0 is the additive identity bit for bit (-0 + 0 is +0).
+                let neg_zero = |r: Option<f64>| r.is_some_and(|v| v == 0.0 && v.is_sign_negative());
+                if neg_zero(ra) {
                     return b;
                 }
-                if rb == Some(0.0) {
+                if neg_zero(rb) {
                     return a;
                 }
                 // x + -y -> x - y ; -x + y -> y - x
@@ -991,10 +993,11 @@ impl Opt {
                 e
             }
             Bin::Sub => {
-                if rb == Some(0.0) {
+                // x - +0 is x and -0 - x is -x bit for bit (not x - -0, nor +0 - x at x = +0).
+                if rb.is_some_and(|v| v == 0.0 && v.is_sign_positive()) {
                     return a;
                 }
-                if ra == Some(0.0) {
+                if ra.is_some_and(|v| v == 0.0 && v.is_sign_negative()) {
                     return self.neg(q, b);
                 }
                 if let Expr::Unary(Un::Neg, y) = q.pool.get(b).clone() {
@@ -1162,8 +1165,19 @@ impl Opt {
                 if let (Expr::Call(Func::Exp, x), Expr::Reduce(Red::Sum, i, body)) =
                     (q.pool.get(num).clone(), q.pool.get(den).clone())
                 {
-                    if body == num {
-                        let lse = self.add_node(q, Expr::Reduce(Red::LogSumExp, i, x[0]), Ty::Real);
+                    // (the sum's index is the numerator's own, or one of its free indices
+                    // renamed apart by the checker: `let e = exp(x[n, c]); log(e / sum(c: e))`)
+                    let same = body == num
+                        || q.pool.free(num).to_vec().into_iter().any(|j| {
+                            let (from, to) = (
+                                q.pool.add(Expr::Index(j), Ty::Int),
+                                q.pool.add(Expr::Index(i), Ty::Int),
+                            );
+                            let mut memo = HashMap::from([(from, to)]);
+                            substitute(q, num, &mut memo) == body
+                        });
+                    if let (true, Expr::Call(Func::Exp, y)) = (same, q.pool.get(body).clone()) {
+                        let lse = self.add_node(q, Expr::Reduce(Red::LogSumExp, i, y[0]), Ty::Real);
                         return self.bin(q, Bin::Sub, x[0], lse);
                     }
                 }
