@@ -515,15 +515,7 @@ impl Diff {
             guards: t.guards.clone(),
             value,
         };
-        let guarded = |g: ExprId| {
-            let mut guards = t.guards.clone();
-            guards.push(g);
-            Term {
-                space: t.space.clone(),
-                guards,
-                value: v,
-            }
-        };
+        let guarded = |g: ExprId| guarded_by(&t, v, g);
         match self.q.pool.get(e).clone() {
             Expr::Unary(Un::Neg, a) => {
                 let n = self.neg(v);
@@ -681,16 +673,7 @@ impl Diff {
             let la = self.call(Func::Log, vec![a]);
             let el = self.mul(e, la);
             let db = self.mul(v, el);
-            let mut guards = t.guards.clone();
-            guards.push(nz);
-            out.push((
-                b,
-                Term {
-                    space: t.space.clone(),
-                    guards,
-                    value: db,
-                },
-            ));
+            out.push((b, guarded_by(t, db, nz)));
         }
         out
     }
@@ -719,15 +702,7 @@ impl Diff {
             guards: t.guards.clone(),
             value,
         };
-        let guarded = |value: ExprId, g: ExprId| {
-            let mut guards = t.guards.clone();
-            guards.push(g);
-            Term {
-                space: t.space.clone(),
-                guards,
-                value,
-            }
-        };
+        let guarded = |value: ExprId, g: ExprId| guarded_by(t, value, g);
         let a = args.first().copied().unwrap_or(e);
         let one = self.real(1.0);
         let unary = |d: &mut Diff, partial: ExprId| -> Vec<(ExprId, Term)> {
