@@ -83,30 +83,6 @@ pub fn check(files: &[&ast::File], sources: &Sources) -> Result<ir::Module> {
 /// there (the gradient merged the two `c` and lost the sum over the outer one).
 fn separate_bound_indices(p: &mut ir::Program) {
     type Memo = HashMap<(ExprId, Vec<IndexId>), ExprId>;
-    fn rename(
-        p: &mut ir::Program,
-        e: ExprId,
-        from: IndexId,
-        to: IndexId,
-        memo: &mut HashMap<ExprId, ExprId>,
-    ) -> ExprId {
-        if let Some(r) = memo.get(&e) {
-            return *r;
-        }
-        if !p.pool.free(e).contains(&from) {
-            return e;
-        }
-        let ty = p.pool.ty(e);
-        let node = p.pool.get(e).clone();
-        let rebuilt = match node {
-            Expr::Index(i) if i == from => Expr::Index(to),
-            // (a nested reduction over `from` binds it anew: then `from` is not free below)
-            other => other.map_children(|c| rename(p, c, from, to, memo)),
-        };
-        let r = p.pool.add(rebuilt, ty);
-        memo.insert(e, r);
-        r
-    }
     fn walk(p: &mut ir::Program, e: ExprId, ctx: &[IndexId], memo: &mut Memo) -> ExprId {
         let key = (e, ctx.to_vec());
         if let Some(r) = memo.get(&key) {
@@ -128,7 +104,9 @@ fn separate_bound_indices(p: &mut ir::Program) {
                         extent: Extent::Computed(extent),
                     });
                     let j = IndexId(p.indices.len() as u32 - 1);
-                    (j, rename(p, body, i, j, &mut HashMap::new()))
+                    let jv = p.pool.add(Expr::Index(j), Ty::Int);
+                    let map = HashMap::from([(i, jv)]);
+                    (j, ir::subst_indices(p, body, &map, &mut HashMap::new()))
                 } else {
                     (i, body)
                 };

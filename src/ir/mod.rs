@@ -23,7 +23,7 @@ mod source;
 use std::collections::HashMap;
 
 pub use print::{print_program, real_literal};
-pub(crate) use pull::{pull_contribution, shifted_index};
+pub(crate) use pull::{pull_contribution, shifted_index, subst_indices};
 pub use reduce::{with_reduction, with_reduction_rows, Reduction, ROWS, WEIGHTS};
 pub use source::to_source;
 

@@ -1169,12 +1169,9 @@ impl Opt {
                     // renamed apart by the checker: `let e = exp(x[n, c]); log(e / sum(c: e))`)
                     let same = body == num
                         || q.pool.free(num).to_vec().into_iter().any(|j| {
-                            let (from, to) = (
-                                q.pool.add(Expr::Index(j), Ty::Int),
-                                q.pool.add(Expr::Index(i), Ty::Int),
-                            );
-                            let mut memo = HashMap::from([(from, to)]);
-                            substitute(q, num, &mut memo) == body
+                            let to = q.pool.add(Expr::Index(i), Ty::Int);
+                            let map = HashMap::from([(j, to)]);
+                            crate::ir::subst_indices(q, num, &map, &mut HashMap::new()) == body
                         });
                     if let (true, Expr::Call(Func::Exp, y)) = (same, q.pool.get(body).clone()) {
                         let lse = self.add_node(q, Expr::Reduce(Red::LogSumExp, i, y[0]), Ty::Real);
