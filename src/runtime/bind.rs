@@ -531,7 +531,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                     if x.fract() != 0.0 || !x.is_finite() {
                         return Err(Error::new(
                             ErrorKind::Type,
-                            format!("input `{}` is declared int (wrong dtype), but holds {x}, which is not a whole number", inp.name),
+                            format!("input `{}` is declared int (wrong dtype), but holds {x}, which is not a whole number (out of the range of ids, indices and lengths)", inp.name),
                         ));
                     }
                     // (a whole number this large is no valid id or length: out of range, as

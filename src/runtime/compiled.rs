@@ -826,7 +826,7 @@ impl CompiledLoss {
                             return Err(Error::new(
                                 ErrorKind::Type,
                                 format!(
-                                    "input `{}` is declared int (wrong dtype), but holds {v}",
+                                    "input `{}` is declared int (wrong dtype), but holds {v}, which is not a whole number (out of the range of ids, indices and lengths)",
                                     inp.name
                                 ),
                             ));
