@@ -130,6 +130,14 @@ pub fn validate_grad(p: &Program, grad: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The error for a value of an int input that is not a whole number (both backends).
+pub(crate) fn not_whole(input: &str, x: f64) -> Error {
+    Error::new(
+        ErrorKind::Type,
+        format!("input `{input}` is declared int (wrong dtype), but holds {x}, which is not a whole number (out of the range of ids, indices and lengths)"),
+    )
+}
+
 /// The shape of a loss's output for given extents, with folded leading dimensions restored.
 pub(crate) fn output_shape(
     p: &Program,
@@ -529,10 +537,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
                 let mut out = Vec::with_capacity(v.len());
                 for x in v {
                     if x.fract() != 0.0 || !x.is_finite() {
-                        return Err(Error::new(
-                            ErrorKind::Type,
-                            format!("input `{}` is declared int (wrong dtype), but holds {x}, which is not a whole number (out of the range of ids, indices and lengths)", inp.name),
-                        ));
+                        return Err(not_whole(&inp.name, *x));
                     }
                     // (a whole number this large is no valid id or length: out of range, as
                     // 2^62 given as an integer is)

@@ -823,13 +823,7 @@ impl CompiledLoss {
                     let mut out = Vec::with_capacity(x.len());
                     for v in x {
                         if v.fract() != 0.0 || !v.is_finite() {
-                            return Err(Error::new(
-                                ErrorKind::Type,
-                                format!(
-                                    "input `{}` is declared int (wrong dtype), but holds {v}, which is not a whole number (out of the range of ids, indices and lengths)",
-                                    inp.name
-                                ),
-                            ));
+                            return Err(bind::not_whole(&inp.name, v));
                         }
                         out.push(v as i64 as u64);
                     }
