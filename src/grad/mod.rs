@@ -193,12 +193,92 @@ impl Diff {
             // A recurrence's adjoint runs against its fill order.
             let mut pass = self.pass(t.indices.clone(), t.recurrent && !t.reverse, t.body, seed);
             if t.recurrent {
+                self.share_tables(&t, &mut pass);
                 self.reuse_value(&t, TensorId(k as u32), &mut pass);
             }
             passes.push(pass);
         }
         passes.retain(|p| !p.contributions.is_empty());
         self.q.passes = passes;
+    }
+
+    /// In a recurrence's own pass, the shares `exp(x_j - L)` of a `logsumexp` `L` of the
+    /// previous cells (CTC's alpha) are read from tables `T_share{j}` over the recurrence's
+    /// cells, `T_share{j}[cell] = exp(x_j - L)`, instead of being computed from a read-back of
+    /// `L`: the forward fill has `L`'s exponentials and sum at hand, so the compiled fill stores
+    /// `e_j / s` next to the recurrence's cell (the schedule fills them in its loop), and the
+    /// backward pass is loads and products. The value is the same expression, so the
+    /// interpreter's results do not change. Only for a `logsumexp` whose reads are at plain
+    /// indices (`x[b, f - 1, u - 2]`): the fill computes it at every cell, before its branches.
+    fn share_tables(&mut self, t: &crate::ir::Tensor, pass: &mut Pass) {
+        let (mut conds, mut ls) = (Vec::new(), Vec::new());
+        body_leaves(&self.q, t.body, &mut conds, &mut ls);
+        let plain_arg = |q: &Program, a: ExprId| match q.pool.get(a) {
+            Expr::Index(_) => true,
+            Expr::Binary(Bin::Add | Bin::Sub, x, y) => {
+                matches!(q.pool.get(*x), Expr::Index(_)) && matches!(q.pool.get(*y), Expr::Int(_))
+            }
+            _ => false,
+        };
+        let plain = |q: &Program, e: ExprId| {
+            !q.pool.reaches(&[e], |_, x| match x {
+                Expr::Tensor(_, args) | Expr::Input(_, args) => {
+                    !args.iter().all(|a| plain_arg(q, *a))
+                }
+                Expr::Reduce(..) => true,
+                _ => false,
+            })
+        };
+        let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
+        let roots: Vec<ExprId> = pass
+            .contributions
+            .iter()
+            .flat_map(|c| std::iter::once(c.value).chain(c.guards.iter().copied()))
+            .collect();
+        for leaf in ls {
+            let Expr::Binary(Bin::Add, x, y) = *self.q.pool.get(leaf) else {
+                continue;
+            };
+            for l in [x, y] {
+                let Expr::Call(Func::LogSumExp, args) = self.q.pool.get(l).clone() else {
+                    continue;
+                };
+                if args.len() > 8 || !plain(&self.q, l) {
+                    continue;
+                }
+                for (j, a) in args.iter().enumerate() {
+                    let d = self.sub(*a, l);
+                    let w = self.call(Func::Exp, vec![d]);
+                    if memo.contains_key(&w) || !self.q.pool.reaches(&roots, |e, _| e == w) {
+                        continue;
+                    }
+                    self.q.tensors.push(crate::ir::Tensor {
+                        name: format!("{}_share{}", t.name, j),
+                        ty: Ty::Real,
+                        indices: t.indices.clone(),
+                        body: w,
+                        pad: None,
+                        recurrent: false,
+                        reverse: false,
+                        accumulated: false,
+                    });
+                    let id = TensorId((self.q.tensors.len() - 1) as u32);
+                    let read = self.q.own_read(id, Ty::Real);
+                    memo.insert(w, read);
+                }
+            }
+        }
+        if memo.is_empty() {
+            return;
+        }
+        for c in &mut pass.contributions {
+            c.value = crate::opt::substitute(&mut self.q, c.value, &mut memo);
+            c.guards = c
+                .guards
+                .iter()
+                .map(|g| crate::opt::substitute(&mut self.q, *g, &mut memo))
+                .collect();
+        }
     }
 
     /// In a recurrence's own pass, a costly term `a` of a branch `a + b` of its body (CTC's
@@ -208,16 +288,6 @@ impl Diff {
     /// subtraction would not give `a` back, so `a` is computed then. Only when `a` occurs
     /// nowhere else in the body.
     fn reuse_value(&mut self, t: &crate::ir::Tensor, id: TensorId, pass: &mut Pass) {
-        fn leaves(q: &Program, e: ExprId, conds: &mut Vec<ExprId>, out: &mut Vec<ExprId>) {
-            match q.pool.get(e) {
-                Expr::Select(c, a, b) => {
-                    conds.push(*c);
-                    leaves(q, *a, conds, out);
-                    leaves(q, *b, conds, out);
-                }
-                _ => out.push(e),
-            }
-        }
         let costly = |q: &Program, e: ExprId| {
             let mut stack = vec![e];
             while let Some(x) = stack.pop() {
@@ -230,7 +300,7 @@ impl Diff {
             false
         };
         let (mut conds, mut ls) = (Vec::new(), Vec::new());
-        leaves(&self.q, t.body, &mut conds, &mut ls);
+        body_leaves(&self.q, t.body, &mut conds, &mut ls);
         let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
         for (k, leaf) in ls.iter().enumerate() {
             let Expr::Binary(Bin::Add, x, y) = *self.q.pool.get(*leaf) else {
@@ -855,5 +925,17 @@ impl Diff {
             }
             Func::Sign | Func::Floor | Func::Ceil | Func::IsNan | Func::IsInf => vec![],
         }
+    }
+}
+
+/// The leaves of a body's `if` tree, and the conditions on the way.
+fn body_leaves(q: &Program, e: ExprId, conds: &mut Vec<ExprId>, out: &mut Vec<ExprId>) {
+    match q.pool.get(e) {
+        Expr::Select(c, a, b) => {
+            conds.push(*c);
+            body_leaves(q, *a, conds, out);
+            body_leaves(q, *b, conds, out);
+        }
+        _ => out.push(e),
     }
 }

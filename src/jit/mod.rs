@@ -191,6 +191,11 @@ pub fn slots(p: &Program) -> Vec<Elem> {
     v
 }
 
+/// Cache-key tags of a logsumexp's parts (scalar and vector apart): the sum, whether the
+/// maximum is finite, then the exponentials (see [`Gen::remember_lse_parts`]).
+const LSE_SCALAR: u8 = 32;
+const LSE_VECTOR: u8 = 128;
+
 pub(crate) fn internal(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Check, format!("internal (jit): {}", msg.into()))
 }
@@ -504,6 +509,9 @@ struct Gen<'a, 'b> {
     /// in a scalar loop over runs: runs whose target cell does not move with the loop,
     /// accumulated in a variable (loaded before the loop, stored after it)
     reg_targets: Vec<(TensorId, Variable)>,
+    /// the parts of the logsumexp just emitted by [`Gen::logsumexp_of`]: its exponentials
+    /// `exp(x_j - max)`, their sum and whether the maximum is finite
+    lse_parts: Option<(Vec<Value>, Value, Value)>,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -590,6 +598,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             carried_alias: None,
             hold: None,
             reg_targets: Vec::new(),
+            lse_parts: None,
         })
     }
 
@@ -1071,10 +1080,17 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn stage(&mut self, st: &Stage) -> Result<()> {
         self.written.iter_mut().for_each(|w| *w = false);
         match st {
-            Stage::Zero(t)
-            | Stage::Fill {
-                tensor: Some(t), ..
-            } => self.written[t.ix()] = true,
+            Stage::Zero(t) => self.written[t.ix()] = true,
+            Stage::Fill {
+                tensor: Some(t),
+                also,
+                ..
+            } => {
+                self.written[t.ix()] = true;
+                for (w, _) in also {
+                    self.written[w.ix()] = true;
+                }
+            }
             Stage::Fill { tensor: None, .. } => {}
             Stage::Scatter { groups, .. } => {
                 for r in groups.iter().flat_map(|g| g.runs.iter()) {
@@ -1106,6 +1122,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 indices,
                 body,
                 reverse,
+                also,
             } => {
                 let (slot, elem) = match tensor {
                     Some(t) => (
@@ -1118,27 +1135,37 @@ impl<'a, 'b> Gen<'a, 'b> {
                     ),
                 };
                 let body = *body;
-                self.hoist(&[(body, When::Always)], None, indices)?;
+                let also: Vec<(usize, ExprId)> = also
+                    .iter()
+                    .map(|(w, e)| (self.p.inputs.len() + w.ix(), *e))
+                    .collect();
+                let mut roots = vec![(body, When::Always)];
+                roots.extend(also.iter().map(|(_, e)| (*e, When::Always)));
+                self.hoist(&roots, None, indices)?;
                 let dims = indices.clone();
                 let vw = VecWork::Fill {
                     slot,
                     body,
                     dims: indices,
+                    also: &also,
                 };
                 let vw = (elem == Elem::Real).then_some(&vw);
-                self.nest(
-                    indices,
-                    *reverse,
-                    &[(body, When::Always)],
-                    &[],
-                    vw,
-                    &mut |g: &mut Self| {
-                        let v = g.emit(body)?;
-                        let a = g.row_major_addr(slot, elem, &dims)?;
+                self.nest(indices, *reverse, &roots, &[], vw, &mut |g: &mut Self| {
+                    // The shares' logsumexp first, so that its parts are at hand for them
+                    // (the body's branches find it computed).
+                    for l in also.iter().filter_map(|(_, e)| share_lse(g.p, *e)) {
+                        g.emit(l)?;
+                    }
+                    let v = g.emit(body)?;
+                    let a = g.row_major_addr(slot, elem, &dims)?;
+                    g.b.ins().store(g.trusted, v, a, 0);
+                    for (w, e) in &also {
+                        let v = g.emit(*e)?;
+                        let a = g.row_major_addr(*w, Elem::Real, &dims)?;
                         g.b.ins().store(g.trusted, v, a, 0);
-                        Ok(())
-                    },
-                )
+                    }
+                    Ok(())
+                })
             }
             Stage::Scatter {
                 space,
@@ -1204,6 +1231,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             slot,
             body,
             dims: indices,
+            also: &[],
         };
         self.carried_alias = Some((node, body));
         let r = self.nest(outer, false, &roots, &[], None, &mut |g: &mut Self| {
@@ -2154,6 +2182,9 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn call(&mut self, e: ExprId, f: Func, args: &[ExprId], ty: Ty) -> Result<Value> {
+        if let Some(v) = self.lse_share(f, args, None)? {
+            return Ok(v);
+        }
         let mut v = Vec::with_capacity(args.len());
         for a in args {
             let x = self.emit(*a)?;
@@ -2166,7 +2197,6 @@ impl<'a, 'b> Gen<'a, 'b> {
                 },
             );
         }
-        let _ = e;
         if ty == Ty::Int {
             return Ok(match f {
                 Func::Min => v.iter().skip(1).fold(v[0], |a, b| self.b.ins().smin(a, *b)),
@@ -2186,7 +2216,69 @@ impl<'a, 'b> Gen<'a, 'b> {
                 _ => v[0],
             });
         }
-        self.real_call(f, &v, args)
+        let r = self.real_call(f, &v, args)?;
+        if f == Func::LogSumExp {
+            self.remember_lse_parts(e, false);
+        }
+        Ok(r)
+    }
+
+    /// Records the parts of logsumexp node `e` just emitted (see [`Gen::lse_share`]).
+    pub(super) fn remember_lse_parts(&mut self, e: ExprId, vector: bool) {
+        if let Some((ex, s, finite)) = self.lse_parts.take() {
+            let base = if vector { LSE_VECTOR } else { LSE_SCALAR };
+            self.remember_key((base, e), s);
+            self.remember_key((base + 1, e), finite);
+            for (j, x) in ex.into_iter().enumerate() {
+                self.remember_key((base + 2 + j as u8, e), x);
+            }
+        }
+    }
+
+    /// `exp(x_j - L)` for `L = logsumexp(.., x_j, ..)` computed in a scope still open: its
+    /// `e_j / s` (the exponential `exp(x_j - max)` and the sum `L` was computed from), a
+    /// division instead of an exponential. Where the maximum is not finite, `x_j - L` is
+    /// `-inf` (exp: 0) or NaN, which is what is returned then: the same as `exp(x_j - L)`.
+    pub(super) fn lse_share(
+        &mut self,
+        f: Func,
+        args: &[ExprId],
+        ix: Option<IndexId>,
+    ) -> Result<Option<Value>> {
+        let p = self.p;
+        let vector = ix.is_some();
+        let (Func::Exp, [d]) = (f, args) else {
+            return Ok(None);
+        };
+        let Expr::Binary(Bin::Sub, x, l) = *p.pool.get(*d) else {
+            return Ok(None);
+        };
+        let Expr::Call(Func::LogSumExp, largs) = p.pool.get(l) else {
+            return Ok(None);
+        };
+        let Some(j) = largs.iter().position(|a| *a == x) else {
+            return Ok(None);
+        };
+        let base = if vector { LSE_VECTOR } else { LSE_SCALAR };
+        let (Some(s), Some(finite), Some(ej)) = (
+            self.lookup_key((base, l)),
+            self.lookup_key((base + 1, l)),
+            self.lookup_key((base + 2 + j as u8, l)),
+        ) else {
+            return Ok(None);
+        };
+        let (xv, lv) = match ix {
+            Some(ix) => (self.emit_v(x, ix)?, self.emit_v(l, ix)?),
+            None => (self.emit(x)?, self.emit(l)?),
+        };
+        let w = self.b.ins().fdiv(ej, s);
+        let dv = self.b.ins().fsub(xv, lv);
+        let ninf = self.rc(dv, f64::NEG_INFINITY);
+        let zero = self.rc(dv, 0.0);
+        let gone = self.b.ins().fcmp(FloatCC::Equal, dv, ninf);
+        let nan = self.rc(dv, f64::NAN);
+        let other = self.sel(gone, zero, nan);
+        Ok(Some(self.sel(finite, w, other)))
     }
 
     /// A built-in function of reals (scalars or vectors of one type; bool results are masks
@@ -2455,9 +2547,11 @@ impl<'a, 'b> Gen<'a, 'b> {
             });
         }
         let mut s: Option<Value> = None;
+        let mut ex = Vec::with_capacity(v.len());
         for x in v {
             let d = self.b.ins().fsub(*x, m);
             let t = self.exp_nonpos(d)?;
+            ex.push(t);
             s = Some(match s {
                 Some(a) => self.b.ins().fadd(a, t),
                 None => t,
@@ -2468,6 +2562,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let inf = self.rc(m, f64::INFINITY);
         let am = self.b.ins().fabs(m);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, am, inf);
+        self.lse_parts = Some((ex, s, finite));
         if !self.b.func.dfg.value_type(s).is_vector() {
             let l = self.math(Func::Log, s)?;
             let r = self.b.ins().fadd(m, l);
@@ -2718,17 +2813,22 @@ fn summed_fill<'s>(p: &Program, fill: &'s Stage, then: &Stage) -> Option<SummedF
             indices,
             body,
             reverse: false,
+            also: a1,
         },
         Stage::Fill {
             tensor: Some(s),
             indices: outer,
             body: s_body,
             reverse: false,
+            also: a2,
         },
     ) = (fill, then)
     else {
         return None;
     };
+    if !a1.is_empty() || !a2.is_empty() {
+        return None;
+    }
     let (&c, lead) = indices.split_last()?;
     let real = |x: TensorId| p.tensors[x.ix()].ty == Ty::Real;
     if lead != outer.as_slice() || !real(*t) || !real(*s) || t == s {
@@ -2770,10 +2870,23 @@ fn summed_fill<'s>(p: &Program, fill: &'s Stage, then: &Stage) -> Option<SummedF
 
 /// Every node a stage evaluates from: a fill's body; a pass's guards, target cells, values
 /// and carried reductions.
+/// The logsumexp `L` of a share's body `exp(x - L)` (see `schedule::shares`).
+fn share_lse(p: &Program, e: ExprId) -> Option<ExprId> {
+    let Expr::Call(Func::Exp, args) = p.pool.get(e) else {
+        return None;
+    };
+    match args.first().map(|d| p.pool.get(*d)) {
+        Some(Expr::Binary(Bin::Sub, _, l)) => Some(*l),
+        _ => None,
+    }
+}
+
 fn stage_roots(st: &Stage) -> Vec<ExprId> {
     match st {
         Stage::Zero(_) => Vec::new(),
-        Stage::Fill { body, .. } => vec![*body],
+        Stage::Fill { body, also, .. } => std::iter::once(*body)
+            .chain(also.iter().map(|(_, e)| *e))
+            .collect(),
         Stage::Scatter { groups, .. } => groups
             .iter()
             .flat_map(|g| {

@@ -26,6 +26,8 @@ pub(super) enum VecWork<'w> {
         slot: usize,
         body: ExprId,
         dims: &'w [IndexId],
+        /// tables filled at the same cells after it: (slot, body)
+        also: &'w [(usize, ExprId)],
     },
     /// a group's runs of contributions
     Runs(&'w [Run]),
@@ -88,10 +90,16 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut own: Option<usize> = None;
         match w {
             VecWork::Nothing => {}
-            VecWork::Fill { body, dims, slot } => {
+            VecWork::Fill {
+                body,
+                dims,
+                slot,
+                also,
+            } => {
                 if !last_is(dims) || p.pool.ty(*body) != Ty::Real {
                     return None;
                 }
+                roots.extend(also.iter().map(|(_, e)| *e));
                 own = slot
                     .checked_sub(p.inputs.len())
                     .filter(|t| *t < p.tensors.len());
@@ -476,11 +484,18 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.sel(m, x, y)
             }
             Expr::Call(f, args) => {
+                if let Some(v) = self.lse_share(f, &args, Some(ix))? {
+                    return Ok(v);
+                }
                 let mut v = Vec::with_capacity(args.len());
                 for a in &args {
                     v.push(self.emit_v(*a, ix)?);
                 }
-                self.real_call(f, &v, &args)?
+                let r = self.real_call(f, &v, &args)?;
+                if f == Func::LogSumExp {
+                    self.remember_lse_parts(e, true);
+                }
+                r
             }
             _ => return Err(internal("no vector form")),
         })
@@ -1247,10 +1262,36 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn vwork(&mut self, w: &VecWork, carried: &[Carried], ix: IndexId) -> Result<()> {
         match w {
             VecWork::Nothing => {}
-            VecWork::Fill { slot, body, dims } => {
+            VecWork::Fill {
+                slot,
+                body,
+                dims,
+                also,
+            } => {
+                for l in also
+                    .iter()
+                    .filter_map(|(_, e)| super::share_lse(self.p, *e))
+                {
+                    // Pinned here, before the body's branches: Cranelift places pure code at
+                    // its first use and would compute it again after them for the shares.
+                    let v = self.emit_v(l, ix)?;
+                    let slot = self.anchor_slot();
+                    let st = super::math::pin_store(
+                        &mut self.b,
+                        slot,
+                        self.anchors.len() % super::ANCHORS,
+                        v,
+                    );
+                    self.anchors.insert(st);
+                }
                 let v = self.emit_v(*body, ix)?;
                 let a = self.row_major_addr(*slot, Elem::Real, dims)?;
                 self.vstore(a, v);
+                for (w, e) in also.iter() {
+                    let v = self.emit_v(*e, ix)?;
+                    let a = self.row_major_addr(*w, Elem::Real, dims)?;
+                    self.vstore(a, v);
+                }
             }
             VecWork::Runs(runs) => {
                 // Nodes two terms (or a term and a carried body) share: computed once, first.
@@ -1999,7 +2040,10 @@ fn work_roots(w: &VecWork, accs: &[Carried]) -> Vec<ExprId> {
     let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
     match w {
         VecWork::Nothing => {}
-        VecWork::Fill { body, .. } => roots.push(*body),
+        VecWork::Fill { body, also, .. } => {
+            roots.push(*body);
+            roots.extend(also.iter().map(|(_, e)| *e));
+        }
         VecWork::Runs(runs) => {
             for r in runs.iter() {
                 for t in &r.terms {

@@ -31,6 +31,8 @@ pub enum Stage {
         indices: Vec<IndexId>,
         body: ExprId,
         reverse: bool,
+        /// tables filled in the same loop, cell by cell after the tensor's (see [`shares`])
+        also: Vec<(TensorId, ExprId)>,
     },
     /// A backward pass over `space`; at each cell, each group runs its contributions.
     Scatter {
@@ -640,18 +642,24 @@ pub fn schedule(p: &Program) -> Schedule {
     }
 
     let mut stages = Vec::new();
+    let share = shares(&a);
     for (k, t) in p.tensors.iter().enumerate() {
         let id = TensorId(k as u32);
         if t.accumulated {
             if !direct[k] {
                 stages.push(Stage::Zero(id));
             }
-        } else {
+        } else if share[k].is_none() {
+            let also = (0..p.tensors.len())
+                .filter(|w| share[*w] == Some(id))
+                .map(|w| (TensorId(w as u32), p.tensors[w].body))
+                .collect();
             stages.push(Stage::Fill {
                 tensor: Some(id),
                 indices: t.indices.clone(),
                 body: t.body,
                 reverse: t.reverse,
+                also,
             });
         }
     }
@@ -660,6 +668,7 @@ pub fn schedule(p: &Program) -> Schedule {
         indices: p.output.indices.clone(),
         body: p.output.body,
         reverse: false,
+        also: Vec::new(),
     };
 
     // Fusion of a scalar output with the first pass.
@@ -680,6 +689,67 @@ pub fn schedule(p: &Program) -> Schedule {
     }
     stages.extend(passes);
     Schedule { stages }
+}
+
+/// For each tensor, the recurrence whose fill also fills it: a table `w` over a recurrence's
+/// indices whose body is `exp(x - L)`, `L` a `logsumexp` in the recurrence's body that cannot
+/// fail and `x` one of its arguments (the gradient's shares, `grad::share_tables`). Its body
+/// reads nothing the recurrence's does not, all filled before the recurrence's cell, so it can
+/// be filled in that loop, where the compiled `L`'s exponentials and sum are at hand.
+fn shares(a: &Analysis) -> Vec<Option<TensorId>> {
+    let p = a.p;
+    let mut out = vec![None; p.tensors.len()];
+    for (k, w) in p.tensors.iter().enumerate() {
+        if w.recurrent || w.accumulated || w.ty != Ty::Real {
+            continue;
+        }
+        let Expr::Call(crate::ir::Func::Exp, args) = p.pool.get(w.body) else {
+            continue;
+        };
+        let Some(Expr::Binary(Bin::Sub, x, l)) = args.first().map(|d| p.pool.get(*d)) else {
+            continue;
+        };
+        let Expr::Call(crate::ir::Func::LogSumExp, largs) = p.pool.get(*l) else {
+            continue;
+        };
+        // (reads at the recurrence's shifted cells are its pad where they fall outside)
+        let may_fail = p.pool.reaches(&[*l], |_, e| match e {
+            Expr::Tensor(t, args) => {
+                let tn = &p.tensors[t.ix()];
+                let shifted = |a: &ExprId, d: &IndexId| match p.pool.get(*a) {
+                    Expr::Binary(Bin::Add | Bin::Sub, x, y) => {
+                        matches!(p.pool.get(*x), Expr::Index(i) if i == d)
+                            && matches!(p.pool.get(*y), Expr::Int(_))
+                    }
+                    _ => in_range(p, *a, *d),
+                };
+                let ok = if tn.pad.is_some() {
+                    args.iter().zip(&tn.indices).all(|(a, d)| shifted(a, d))
+                } else {
+                    args.iter()
+                        .zip(&tn.indices)
+                        .all(|(a, d)| in_range(p, *a, *d))
+                };
+                !ok
+            }
+            Expr::Input(i, args) => !args
+                .iter()
+                .zip(&p.inputs[i.ix()].dims)
+                .all(|(a, d)| in_range(p, *a, *d)),
+            Expr::Binary(Bin::Div | Bin::Rem, _, _) | Expr::Reduce(..) => true,
+            _ => false,
+        });
+        if !largs.contains(x) || may_fail {
+            continue;
+        }
+        out[k] = p.tensors.iter().enumerate().find_map(|(r, t)| {
+            (t.recurrent && !t.reverse && r < k && t.indices == w.indices)
+                .then_some(())
+                .filter(|_| p.pool.reaches(&[t.body], |e, _| e == *l))
+                .map(|_| TensorId(r as u32))
+        });
+    }
+    out
 }
 
 /// Assigns the output's reductions to the loops of the groups that can carry them; true when
