@@ -213,18 +213,11 @@ impl Diff {
     fn share_tables(&mut self, t: &crate::ir::Tensor, pass: &mut Pass) {
         let (mut conds, mut ls) = (Vec::new(), Vec::new());
         body_leaves(&self.q, t.body, &mut conds, &mut ls);
-        let plain_arg = |q: &Program, a: ExprId| match q.pool.get(a) {
-            Expr::Index(_) => true,
-            Expr::Binary(Bin::Add | Bin::Sub, x, y) => {
-                matches!(q.pool.get(*x), Expr::Index(_)) && matches!(q.pool.get(*y), Expr::Int(_))
-            }
-            _ => false,
-        };
         let plain = |q: &Program, e: ExprId| {
             !q.pool.reaches(&[e], |_, x| match x {
-                Expr::Tensor(_, args) | Expr::Input(_, args) => {
-                    !args.iter().all(|a| plain_arg(q, *a))
-                }
+                Expr::Tensor(_, args) | Expr::Input(_, args) => !args
+                    .iter()
+                    .all(|a| crate::ir::shifted_index(q, *a).is_some()),
                 Expr::Reduce(..) => true,
                 _ => false,
             })
@@ -271,14 +264,7 @@ impl Diff {
         if memo.is_empty() {
             return;
         }
-        for c in &mut pass.contributions {
-            c.value = crate::opt::substitute(&mut self.q, c.value, &mut memo);
-            c.guards = c
-                .guards
-                .iter()
-                .map(|g| crate::opt::substitute(&mut self.q, *g, &mut memo))
-                .collect();
-        }
+        crate::opt::substitute_contributions(&mut self.q, &mut pass.contributions, &mut memo);
     }
 
     /// In a recurrence's own pass, a costly term `a` of a branch `a + b` of its body (CTC's
@@ -337,14 +323,7 @@ impl Diff {
         if memo.is_empty() {
             return;
         }
-        for c in &mut pass.contributions {
-            c.value = crate::opt::substitute(&mut self.q, c.value, &mut memo);
-            c.guards = c
-                .guards
-                .iter()
-                .map(|g| crate::opt::substitute(&mut self.q, *g, &mut memo))
-                .collect();
-        }
+        crate::opt::substitute_contributions(&mut self.q, &mut pass.contributions, &mut memo);
     }
 
     /// Backpropagates `seed` from `root` over the cells of `space`.

@@ -249,6 +249,21 @@ pub struct ExprPool {
 }
 
 impl ExprPool {
+    /// `e` as `exp(x - L)` with `L = logsumexp(.., x, ..)`, the share of one of a logsumexp's
+    /// arguments: `(x, L, x's position)`.
+    pub fn lse_share(&self, e: ExprId) -> Option<(ExprId, ExprId, usize)> {
+        let Expr::Call(Func::Exp, args) = self.get(e) else {
+            return None;
+        };
+        let Some(Expr::Binary(Bin::Sub, x, l)) = args.first().map(|d| self.get(*d)) else {
+            return None;
+        };
+        let Expr::Call(Func::LogSumExp, largs) = self.get(*l) else {
+            return None;
+        };
+        Some((*x, *l, largs.iter().position(|a| a == x)?))
+    }
+
     /// Adds a node (or returns the equal one already there). `ty` is the node's type, which the
     /// caller (the checker) has determined.
     pub fn add(&mut self, e: Expr, ty: Ty) -> ExprId {

@@ -195,6 +195,8 @@ pub fn slots(p: &Program) -> Vec<Elem> {
 /// maximum is finite, then the exponentials (see [`Gen::remember_lse_parts`]).
 const LSE_SCALAR: u8 = 32;
 const LSE_VECTOR: u8 = 128;
+/// The most exponentials kept (tags `base + 2 ..`).
+const LSE_PARTS: usize = 16;
 
 pub(crate) fn internal(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Check, format!("internal (jit): {}", msg.into()))
@@ -1153,7 +1155,10 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.nest(indices, *reverse, &roots, &[], vw, &mut |g: &mut Self| {
                     // The shares' logsumexp first, so that its parts are at hand for them
                     // (the body's branches find it computed).
-                    for l in also.iter().filter_map(|(_, e)| share_lse(g.p, *e)) {
+                    for l in also
+                        .iter()
+                        .filter_map(|(_, e)| g.p.pool.lse_share(*e).map(|s| s.1))
+                    {
                         g.emit(l)?;
                     }
                     let v = g.emit(body)?;
@@ -2163,10 +2168,15 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// pins where `v` is computed (see `vector::interleave`).
     fn pin(&mut self, v: Value) {
         if self.anchor {
-            let slot = self.anchor_slot();
-            let st = math::pin_store(&mut self.b, slot, self.anchors.len() % ANCHORS, v);
-            self.anchors.insert(st);
+            self.anchor_store(v);
         }
+    }
+
+    /// A store of `v` to the anchor slot, which fixes where `v` is computed.
+    fn anchor_store(&mut self, v: Value) {
+        let slot = self.anchor_slot();
+        let st = math::pin_store(&mut self.b, slot, self.anchors.len() % ANCHORS, v);
+        self.anchors.insert(st);
     }
 
     /// Inline `m(x)` on a vector, its result and intermediate results pinned while copies of a
@@ -2182,7 +2192,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn call(&mut self, e: ExprId, f: Func, args: &[ExprId], ty: Ty) -> Result<Value> {
-        if let Some(v) = self.lse_share(f, args, None)? {
+        if let Some(v) = self.lse_share(e, None)? {
             return Ok(v);
         }
         let mut v = Vec::with_capacity(args.len());
@@ -2226,6 +2236,10 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// Records the parts of logsumexp node `e` just emitted (see [`Gen::lse_share`]).
     pub(super) fn remember_lse_parts(&mut self, e: ExprId, vector: bool) {
         if let Some((ex, s, finite)) = self.lse_parts.take() {
+            // (the tags of a logsumexp of many arguments would run into other tags)
+            if ex.len() > LSE_PARTS {
+                return;
+            }
             let base = if vector { LSE_VECTOR } else { LSE_SCALAR };
             self.remember_key((base, e), s);
             self.remember_key((base + 1, e), finite);
@@ -2239,24 +2253,9 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// `e_j / s` (the exponential `exp(x_j - max)` and the sum `L` was computed from), a
     /// division instead of an exponential. Where the maximum is not finite, `x_j - L` is
     /// `-inf` (exp: 0) or NaN, which is what is returned then: the same as `exp(x_j - L)`.
-    pub(super) fn lse_share(
-        &mut self,
-        f: Func,
-        args: &[ExprId],
-        ix: Option<IndexId>,
-    ) -> Result<Option<Value>> {
-        let p = self.p;
+    pub(super) fn lse_share(&mut self, e: ExprId, ix: Option<IndexId>) -> Result<Option<Value>> {
         let vector = ix.is_some();
-        let (Func::Exp, [d]) = (f, args) else {
-            return Ok(None);
-        };
-        let Expr::Binary(Bin::Sub, x, l) = *p.pool.get(*d) else {
-            return Ok(None);
-        };
-        let Expr::Call(Func::LogSumExp, largs) = p.pool.get(l) else {
-            return Ok(None);
-        };
-        let Some(j) = largs.iter().position(|a| *a == x) else {
+        let Some((x, l, j)) = self.p.pool.lse_share(e).filter(|s| s.2 < LSE_PARTS) else {
             return Ok(None);
         };
         let base = if vector { LSE_VECTOR } else { LSE_SCALAR };
@@ -2870,17 +2869,6 @@ fn summed_fill<'s>(p: &Program, fill: &'s Stage, then: &Stage) -> Option<SummedF
 
 /// Every node a stage evaluates from: a fill's body; a pass's guards, target cells, values
 /// and carried reductions.
-/// The logsumexp `L` of a share's body `exp(x - L)` (see `schedule::shares`).
-fn share_lse(p: &Program, e: ExprId) -> Option<ExprId> {
-    let Expr::Call(Func::Exp, args) = p.pool.get(e) else {
-        return None;
-    };
-    match args.first().map(|d| p.pool.get(*d)) {
-        Some(Expr::Binary(Bin::Sub, _, l)) => Some(*l),
-        _ => None,
-    }
-}
-
 fn stage_roots(st: &Stage) -> Vec<ExprId> {
     match st {
         Stage::Zero(_) => Vec::new(),

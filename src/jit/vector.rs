@@ -484,7 +484,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.sel(m, x, y)
             }
             Expr::Call(f, args) => {
-                if let Some(v) = self.lse_share(f, &args, Some(ix))? {
+                if let Some(v) = self.lse_share(e, Some(ix))? {
                     return Ok(v);
                 }
                 let mut v = Vec::with_capacity(args.len());
@@ -1270,19 +1270,12 @@ impl<'a, 'b> Gen<'a, 'b> {
             } => {
                 for l in also
                     .iter()
-                    .filter_map(|(_, e)| super::share_lse(self.p, *e))
+                    .filter_map(|(_, e)| self.p.pool.lse_share(*e).map(|s| s.1))
                 {
                     // Pinned here, before the body's branches: Cranelift places pure code at
                     // its first use and would compute it again after them for the shares.
                     let v = self.emit_v(l, ix)?;
-                    let slot = self.anchor_slot();
-                    let st = super::math::pin_store(
-                        &mut self.b,
-                        slot,
-                        self.anchors.len() % super::ANCHORS,
-                        v,
-                    );
-                    self.anchors.insert(st);
+                    self.anchor_store(v);
                 }
                 let v = self.emit_v(*body, ix)?;
                 let a = self.row_major_addr(*slot, Elem::Real, dims)?;

@@ -652,12 +652,21 @@ fn fresh_name(q: &Program, base: &str) -> String {
 fn substitute_passes(q: &mut Program, memo: &mut HashMap<ExprId, ExprId>) {
     let mut passes = std::mem::take(&mut q.passes);
     for pass in &mut passes {
-        for c in &mut pass.contributions {
-            c.value = substitute(q, c.value, memo);
-            c.guards = c.guards.iter().map(|g| substitute(q, *g, memo)).collect();
-        }
+        substitute_contributions(q, &mut pass.contributions, memo);
     }
     q.passes = passes;
+}
+
+/// [`substitute`] in the values and guards of `cs`.
+pub(crate) fn substitute_contributions(
+    q: &mut Program,
+    cs: &mut [crate::ir::Contribution],
+    memo: &mut HashMap<ExprId, ExprId>,
+) {
+    for c in cs {
+        c.value = substitute(q, c.value, memo);
+        c.guards = c.guards.iter().map(|g| substitute(q, *g, memo)).collect();
+    }
 }
 
 /// `e` with the nodes of `memo` replaced (and its parents rebuilt).

@@ -703,25 +703,16 @@ fn shares(a: &Analysis) -> Vec<Option<TensorId>> {
         if w.recurrent || w.accumulated || w.ty != Ty::Real {
             continue;
         }
-        let Expr::Call(crate::ir::Func::Exp, args) = p.pool.get(w.body) else {
-            continue;
-        };
-        let Some(Expr::Binary(Bin::Sub, x, l)) = args.first().map(|d| p.pool.get(*d)) else {
-            continue;
-        };
-        let Expr::Call(crate::ir::Func::LogSumExp, largs) = p.pool.get(*l) else {
+        let Some((_, l, _)) = p.pool.lse_share(w.body) else {
             continue;
         };
         // (reads at the recurrence's shifted cells are its pad where they fall outside)
-        let may_fail = p.pool.reaches(&[*l], |_, e| match e {
+        let may_fail = p.pool.reaches(&[l], |_, e| match e {
             Expr::Tensor(t, args) => {
                 let tn = &p.tensors[t.ix()];
-                let shifted = |a: &ExprId, d: &IndexId| match p.pool.get(*a) {
-                    Expr::Binary(Bin::Add | Bin::Sub, x, y) => {
-                        matches!(p.pool.get(*x), Expr::Index(i) if i == d)
-                            && matches!(p.pool.get(*y), Expr::Int(_))
-                    }
-                    _ => in_range(p, *a, *d),
+                let shifted = |a: &ExprId, d: &IndexId| {
+                    crate::ir::shifted_index(p, *a).is_some_and(|(i, _)| i == *d)
+                        || in_range(p, *a, *d)
                 };
                 let ok = if tn.pad.is_some() {
                     args.iter().zip(&tn.indices).all(|(a, d)| shifted(a, d))
@@ -739,13 +730,13 @@ fn shares(a: &Analysis) -> Vec<Option<TensorId>> {
             Expr::Binary(Bin::Div | Bin::Rem, _, _) | Expr::Reduce(..) => true,
             _ => false,
         });
-        if !largs.contains(x) || may_fail {
+        if may_fail {
             continue;
         }
         out[k] = p.tensors.iter().enumerate().find_map(|(r, t)| {
             (t.recurrent && !t.reverse && r < k && t.indices == w.indices)
                 .then_some(())
-                .filter(|_| p.pool.reaches(&[t.body], |e, _| e == *l))
+                .filter(|_| p.pool.reaches(&[t.body], |e, _| e == l))
                 .map(|_| TensorId(r as u32))
         });
     }
