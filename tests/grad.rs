@@ -426,6 +426,8 @@ fn simplifier_rewrites_each_on_its_own() {
         ("x[i] / 4.0", "* 0.25)", 3.0, 0.75),
         ("x[i] / -0.5", "* -2.0)", 3.0, -6.0),
         ("x[i] / 3.0", "/ 3.0)", 3.0, 1.0),
+        ("x[i] * real((i + 2) - 1)", "real((i + 1))", 3.0, 3.0),
+        ("x[i] * real((i - 2) + 2)", "real(i)", 3.0, 0.0),
     ];
     for (body, want, x, v) in cases {
         let src = format!("loss f(x[i]) -> [i] {{ {body} }}");

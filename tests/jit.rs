@@ -1685,3 +1685,62 @@ fn gathers_along_a_row_agree_and_check_their_ids() {
         }
     }
 }
+
+/// A vector loop whose selects and `&&` chains test conditions that are the same for the
+/// whole row runs in copies, one per value of those conditions (`m[n] == 0`, `m[n] > 2`, ...):
+/// every copy agrees with the interpreter, values and gradients, rows of 9 cells (vector steps
+/// and the scalar cell). A row read at `clamp(j + 1, 0, J - 1)` of a table whose extent is at
+/// least 1 needs no check; of an input, which may be empty, it is still checked.
+#[test]
+fn unswitched_rows_and_clamped_reads() {
+    let lib = Library::from_source(
+        "rows.loss",
+        "loss rows(x[n, c], m[n]: int) -> [n] {
+             let t[n, c] = if m[n] == 0 { x[n, c] } else {
+                 if (m[n] > 2 && x[n, c] > 0.0) || m[n] == 1 { exp(x[n, c]) } else { -x[n, c] * x[n, c] }
+             };
+             sum(c: t[n, c])
+         }
+         loss next(x[n, c]) -> [n] {
+             let t[n, j: 4] = x[n, 0] * real(j + 1);
+             let s[n, j] = t[n, clamp(j + 1, 0, J - 1)] * x[n, 1];
+             sum(j: s[n, j])
+         }
+         loss input(x[n, c], w[k]) -> [n] {
+             let s[n, c] = w[clamp(c, 0, K - 1)] * x[n, c];
+             sum(c: s[n, c])
+         }",
+    )
+    .unwrap();
+    let mut rng = Rng(7);
+    let x: Vec<f64> = (0..8 * 9).map(|_| rng.next() * 4.0 - 2.0).collect();
+    let x = Array::real(vec![8, 9], x);
+    let m = Array::int(vec![8], vec![0, 1, 2, 3, 3, 2, 1, 0]);
+    let mut failures = Vec::new();
+    for dtype in [DType::F32, DType::F64] {
+        let rtol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+        let call = Call::new()
+            .dtype(dtype)
+            .grad("x")
+            .input("x", x.clone())
+            .input("m", m.clone());
+        compare("rows", &lib, "rows", &call, rtol, &mut failures);
+        let call = Call::new().dtype(dtype).grad("x").input("x", x.clone());
+        compare("next", &lib, "next", &call, rtol, &mut failures);
+        let w = Array::real(vec![9], (0..9).map(|k| k as f64 - 4.0).collect());
+        let call = Call::new()
+            .dtype(dtype)
+            .grad("x")
+            .input("x", x.clone())
+            .input("w", w);
+        compare("input", &lib, "input", &call, rtol, &mut failures);
+        let mut call = Call::new()
+            .dtype(dtype)
+            .input("x", x.clone())
+            .input("w", Array::real(vec![0], vec![]));
+        call.backend = Backend::Jit;
+        let e = lib.call("input", &call).unwrap_err();
+        assert_eq!(e.kind, lossc::diag::ErrorKind::Range, "{}", e.message());
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

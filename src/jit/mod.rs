@@ -442,6 +442,10 @@ const PARALLEL_INSTS: usize = 3000;
 /// Distinct 16-byte cells of the anchor slot (see `Gen::pin`).
 const ANCHORS: usize = 64;
 
+/// At most this many copies of a vector loop, one per values of the conditions the same for
+/// all its cells (see [`Gen::unswitched`]).
+const UNSWITCH_COPIES: usize = 8;
+
 /// Per-accumulator state of a reduction carried by a loop.
 pub(crate) struct Carried {
     node: ExprId,
@@ -514,6 +518,9 @@ struct Gen<'a, 'b> {
     /// the parts of the logsumexp just emitted by [`Gen::logsumexp_of`]: its exponentials
     /// `exp(x_j - max)`, their sum and whether the maximum is finite
     lse_parts: Option<(Vec<Value>, Value, Value)>,
+    /// conditions taken as true or false in the copy of a loop being emitted (see
+    /// [`Gen::unswitched`])
+    assumed: HashMap<ExprId, bool>,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -594,6 +601,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             anchor: false,
             anchor_slot: None,
             anchors: std::collections::HashSet::new(),
+            assumed: HashMap::new(),
             vcells: Vec::new(),
             frontend,
             vcols: HashMap::new(),
@@ -678,7 +686,25 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// The value of condition `c` wherever the loops now open are running, if that decides it
     /// (see `Analysis::known`).
+    /// Inside a copy of a loop made for some conditions' values, those decide too.
     fn known(&self, c: ExprId) -> Option<bool> {
+        if !self.assumed.is_empty() {
+            if let Some(v) = self.assumed.get(&c) {
+                return Some(*v);
+            }
+            match self.p.pool.get(c) {
+                Expr::Unary(Un::Not, x) => return self.known(*x).map(|v| !v),
+                Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => {
+                    let and = *op == Bin::And;
+                    match (self.known(*a), self.known(*b)) {
+                        (Some(v), _) | (_, Some(v)) if v != and => return Some(v),
+                        (Some(_), Some(_)) => return Some(and),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
         self.an.known(c, &|i: IndexId| self.idx[i.ix()].is_some())
     }
 
@@ -935,12 +961,15 @@ impl<'a, 'b> Gen<'a, 'b> {
         if let (Some(speculative), Some(w)) = (vectorize, vw) {
             // (a reverse fill vectorized reads its own table in other rows only: its cells
             // along `ix` may run forward)
-            if speculative {
-                self.speculative_loop(w, ix, &mut |g: &mut Self| step(g, 0))?;
-            } else {
-                let start = self.vector_loop(w, &accs, ix)?;
-                self.for_each_from(ix, Some(start), false, &mut |g: &mut Self| step(g, 0))?;
-            }
+            let roots = vector::work_roots(w, &accs);
+            self.unswitched(&roots, ix, UNSWITCH_COPIES, &mut |g: &mut Self| {
+                if speculative {
+                    g.speculative_loop(w, ix, &mut |g: &mut Self| step(g, 0))
+                } else {
+                    let start = g.vector_loop(w, &accs, ix)?;
+                    g.for_each_from(ix, Some(start), false, &mut |g: &mut Self| step(g, 0))
+                }
+            })?;
         } else if lanes == 1 {
             let held = self.hold_targets(vw, &accs, rest, ix)?;
             self.for_each(ix, reverse, &mut |g: &mut Self| step(g, 0))?;
@@ -1853,6 +1882,11 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn emit_uncached(&mut self, e: ExprId) -> Result<Value> {
         let p = self.p;
         let ty = p.pool.ty(e);
+        if ty == Ty::Bool && !self.assumed.is_empty() {
+            if let Some(v) = self.known(e) {
+                return Ok(self.b.ins().iconst(types::I8, v as i64));
+            }
+        }
         Ok(match p.pool.get(e).clone() {
             Expr::Real(bits) => self.real_const(f64::from_bits(bits)),
             Expr::Int(v) => self.b.ins().iconst(types::I64, v),

@@ -387,7 +387,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 self.b.ins().bnot(x)
             }
             Expr::StopGrad(a) => self.emit_v(a, ix)?,
-            Expr::Binary(op @ (Bin::And | Bin::Or), a, b) if self.lazy => {
+            Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => {
                 return self.vlogic(op == Bin::And, a, b, ix)
             }
             Expr::Binary(op, a, b) => {
@@ -513,13 +513,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut parts = Vec::new();
         flatten(p, op, a, &mut parts);
         flatten(p, op, b, &mut parts);
-        let (mut uniform, lanes): (Vec<ExprId>, Vec<ExprId>) =
-            parts.iter().partition(|e| !p.pool.free(**e).contains(&ix));
-        // worth branching when there is scalar work to skip
-        let uniform_cheap = uniform.iter().all(|e| {
-            let mut budget = 8;
-            self.cheap(*e, &mut budget)
-        });
+        let w = if self.f32 { types::I32 } else { types::I64 };
         let combine = |g: &mut Self, x: Value, y: Value| {
             if and {
                 g.b.ins().band(x, y)
@@ -527,10 +521,37 @@ impl<'a, 'b> Gen<'a, 'b> {
                 g.b.ins().bor(x, y)
             }
         };
+        // parts decided where the loop runs (a copy of it for some conditions' values)
+        if parts.iter().any(|x| self.known(*x) == Some(!and)) {
+            let m = self.b.ins().iconst(w, if and { 0 } else { -1 });
+            return Ok(self.splat_m(m));
+        }
+        let n = parts.len();
+        parts.retain(|x| self.known(*x) != Some(and));
+        if parts.is_empty() {
+            let m = self.b.ins().iconst(w, if and { -1 } else { 0 });
+            return Ok(self.splat_m(m));
+        }
+        let (mut uniform, lanes): (Vec<ExprId>, Vec<ExprId>) =
+            parts.iter().partition(|e| !p.pool.free(**e).contains(&ix));
+        // worth branching when there is scalar work to skip (and a step may branch)
+        let uniform_cheap = !self.lazy
+            || uniform.iter().all(|e| {
+                let mut budget = 8;
+                self.cheap(*e, &mut budget)
+            });
         if uniform_cheap || lanes.is_empty() {
-            let x = self.emit_v(a, ix)?;
-            let y = self.emit_v(b, ix)?;
-            return Ok(combine(self, x, y));
+            if parts.len() == n {
+                let x = self.emit_v(a, ix)?;
+                let y = self.emit_v(b, ix)?;
+                return Ok(combine(self, x, y));
+            }
+            let mut acc = self.emit_v(parts[0], ix)?;
+            for x in &parts[1..] {
+                let y = self.emit_v(*x, ix)?;
+                acc = combine(self, acc, y);
+            }
+            return Ok(acc);
         }
         // cheap uniform parts first (stable: otherwise in the written order)
         uniform.sort_by_key(|e| {
@@ -540,7 +561,6 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mt = self.mtype();
         let join = self.b.create_block();
         self.b.append_block_param(join, mt);
-        let w = if self.f32 { types::I32 } else { types::I64 };
         // the lanes when a uniform part decides: all false for `&&`, all true for `||`
         let decided = self.b.ins().iconst(w, if and { 0 } else { -1 });
         let decided = self.splat_m(decided);
@@ -1933,6 +1953,148 @@ impl<'a, 'b> Gen<'a, 'b> {
         let hi = self.b.ins().fvpromote_low(hi);
         vec![lo, hi]
     }
+
+    /// The loop over `ix` that `f` emits, in copies for the values of conditions the same for
+    /// every cell of the loop (see [`Gen::switch_conditions`]), at most `budget` copies: in
+    /// each, [`Gen::known`] decides them, so selects and `&&` chains they decide cost nothing
+    /// per step. A row's uniform tests otherwise ran at every vector step (CTC's gradient:
+    /// `f == T` for the final cells, `f <= T - 1` for the transitions, scalar branches and
+    /// spilled flags in a step that has no math), and a fill computed its body on rows where
+    /// the recurrence is `-inf` anyway.
+    pub(super) fn unswitched(
+        &mut self,
+        roots: &[ExprId],
+        ix: IndexId,
+        budget: usize,
+        f: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let c = if budget >= 2 {
+            self.switch_conditions(roots, ix).first().copied()
+        } else {
+            None
+        };
+        let Some(c) = c else {
+            return f(self);
+        };
+        if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
+            eprintln!("unswitch on {:?}", self.p.pool.get(c));
+        }
+        let cv = self.emit(c)?;
+        let (yes, no, join) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(cv, yes, &[], no, &[]);
+        for (blk, v) in [(yes, true), (no, false)] {
+            self.b.switch_to_block(blk);
+            // (a scope of its own: values made under the assumption stay in its copy)
+            self.push();
+            self.assumed.insert(c, v);
+            let r = self.unswitched(roots, ix, budget / 2, f);
+            self.assumed.remove(&c);
+            self.pop();
+            r?;
+            self.b.ins().jump(join, &[]);
+        }
+        self.b.switch_to_block(join);
+        Ok(())
+    }
+
+    /// Conditions free of `ix` that decide a select or a part of an `&&` / `||` chain in the
+    /// part of `roots` that depends on `ix`, not decided yet, safe to evaluate before the loop
+    /// and free of reductions; in the order first met.
+    fn switch_conditions(&self, roots: &[ExprId], ix: IndexId) -> Vec<ExprId> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for r in roots {
+            self.switch_walk(*r, ix, &mut seen, &mut out);
+        }
+        out
+    }
+
+    /// `x` can be evaluated ahead of the loop without raising an error the loop would not:
+    /// safe, or its unsafe parts (checked reads) already emitted out here (CTC's
+    /// `logit_length[logit_lengths[b]]`, read once per batch row, see
+    /// `Analysis::hoistable`).
+    fn ready(&self, x: ExprId) -> bool {
+        let p = self.p;
+        if self.an.safe(x) || self.lookup(x).is_some() {
+            return true;
+        }
+        match p.pool.get(x) {
+            Expr::Input(..) | Expr::Tensor(..) | Expr::Reduce(..) => false,
+            Expr::Binary(Bin::Div | Bin::Rem, ..) if p.pool.ty(x) == Ty::Int => false,
+            other => {
+                let mut all = true;
+                other.for_each_child(|c| all = all && self.ready(c));
+                all
+            }
+        }
+    }
+
+    fn switch_walk(
+        &self,
+        e: ExprId,
+        ix: IndexId,
+        seen: &mut HashSet<ExprId>,
+        out: &mut Vec<ExprId>,
+    ) {
+        let p = self.p;
+        let uniform = |e: ExprId| !p.pool.free(e).contains(&ix);
+        if uniform(e) || !seen.insert(e) {
+            return;
+        }
+        let mut take = |x: ExprId, out: &mut Vec<ExprId>| {
+            if uniform(x) {
+                let ok = p.pool.ty(x) == Ty::Bool
+                    && self.ready(x)
+                    && self.an.flat(x)
+                    && !matches!(p.pool.get(x), Expr::Bool(_))
+                    && p.pool.free(x).iter().all(|i| self.idx[i.ix()].is_some());
+                if ok && !out.contains(&x) {
+                    out.push(x);
+                }
+            } else {
+                self.switch_walk(x, ix, seen, out);
+            }
+        };
+        match p.pool.get(e) {
+            Expr::Select(c, a, b) => match self.known(*c) {
+                Some(v) => take(if v { *a } else { *b }, out),
+                None => {
+                    take(*c, out);
+                    for x in [*a, *b] {
+                        if !uniform(x) {
+                            take(x, out);
+                        }
+                    }
+                }
+            },
+            Expr::Binary(op @ (Bin::And | Bin::Or), ..) => {
+                let and = *op == Bin::And;
+                let mut parts = Vec::new();
+                flatten(p, *op, e, &mut parts);
+                if parts.iter().any(|x| self.known(*x) == Some(!and)) {
+                    return;
+                }
+                for x in parts {
+                    if self.known(x).is_none() {
+                        take(x, out);
+                    }
+                }
+            }
+            other => {
+                let mut kids = Vec::new();
+                other.for_each_child(|c| kids.push(c));
+                for x in kids {
+                    if !uniform(x) {
+                        take(x, out);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Every argument is the loop index itself along its own dimension or does not depend on it,
@@ -2029,7 +2191,7 @@ fn division_depth(p: &crate::ir::Program, roots: &[ExprId]) -> usize {
 }
 
 /// The nodes a vector step evaluates: the work's and the carried reductions' bodies.
-fn work_roots(w: &VecWork, accs: &[Carried]) -> Vec<ExprId> {
+pub(super) fn work_roots(w: &VecWork, accs: &[Carried]) -> Vec<ExprId> {
     let mut roots: Vec<ExprId> = accs.iter().map(|c| c.body).collect();
     match w {
         VecWork::Nothing => {}

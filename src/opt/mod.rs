@@ -862,6 +862,9 @@ impl Opt {
                 }
                 e
             }
+            Expr::Binary(op @ (Bin::Add | Bin::Sub), a, b) if ty == Ty::Int => {
+                self.int_offset(q, e, op, a, b)
+            }
             Expr::Binary(op, a, b) if ty == Ty::Real => self.binary(q, e, op, a, b),
             Expr::Binary(Bin::Eq, a, b) => winner_test(q, a, b)
                 .or_else(|| winner_test(q, b, a))
@@ -977,6 +980,40 @@ impl Opt {
             },
             _ => None,
         }
+    }
+
+    /// `(x + c1) - c2` -> `x + (c1 - c2)`, `x + 0` -> `x` (ints wrap: the same value): a
+    /// gradient's reads at `(f + 1) - 1` become reads at `f`, which need no range check.
+    fn int_offset(&mut self, q: &mut Program, e: ExprId, op: Bin, a: ExprId, b: ExprId) -> ExprId {
+        let Expr::Int(c2) = *q.pool.get(b) else {
+            return e;
+        };
+        let c2 = if op == Bin::Add {
+            c2
+        } else {
+            c2.wrapping_neg()
+        };
+        let (x, c) = match q.pool.get(a).clone() {
+            Expr::Binary(o @ (Bin::Add | Bin::Sub), x, k) => match *q.pool.get(k) {
+                Expr::Int(c1) if o == Bin::Add => (x, c1.wrapping_add(c2)),
+                Expr::Int(c1) => (x, c2.wrapping_sub(c1)),
+                _ => (a, c2),
+            },
+            _ => (a, c2),
+        };
+        if c == 0 {
+            return x;
+        }
+        if x == a {
+            return e;
+        }
+        let (o, k) = if c > 0 || c == i64::MIN {
+            (Bin::Add, c)
+        } else {
+            (Bin::Sub, -c)
+        };
+        let k = q.pool.int(k);
+        self.add_node(q, Expr::Binary(o, x, k), Ty::Int)
     }
 
     fn binary(&mut self, q: &mut Program, e: ExprId, op: Bin, a: ExprId, b: ExprId) -> ExprId {

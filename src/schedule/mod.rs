@@ -251,25 +251,9 @@ impl<'a> Analysis<'a> {
         out
     }
 
-    /// Whether index `i` has at least one value whatever the inputs (`u: 2 * S + 1`).
+    /// Whether index `i` has at least one value whatever the inputs (see [`nonempty`]).
     pub fn nonempty(&self, i: IndexId) -> bool {
-        fn least(p: &Program, e: ExprId) -> Option<i64> {
-            match p.pool.get(e) {
-                Expr::Int(k) => Some(*k),
-                Expr::Extent(_) => Some(0),
-                Expr::Binary(Bin::Add, a, b) => least(p, *a)?.checked_add(least(p, *b)?),
-                Expr::Binary(Bin::Mul, a, b) => {
-                    let (x, y) = (least(p, *a)?, least(p, *b)?);
-                    (x >= 0 && y >= 0).then(|| x.checked_mul(y)).flatten()
-                }
-                _ => None,
-            }
-        }
-        match self.p.indices[i.ix()].extent {
-            crate::ir::Extent::Fixed(n) => n > 0,
-            crate::ir::Extent::Computed(e) => least(self.p, e).is_some_and(|n| n > 0),
-            crate::ir::Extent::Input { .. } => false,
-        }
+        nonempty(self.p, i)
     }
 
     /// Reads at checked cells (a data-dependent index) evaluated whenever `e` is, whose
@@ -480,7 +464,41 @@ pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
         Expr::Int(k) => {
             matches!(p.indices[d.ix()].extent, crate::ir::Extent::Fixed(n) if *k >= 0 && *k < n)
         }
+        // `clamp(x, k, D - 1)` with `k >= 0` and `D` at least 1 (a gradient's read of the
+        // next row, `T_share[b, clamp(f + 1, 0, F - 1), u]`)
+        Expr::Call(crate::ir::Func::Clamp, args) => {
+            let lo = matches!(p.pool.get(args[1]), Expr::Int(k) if *k >= 0);
+            let hi = match p.pool.get(args[2]) {
+                Expr::Binary(Bin::Sub, n, one) => {
+                    matches!(p.pool.get(*n), Expr::Extent(i) if *i == d)
+                        && matches!(p.pool.get(*one), Expr::Int(1))
+                }
+                _ => false,
+            };
+            lo && hi && nonempty(p, d)
+        }
         _ => false,
+    }
+}
+
+/// Whether index `i` has at least one value whatever the inputs (`u: 2 * S + 1`).
+pub fn nonempty(p: &Program, i: IndexId) -> bool {
+    fn least(p: &Program, e: ExprId) -> Option<i64> {
+        match p.pool.get(e) {
+            Expr::Int(k) => Some(*k),
+            Expr::Extent(_) => Some(0),
+            Expr::Binary(Bin::Add, a, b) => least(p, *a)?.checked_add(least(p, *b)?),
+            Expr::Binary(Bin::Mul, a, b) => {
+                let (x, y) = (least(p, *a)?, least(p, *b)?);
+                (x >= 0 && y >= 0).then(|| x.checked_mul(y)).flatten()
+            }
+            _ => None,
+        }
+    }
+    match p.indices[i.ix()].extent {
+        crate::ir::Extent::Fixed(n) => n > 0,
+        crate::ir::Extent::Computed(e) => least(p, e).is_some_and(|n| n > 0),
+        crate::ir::Extent::Input { .. } => false,
     }
 }
 
