@@ -390,6 +390,11 @@ fn compile_all(
             .compile(isa, &mut Default::default())
             .map(|_| ())
             .map_err(|e| internal(format!("{:?}", e.inner)));
+        if let Some(dir) = std::env::var_os("LOSSC_DEBUG_OPT") {
+            // the optimized CLIF, one file per part
+            let path = std::path::Path::new(&dir).join(format!("{}.clif", ctx.func.name));
+            let _ = std::fs::write(path, ctx.func.display().to_string());
+        }
         if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
             eprintln!(
                 "part {} insts {}: {:.2} ms",
@@ -602,6 +607,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             anchor_slot: None,
             anchors: std::collections::HashSet::new(),
             assumed: HashMap::new(),
+
             vcells: Vec::new(),
             frontend,
             vcols: HashMap::new(),
