@@ -1744,3 +1744,41 @@ fn unswitched_rows_and_clamped_reads() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A recurrence's fill runs, where its reads are inside their tables for the whole row and
+/// the step's cells, "trusted" steps (no checks, two interleaved): rows of every length from
+/// 1 to 20, reads at `u - 2`, `u + 1` (the pad near the ends) and a checked input row
+/// `f - 1`; values and gradients agree with the interpreter in f32 and f64.
+#[test]
+fn trusted_fill_steps_agree() {
+    let lib = Library::from_source(
+        "rec.loss",
+        "loss rec(x[b, t, u]) -> [b] {
+             let a[b, f: T + 1, u] pad -inf = if f == 0 { x[b, 0, u] } else {
+                 logsumexp(a[b, f - 1, u], a[b, f - 1, u - 2], a[b, f - 1, u + 1])
+                   + x[b, f - 1, u] * 0.5
+             };
+             logsumexp(u: a[b, T, u])
+         }",
+    )
+    .unwrap();
+    let mut rng = Rng(5);
+    let mut failures = Vec::new();
+    for n in 1..=20 {
+        let x: Vec<f64> = (0..2 * 5 * n).map(|_| rng.next() * 6.0 - 3.0).collect();
+        let x = Array::real(vec![2, 5, n], x);
+        for dtype in [DType::F32, DType::F64] {
+            let rtol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+            let call = Call::new().dtype(dtype).grad("x").input("x", x.clone());
+            compare(
+                &format!("rec u={n}"),
+                &lib,
+                "rec",
+                &call,
+                rtol,
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -526,6 +526,9 @@ struct Gen<'a, 'b> {
     /// conditions taken as true or false in the copy of a loop being emitted (see
     /// [`Gen::unswitched`])
     assumed: HashMap<ExprId, bool>,
+    /// in a vector step whose reads are all known to be inside their tables (see
+    /// [`Gen::trusted_reads`]): no checks, no slow paths
+    unchecked: bool,
 }
 
 impl<'a, 'b> Gen<'a, 'b> {
@@ -607,6 +610,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             anchor_slot: None,
             anchors: std::collections::HashSet::new(),
             assumed: HashMap::new(),
+            unchecked: false,
 
             vcells: Vec::new(),
             frontend,
@@ -1699,6 +1703,11 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// Branches to the error exit when `bad` holds.
     fn check(&mut self, bad: Value, code: i64, node: ExprId, dim: usize, value: Value) {
+        if self.unchecked {
+            // (a trusted vector step: its reads were checked for the whole row, see
+            // `Gen::trusted_reads`)
+            return;
+        }
         let fail = self.b.create_block();
         let ok = self.b.create_block();
         self.b.ins().brif(bad, fail, &[], ok, &[]);
