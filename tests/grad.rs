@@ -427,6 +427,15 @@ fn simplifier_rewrites_each_on_its_own() {
         ("x[i] / -0.5", "* -2.0)", 3.0, -6.0),
         ("x[i] / 3.0", "/ 3.0)", 3.0, 1.0),
         ("x[i] * real((i + 2) - 1)", "real((i + 1))", 3.0, 3.0),
+        // (-x) y -> -(x y), then a + -(x y) -> a - x y
+        ("3.0 + (-x[i]) * x[i]", "(3.0 - (%0 * %0))", 2.0, -1.0),
+        // y x -> x y where x y is a node already: one product
+        (
+            "exp(x[i] * 2.0) + exp(2.0 * x[i])",
+            "output[i]: real = (%0 + %0)",
+            0.5,
+            2.0 * std::f64::consts::E,
+        ),
         ("x[i] * real((i - 2) + 2)", "real(i)", 3.0, 0.0),
     ];
     for (body, want, x, v) in cases {

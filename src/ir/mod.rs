@@ -264,6 +264,11 @@ impl ExprPool {
         Some((*x, *l, largs.iter().position(|a| a == x)?))
     }
 
+    /// The node equal to `e`, if there is one.
+    pub fn find(&self, e: &Expr) -> Option<ExprId> {
+        self.map.get(e).copied()
+    }
+
     /// Adds a node (or returns the equal one already there). `ty` is the node's type, which the
     /// caller (the checker) has determined.
     pub fn add(&mut self, e: Expr, ty: Ty) -> ExprId {

@@ -2535,7 +2535,15 @@ impl<'a, 'b> Gen<'a, 'b> {
             }
         };
         let z = self.rc(x, 0.0);
-        let pos = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, z);
+        // sigmoid(-y): `-y >= 0` is `y <= 0` (±0 and NaN too), so the negation need not be
+        // computed for the test alone
+        let of_neg = (base != node)
+            .then(|| self.lookup_key((if vector { 3 } else { 0 }, base)))
+            .flatten();
+        let pos = match of_neg {
+            Some(y) => self.b.ins().fcmp(FloatCC::LessThanOrEqual, y, z),
+            None => self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, z),
+        };
         Ok(self.sel(pos, r, er))
     }
 

@@ -1016,7 +1016,29 @@ impl Opt {
         self.add_node(q, Expr::Binary(o, x, k), Ty::Int)
     }
 
+    /// [`Self::binary_rules`], then `y x` where `x y` is an older node: the same value (real
+    /// `+` and `*` commute bit for bit), computed once (the product rule writes both orders:
+    /// focal loss's `s(x) s(-x)` and `s(-x) s(x)`).
     fn binary(&mut self, q: &mut Program, e: ExprId, op: Bin, a: ExprId, b: ExprId) -> ExprId {
+        let r = self.binary_rules(q, e, op, a, b);
+        if r == e && matches!(op, Bin::Add | Bin::Mul) {
+            if let Some(f) = q.pool.find(&Expr::Binary(op, b, a)) {
+                if f < e {
+                    return f;
+                }
+            }
+        }
+        r
+    }
+
+    fn binary_rules(
+        &mut self,
+        q: &mut Program,
+        e: ExprId,
+        op: Bin,
+        a: ExprId,
+        b: ExprId,
+    ) -> ExprId {
         let (ra, rb) = (real_of(q, a), real_of(q, b));
         match op {
             Bin::Add => {
@@ -1067,6 +1089,16 @@ impl Opt {
             Bin::Mul => {
                 if ra == Some(1.0) {
                     return b;
+                }
+                // (-x) y -> -(x y), x (-y) -> -(x y): the same bits, and the negation can then
+                // go into a sum (`a + -(x y)` -> `a - x y`)
+                if let Expr::Unary(Un::Neg, x) = q.pool.get(a).clone() {
+                    let m = self.bin(q, Bin::Mul, x, b);
+                    return self.neg(q, m);
+                }
+                if let Expr::Unary(Un::Neg, y) = q.pool.get(b).clone() {
+                    let m = self.bin(q, Bin::Mul, a, y);
+                    return self.neg(q, m);
                 }
                 if rb == Some(1.0) {
                     return a;
