@@ -1576,31 +1576,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         self.b.switch_to_block(body);
         let k = self.b.use_var(var);
-        if copies > 1 {
-            // Independent steps (cells k.., k+lanes.., ...), their instructions merged so
-            // that the dependency chains run side by side (see `interleave`).
-            let saved_anchor = std::mem::replace(&mut self.anchor, true);
-            let mut marks = vec![self.b.func.layout.last_inst(body)];
-            let mut r = Ok(());
-            for c in 0..copies {
-                r = r.and_then(|_| {
-                    let kc = if c == 0 {
-                        k
-                    } else {
-                        self.b.ins().iadd_imm_s(k, c * lanes)
-                    };
-                    self.vstep(w, accs, &vaccs, ix, kc)
-                });
-                marks.push(self.b.func.layout.last_inst(body));
-            }
-            self.anchor = saved_anchor;
-            r?;
-            if self.b.current_block() == Some(body) {
-                interleave(self.b.func, body, &marks, &self.anchors);
-            }
-        } else {
-            self.vstep(w, accs, &vaccs, ix, k)?;
-        }
+        self.vsteps(w, accs, &vaccs, ix, k, copies, body)?;
         let k = self.b.use_var(var);
         let next = self.b.ins().iadd_imm_s(k, step);
         self.b.def_var(var, next);
@@ -1796,27 +1772,11 @@ impl<'a, 'b> Gen<'a, 'b> {
             let saved = (
                 std::mem::replace(&mut self.unchecked, true),
                 std::mem::replace(&mut self.lazy, false),
-                std::mem::replace(&mut self.anchor, true),
             );
-            let mut marks = vec![self.b.func.layout.last_inst(sbody)];
-            let mut r = Ok(());
             let k = self.b.use_var(k_var);
-            for c in 0..copies {
-                r = r.and_then(|_| {
-                    let kc = if c == 0 {
-                        k
-                    } else {
-                        self.b.ins().iadd_imm_s(k, c * lanes)
-                    };
-                    self.vstep(w, &[], &[], ix, kc)
-                });
-                marks.push(self.b.func.layout.last_inst(sbody));
-            }
-            (self.unchecked, self.lazy, self.anchor) = saved;
+            let r = self.vsteps(w, &[], &[], ix, k, copies, sbody);
+            (self.unchecked, self.lazy) = saved;
             r?;
-            if self.b.current_block() == Some(sbody) {
-                interleave(self.b.func, sbody, &marks, &self.anchors);
-            }
             let k = self.b.use_var(k_var);
             let k1 = self.b.ins().iadd_imm_s(k, copies * lanes);
             self.b.def_var(k_var, k1);
@@ -1862,6 +1822,46 @@ impl<'a, 'b> Gen<'a, 'b> {
         let more = self.b.ins().icmp(IntCC::SignedLessThan, k1, n);
         self.b.ins().brif(more, head, &[], exit, &[]);
         self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// `copies` vector steps at cells `k`, `k + lanes`, ... in block `body`: independent
+    /// steps, their instructions merged so that the dependency chains run side by side (see
+    /// `interleave`).
+    #[allow(clippy::too_many_arguments)]
+    fn vsteps(
+        &mut self,
+        w: &VecWork,
+        accs: &[Carried],
+        vaccs: &[Vec<Variable>],
+        ix: IndexId,
+        k: Value,
+        copies: i64,
+        body: Block,
+    ) -> Result<()> {
+        if copies == 1 {
+            return self.vstep(w, accs, vaccs, ix, k);
+        }
+        let lanes = self.lanes();
+        let saved_anchor = std::mem::replace(&mut self.anchor, true);
+        let mut marks = vec![self.b.func.layout.last_inst(body)];
+        let mut r = Ok(());
+        for c in 0..copies {
+            r = r.and_then(|_| {
+                let kc = if c == 0 {
+                    k
+                } else {
+                    self.b.ins().iadd_imm_s(k, c * lanes)
+                };
+                self.vstep(w, accs, vaccs, ix, kc)
+            });
+            marks.push(self.b.func.layout.last_inst(body));
+        }
+        self.anchor = saved_anchor;
+        r?;
+        if self.b.current_block() == Some(body) {
+            interleave(self.b.func, body, &marks, &self.anchors);
+        }
         Ok(())
     }
 
