@@ -611,7 +611,6 @@ impl<'a, 'b> Gen<'a, 'b> {
             anchors: std::collections::HashSet::new(),
             assumed: HashMap::new(),
             unchecked: false,
-
             vcells: Vec::new(),
             frontend,
             vcols: HashMap::new(),
@@ -695,27 +694,13 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// The value of condition `c` wherever the loops now open are running, if that decides it
-    /// (see `Analysis::known`).
-    /// Inside a copy of a loop made for some conditions' values, those decide too.
+    /// (see `Analysis::known`), in a copy of a loop made for some conditions' values given
+    /// those.
     fn known(&self, c: ExprId) -> Option<bool> {
-        if !self.assumed.is_empty() {
-            if let Some(v) = self.assumed.get(&c) {
-                return Some(*v);
-            }
-            match self.p.pool.get(c) {
-                Expr::Unary(Un::Not, x) => return self.known(*x).map(|v| !v),
-                Expr::Binary(op @ (Bin::And | Bin::Or), a, b) => {
-                    let and = *op == Bin::And;
-                    match (self.known(*a), self.known(*b)) {
-                        (Some(v), _) | (_, Some(v)) if v != and => return Some(v),
-                        (Some(_), Some(_)) => return Some(and),
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.an.known(c, &|i: IndexId| self.idx[i.ix()].is_some())
+        self.an
+            .known_given(c, &|i: IndexId| self.idx[i.ix()].is_some(), &|e| {
+                self.assumed.get(&e).copied()
+            })
     }
 
     /// Emits the reductions worth computing here (see `Analysis::hoistable`).

@@ -1715,9 +1715,13 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         // Where every read is inside its table for the whole row and the step's cells (see
         // `trusted_reads`), steps of `copies` vector steps with no checks, interleaved.
-        let trust = self.trusted_reads(&work_roots(w, &[]), ix);
         // (two copies: 3% faster than one on CTC's gradient, four no better than two)
         let copies = self.copies(w, &[]).min(2);
+        let trust = if copies > 1 {
+            self.trusted_reads(&work_roots(w, &[]), ix)
+        } else {
+            None
+        };
         if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
             eprintln!(
                 "speculative fill: trusted steps {}, {copies} copies",
@@ -1733,7 +1737,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             );
         }
         let seg = match trust {
-            Some(Trusted { checks, lo, hi }) if copies > 1 => {
+            Some(Trusted { checks, lo, hi }) => {
                 let mut ok = self.b.ins().iconst(types::I8, 1);
                 for (a, d) in checks {
                     let v = self.emit(a)?;

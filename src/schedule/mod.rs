@@ -334,6 +334,20 @@ impl<'a> Analysis<'a> {
     /// The value of a condition wherever the indices for which `bound` holds are bound (inside
     /// loops over them), when that alone decides it: inside a loop over `n`, `N == 0` is false (the mean's guard against an empty batch).
     pub fn known(&self, e: ExprId, bound: &dyn Fn(IndexId) -> bool) -> Option<bool> {
+        self.known_given(e, bound, &|_| None)
+    }
+
+    /// [`Analysis::known`] where `assumed` gives the value of some conditions (a copy of a
+    /// loop made for them, see `jit::Gen::unswitched`).
+    pub fn known_given(
+        &self,
+        e: ExprId,
+        bound: &dyn Fn(IndexId) -> bool,
+        assumed: &dyn Fn(ExprId) -> Option<bool>,
+    ) -> Option<bool> {
+        if let Some(v) = assumed(e) {
+            return Some(v);
+        }
         let pool = &self.p.pool;
         let extent = |x: ExprId| matches!(pool.get(x), Expr::Extent(i) if bound(*i));
         // `#rows` (a row block's mean divides by the whole call's rows) is at least the block's
@@ -348,7 +362,7 @@ impl<'a> Analysis<'a> {
         let zero = |x: ExprId| matches!(pool.get(x), Expr::Int(0));
         match pool.get(e) {
             Expr::Bool(v) => Some(*v),
-            Expr::Unary(crate::ir::Un::Not, x) => self.known(*x, bound).map(|v| !v),
+            Expr::Unary(crate::ir::Un::Not, x) => self.known_given(*x, bound, assumed).map(|v| !v),
             Expr::Binary(op @ (Bin::Eq | Bin::Ne | Bin::Gt | Bin::Le), a, b)
                 if nonempty(*a) && zero(*b) =>
             {
@@ -359,12 +373,18 @@ impl<'a> Analysis<'a> {
             {
                 Some(matches!(op, Bin::Ne | Bin::Lt))
             }
-            Expr::Binary(Bin::And, a, b) => match (self.known(*a, bound), self.known(*b, bound)) {
+            Expr::Binary(Bin::And, a, b) => match (
+                self.known_given(*a, bound, assumed),
+                self.known_given(*b, bound, assumed),
+            ) {
                 (Some(false), _) | (_, Some(false)) => Some(false),
                 (Some(true), Some(true)) => Some(true),
                 _ => None,
             },
-            Expr::Binary(Bin::Or, a, b) => match (self.known(*a, bound), self.known(*b, bound)) {
+            Expr::Binary(Bin::Or, a, b) => match (
+                self.known_given(*a, bound, assumed),
+                self.known_given(*b, bound, assumed),
+            ) {
                 (Some(true), _) | (_, Some(true)) => Some(true),
                 (Some(false), Some(false)) => Some(false),
                 _ => None,
