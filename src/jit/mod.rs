@@ -1456,15 +1456,21 @@ impl<'a, 'b> Gen<'a, 'b> {
                         None => c,
                     });
                 }
-                let v = self.emit(t.value)?;
+                // as the vector lanes do it: a term `-x` after the first is subtracted
+                let negated = match (acc, self.p.pool.get(t.value)) {
+                    (Some(_), Expr::Unary(Un::Neg, x)) => Some(*x),
+                    _ => None,
+                };
+                let v = self.emit(negated.unwrap_or(t.value))?;
                 let z = self.real_const(0.0);
                 let v = match cond {
                     Some(c) => self.b.ins().select(c, v, z),
                     None => v,
                 };
-                acc = Some(match acc {
-                    Some(a) => self.b.ins().fadd(a, v),
-                    None => v,
+                acc = Some(match (acc, negated) {
+                    (Some(a), Some(_)) => self.b.ins().fsub(a, v),
+                    (Some(a), None) => self.b.ins().fadd(a, v),
+                    (None, _) => v,
                 });
                 continue;
             }

@@ -1234,7 +1234,23 @@ impl<'a, 'b> Gen<'a, 'b> {
         const HI32: [u8; 16] = [8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31];
         const LO64: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
         const HI64: [u8; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
-        let (v, pairs): (Vec<Value>, [(usize, usize); 2]) = if self.f32 {
+        let (v, pairs): (Vec<Value>, [(usize, usize); 2]) = if self.f32 && to_rows {
+            // the same transpose with columns 0, 2 and 1, 3 paired first: Cranelift computes
+            // a store's operands in order, so each pair of columns is finished before the
+            // next, and boxes' x1, x2 (and y1, y2) share their terms
+            let t = [
+                self.shuffle(v[0], v[2], LO32),
+                self.shuffle(v[1], v[3], LO32),
+                self.shuffle(v[0], v[2], HI32),
+                self.shuffle(v[1], v[3], HI32),
+            ];
+            let mut out = Vec::new();
+            for (a, b) in [(0, 1), (2, 3)] {
+                out.push(self.shuffle(t[a], t[b], LO32));
+                out.push(self.shuffle(t[a], t[b], HI32));
+            }
+            return out;
+        } else if self.f32 {
             let t = vec![
                 self.shuffle(v[0], v[1], LO32),
                 self.shuffle(v[2], v[3], LO32),
@@ -1340,20 +1356,24 @@ impl<'a, 'b> Gen<'a, 'b> {
                                 None => m,
                             });
                         }
-                        let Some(m) = mask else {
-                            let v = self.emit_v(t.value, ix)?;
-                            acc = Some(match acc {
-                                Some(a) => self.b.ins().fadd(a, v),
-                                None => v,
-                            });
-                            continue;
+                        // a term `-x` after the first is subtracted: `a + -x` is `a - x`, and
+                        // `a - (m ? x : +0)` is `m ? a - x : a` (the term skipped) bit for bit
+                        let negated = match (acc, self.p.pool.get(t.value)) {
+                            (Some(_), Expr::Unary(Un::Neg, x)) => Some(*x),
+                            _ => None,
                         };
-                        let v = self.emit_v(t.value, ix)?;
-                        let z = self.rc(v, 0.0);
-                        let v = self.sel(m, v, z);
-                        acc = Some(match acc {
-                            Some(a) => self.b.ins().fadd(a, v),
+                        let v = self.emit_v(negated.unwrap_or(t.value), ix)?;
+                        let v = match mask {
+                            Some(m) => {
+                                let z = self.rc(v, 0.0);
+                                self.sel(m, v, z)
+                            }
                             None => v,
+                        };
+                        acc = Some(match (acc, negated) {
+                            (Some(a), Some(_)) => self.b.ins().fsub(a, v),
+                            (Some(a), None) => self.b.ins().fadd(a, v),
+                            (None, _) => v,
                         });
                     }
                     let v = match acc {
@@ -1922,16 +1942,6 @@ impl<'a, 'b> Gen<'a, 'b> {
         })
     }
 
-    /// How many vector steps an iteration runs, interleaved (1, 2 or 4): more where a step's
-    /// dependency chain leaves the CPU waiting. Measured (f32, value + gradient, one thread,
-    /// alternating binaries): focal loss 10^6 8.1 -> 6.5 ms with two steps, 4.7 ms with four
-    /// (and the pins inside exp and log1p); sigmoid cross-entropy 7.7 -> 4.0 ms with two (four:
-    /// no better); softmax CE 256x1000 0.80 -> 0.57 ms with four on its short steps (the max
-    /// and sum loops, the exponentials, the exp / sum gradient); MSE 10^6 0.47 -> 0.42 ms;
-    /// GIoU's gradient (no inline math, divisions in chains) 6.30 -> 5.28 ms with four, for
-    /// 2.5 -> 4.4 ms of compile time; DIoU's value (divisions side by side) 2.66 -> 2.78 ms
-    /// with four, so it keeps one. The estimate: inline functions weigh 1-2 and ~40
-    /// instructions, other nodes ~2.
     /// The work computes int lanes (an int node that depends on `ix`, other than an index
     /// alone).
     fn int_lanes_used(&self, w: &VecWork, accs: &[Carried], ix: IndexId) -> bool {
@@ -1945,13 +1955,28 @@ impl<'a, 'b> Gen<'a, 'b> {
         })
     }
 
+    /// How many vector steps an iteration runs, interleaved (1, 2, 4 or 8): more where a step's
+    /// dependency chain leaves the CPU waiting. Measured (f32, value + gradient, one thread,
+    /// alternating binaries): focal loss 10^6 8.1 -> 6.5 ms with two steps, 4.7 ms with four
+    /// (and the pins inside exp and log1p); sigmoid cross-entropy 7.7 -> 4.0 ms with two (four:
+    /// no better); softmax CE 256x1000 0.80 -> 0.57 ms with four on its short steps (the max
+    /// and sum loops, the exponentials, the exp / sum gradient); MSE 10^6 0.47 -> 0.42 ms;
+    /// GIoU's gradient (no inline math, divisions in chains) 6.30 -> 5.28 ms with four, for
+    /// 2.5 -> 4.4 ms of compile time; DIoU's value (divisions side by side) 2.66 -> 2.78 ms
+    /// with four, so it keeps one. The estimate: inline functions weigh 1-2 and ~40
+    /// instructions, other nodes ~2. Session 15, once loads were placed on demand (see
+    /// [`on_demand`]): twice the copies everywhere, GIoU 10^6 4.61 -> 4.30 ms, focal 2.59 ->
+    /// 2.25 ms, sigmoid CE 2.11 -> 1.92 ms, softmax CE 4096x1000 6.95 -> 6.77 ms (CTC the
+    /// same), for focal's compile 2.9 -> 4.6 ms and CTC's 18 -> 20 ms.
     fn copies(&self, w: &VecWork, accs: &[Carried]) -> i64 {
         if let Some(n) = std::env::var("LOSSC_INTERLEAVE")
             .ok()
             .and_then(|v| v.parse::<i64>().ok())
         {
             // (a power of two: the loop's bound is n rounded down with a mask)
-            return if n >= 4 {
+            return if n >= 8 {
+                8
+            } else if n >= 4 {
                 4
             } else if n >= 2 {
                 2
@@ -2004,13 +2029,13 @@ impl<'a, 'b> Gen<'a, 'b> {
         // exponentials and its gradient's exp / sum; bigger steps of divisions alone gain
         // only when the divisions are chained, GIoU's gradient)
         let copies = match (weight, size < 200) {
-            (0, _) if divisions > 0 && size < 100 => 4,
-            (0, _) if chained && size < 200 => 4,
-            (0, _) if size <= 10 => 4,
+            (0, _) if divisions > 0 && size < 100 => 8,
+            (0, _) if chained && size < 200 => 8,
+            (0, _) if size <= 10 => 8,
             (0, _) => 1,
-            (_, true) => 4,
-            (1..=4, false) => 2,
-            _ => 4,
+            (_, true) => 8,
+            (1..=4, false) => 4,
+            _ => 8,
         };
         // (big steps, copied, cost compile time faster than they gain: register allocation
         // grows worse than linearly with the block)
@@ -2427,7 +2452,7 @@ fn unit_stride(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: In
 }
 
 /// The most (roughly estimated) instructions an interleaved loop body may hold.
-const MAX_INTERLEAVED: i64 = 2000;
+const MAX_INTERLEAVED: i64 = 2600;
 
 /// Merges the instructions of independent copies of a vector step (copy `c` is the
 /// instructions after `marks[c]` up to `marks[c + 1]`; a `None` mark is the block's start) so
@@ -2507,6 +2532,7 @@ fn interleave(func: &mut Function, block: Block, marks: &[Option<Inst>], anchors
             return;
         }
     }
+    let order = on_demand(dfg, &order, &defined, anchors);
     for c in &copies {
         for i in c.iter() {
             func.layout.remove_inst(*i);
@@ -2515,4 +2541,73 @@ fn interleave(func: &mut Function, block: Block, marks: &[Option<Inst>], anchors
     for i in order {
         func.layout.append_inst(i, block);
     }
+}
+
+/// `order` (a valid order of a block's instructions) with the pure ones, readonly loads
+/// included, moved to just before their first use by an instruction with effects (a store,
+/// an anchor, a call), the rest after. Cranelift does this to pure instructions itself, but not
+/// to loads: left where the merge put them, the copies' loads (which are ready first) would
+/// all run at the block's start, and with 4 copies of a step over 8 vectors (GIoU's boxes)
+/// that is 32 values live at once and most of them spilled.
+fn on_demand(
+    dfg: &cranelift_codegen::ir::DataFlowGraph,
+    order: &[Inst],
+    defined: &[bool],
+    anchors: &HashSet<Inst>,
+) -> Vec<Inst> {
+    let lazy = |i: Inst| {
+        if anchors.contains(&i) || dfg.inst_results(i).len() != 1 {
+            return false;
+        }
+        let op = dfg.insts[i].opcode();
+        if op.can_load() {
+            return dfg.insts[i]
+                .memflags()
+                .is_some_and(|f| dfg.mem_flags[f].readonly())
+                && !op.can_store()
+                && !op.is_call();
+        }
+        !(op.can_store()
+            || op.is_call()
+            || op.is_branch()
+            || op.is_terminator()
+            || op.other_side_effects()
+            || op.can_trap())
+    };
+    let mut done: HashSet<Inst> = HashSet::with_capacity(order.len());
+    let mut out = Vec::with_capacity(order.len());
+    // (explicit stack: dependency chains can be long)
+    let emit = |root: Inst, out: &mut Vec<Inst>, done: &mut HashSet<Inst>| {
+        let mut stack = vec![(root, false)];
+        while let Some((i, expanded)) = stack.pop() {
+            if done.contains(&i) {
+                continue;
+            }
+            if expanded {
+                done.insert(i);
+                out.push(i);
+                continue;
+            }
+            stack.push((i, true));
+            for v in dfg.inst_values(i) {
+                if !defined[v.index()] {
+                    continue;
+                }
+                if let cranelift_codegen::ir::ValueDef::Result(d, _) = dfg.value_def(v) {
+                    if !done.contains(&d) {
+                        stack.push((d, false));
+                    }
+                }
+            }
+        }
+    };
+    for &i in order {
+        if !lazy(i) {
+            emit(i, &mut out, &mut done);
+        }
+    }
+    for &i in order {
+        emit(i, &mut out, &mut done);
+    }
+    out
 }
