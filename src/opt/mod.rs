@@ -876,6 +876,27 @@ impl Opt {
 
     fn fold(&mut self, q: &mut Program, e: ExprId) -> Option<ExprId> {
         match q.pool.get(e).clone() {
+            // A function of a constant (`log(2.0)`): computed here in f64, as the interpreter
+            // computes it before rounding to the program's precision, so the same bits, and
+            // not once per element (a vector step calls libm for it). Finite results only.
+            Expr::Call(f, args) if args.len() == 1 && q.pool.ty(e) == Ty::Real => {
+                let x = real_of(q, args[0])?;
+                let v = match f {
+                    Func::Exp => x.exp(),
+                    Func::Log => x.ln(),
+                    Func::Log1p => x.ln_1p(),
+                    Func::Expm1 => x.exp_m1(),
+                    Func::Sqrt => x.sqrt(),
+                    Func::Tanh => x.tanh(),
+                    Func::Sin => x.sin(),
+                    Func::Cos => x.cos(),
+                    Func::Atan => x.atan(),
+                    Func::Acos => x.acos(),
+                    Func::Abs => x.abs(),
+                    _ => return None,
+                };
+                v.is_finite().then(|| self.real(q, v))
+            }
             Expr::Unary(Un::Neg, a) => {
                 if let Some(v) = real_of(q, a) {
                     return Some(self.real(q, -v));
