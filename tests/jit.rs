@@ -1782,3 +1782,93 @@ fn trusted_fill_steps_agree() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A reduction nested in one over the same index is renamed (`max(i2: ..)` in `mean(i: ..)`);
+/// its reads `x[i2]` are in range like `x[i]`, so it is safe and computed once, before the
+/// loops, not again in every cell (RMSE's gradient was cubic in n: 1.1 s at n = 1000).
+#[test]
+fn renamed_nested_reductions_are_hoisted() {
+    use lossc::ir::{Expr, ExprId, Red};
+    use lossc::schedule::{contribution_hoist_roots, Analysis, When};
+    let lib = Library::with_stdlib().unwrap();
+    let c = lib
+        .compile(
+            "root_mean_squared_error",
+            Options::new().dtype(DType::F64).grad("predictions"),
+        )
+        .unwrap();
+    let q = lossc::opt::simplify(&lossc::ir::with_reduction(
+        c.program(),
+        Reduction::Mean,
+        false,
+    ));
+    let p =
+        &lossc::opt::simplify(&lossc::grad::differentiate(&q, &[lossc::ir::InputId(1)]).unwrap());
+    let an = Analysis::new(p);
+    let maxes: Vec<ExprId> = (0..p.pool.len() as u32)
+        .map(ExprId)
+        .filter(|e| matches!(p.pool.get(*e), Expr::Reduce(Red::Max, _, _)))
+        .collect();
+    assert!(maxes.len() >= 2, "a max and its renamed copy");
+    assert!(maxes.iter().all(|m| an.safe(*m)));
+    let roots: Vec<(ExprId, When)> = p
+        .passes
+        .iter()
+        .flat_map(|ps| ps.contributions.iter().flat_map(contribution_hoist_roots))
+        .collect();
+    let hoisted = an.hoistable(&roots, &[], None, &[]);
+    assert!(maxes.iter().any(|m| hoisted.contains(m)));
+    let (want, got) = interp_and_jit(
+        &lib,
+        "root_mean_squared_error",
+        &Call::new()
+            .input("labels", Array::real(vec![4], vec![1.0, 2.0, 3.0, 4.0]))
+            .input(
+                "predictions",
+                Array::real(vec![4], vec![1.5, 1.0, 3.0, 6.0]),
+            )
+            .reduction(Reduction::Mean),
+    );
+    assert!(close(want[0], got[0], 1e-12), "{want:?} {got:?}");
+}
+
+/// A parameter whose default reads the inputs (`beta = stop_grad(1 - mean(i: labels[i]))`) is
+/// computed by the kernel when a call leaves it at its default (it was evaluated by the
+/// interpreter before each call, a thousand times the kernel's time), and read from the call
+/// when given; both as the interpreter computes them.
+#[test]
+fn data_reading_defaults_run_in_the_kernel() {
+    let lib = Library::with_stdlib().unwrap();
+    let c = lib
+        .compile(
+            "balanced_sigmoid_cross_entropy",
+            Options::new().dtype(DType::F64).grad("logits"),
+        )
+        .unwrap();
+    let labels = [1.0, 0.0, 1.0, 1.0, 0.0];
+    let logits = [0.5, -1.0, 2.0, 0.1, 3.0];
+    let inputs = [
+        ("labels", View::f64(&[5], &labels)),
+        ("logits", View::f64(&[5], &logits)),
+    ];
+    for beta in [None, Some(0.3)] {
+        let params: Vec<(&str, ParamValue)> = beta
+            .iter()
+            .map(|b| ("beta", ParamValue::Real(*b)))
+            .collect();
+        let got = c.call(&inputs, &params, Reduction::Mean, None).unwrap();
+        let mut call = Call::new()
+            .input("labels", Array::real(vec![5], labels.to_vec()))
+            .input("logits", Array::real(vec![5], logits.to_vec()))
+            .reduction(Reduction::Mean)
+            .grad("logits");
+        if let Some(b) = beta {
+            call = call.param("beta", ParamValue::Real(b));
+        }
+        let want = lib.call("balanced_sigmoid_cross_entropy", &call).unwrap();
+        assert!(close(want.value.to_f64()[0], got.value.to_f64()[0], 1e-12));
+        for (a, b) in want.grads[0].1.to_f64().iter().zip(got.grads[0].1.to_f64()) {
+            assert!(close(*a, b, 1e-12), "beta {beta:?}: {a} vs {b}");
+        }
+    }
+}

@@ -150,7 +150,20 @@ pub fn run(
             params: vec![],
         };
         for q in &p.params {
-            // (defaults that read the inputs or extents stay per call)
+            // Defaults that read the inputs or extents stay per call (evaluated here with no
+            // inputs they would not fail but give NaN: `1 - mean(i: labels[i])` over nothing).
+            let reads_data = p.pool.reaches(&[q.default], |_, x| {
+                matches!(
+                    x,
+                    crate::ir::Expr::Input(..)
+                        | crate::ir::Expr::Extent(_)
+                        | crate::ir::Expr::Index(_)
+                        | crate::ir::Expr::Reduce(..)
+                )
+            });
+            if reads_data {
+                continue;
+            }
             if let Ok(v) = crate::interp::eval_scalar(p, &env, q.default) {
                 let v = match v {
                     crate::interp::Value::Real(x) => crate::runtime::ParamValue::Real(x),

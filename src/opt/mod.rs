@@ -53,6 +53,31 @@ pub fn simplify_baked(p: &Program, bake: &[(crate::ir::ParamId, Const)]) -> Prog
         };
         o.memo.insert(node, c);
     }
+    substituted(p, q, o)
+}
+
+/// The program with parameters `ids` replaced by their default expressions, simplified (a
+/// default that reads the inputs, `beta = stop_grad(1 - mean(i: labels[i]))`, is then
+/// computed by the kernel, once, instead of by the interpreter before each call). Their
+/// entries stay in `params` (a caller still passes a value; it is not read).
+pub fn inline_defaults(p: &Program, ids: &[crate::ir::ParamId]) -> Program {
+    let mut q = p.clone();
+    let mut o = Opt {
+        memo: HashMap::new(),
+    };
+    // (in order: a default may name an earlier parameter)
+    for id in ids {
+        let ty = q.params[id.ix()].ty;
+        let node = q.pool.add(Expr::Param(*id), ty);
+        let d = q.params[id.ix()].default;
+        let e = o.expr(&mut q, d);
+        o.memo.insert(node, e);
+    }
+    substituted(p, q, o)
+}
+
+/// `q` (a copy of `p`) with every expression rewritten by `o` (which knows the substitutions).
+fn substituted(p: &Program, mut q: Program, mut o: Opt) -> Program {
     for k in 0..q.params.len() {
         let d = q.params[k].default;
         q.params[k].default = o.expr(&mut q, d);

@@ -469,13 +469,23 @@ fn agree_lead(
 pub(crate) fn bind_params(
     p: &Program,
     given: &[(String, ParamValue)],
+    skip: &[crate::ir::ParamId],
     env: &mut interp::Env,
 ) -> Result<()> {
     let f32 = env.f32;
     env.params.clear();
-    // Parameters: given, or their defaults (which may read the inputs).
+    // Parameters: given, or their defaults (which may read the inputs); `skip`ped ones (the
+    // kernel computes their defaults) get a placeholder of their type.
     for k in 0..p.params.len() {
         let given = given.iter().find(|(n, _)| *n == p.params[k].name);
+        if given.is_none() && skip.iter().any(|id| id.ix() == k) {
+            env.params.push(match p.params[k].ty {
+                Ty::Int => Value::Int(0),
+                Ty::Bool => Value::Bool(false),
+                _ => Value::Real(f64::NAN),
+            });
+            continue;
+        }
         let v = match given {
             Some((_, v)) => param_value(p, k, *v)?,
             None => interp::eval_scalar(p, env, p.params[k].default)?,
@@ -586,7 +596,7 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         inputs: inputs.clone(),
         params: vec![],
     };
-    bind_params(p, &call.params, &mut env)?;
+    bind_params(p, &call.params, &[], &mut env)?;
 
     // Reduction and weights.
     let out_shape = output_shape(p, &env.extents, &lead);

@@ -177,11 +177,18 @@ pub struct CompiledLoss {
     wrt: Vec<InputId>,
     /// parameter defaults or computed extents read input data (then it is converted for them)
     defaults_read_inputs: bool,
+    /// parameters whose defaults read the inputs (not baked, not in an extent): computed by
+    /// the kernel of an `inline` variant when a call leaves them all at their defaults
+    inlined: Vec<ir::ParamId>,
+    /// defaults other than the `inlined` ones, or computed extents, read input data (the
+    /// copies a call of an `inline` variant still needs)
+    others_read_inputs: bool,
     /// the index along which the loss is separable (rows evaluated in independent blocks)
     batch: Option<ir::IndexId>,
     /// worker threads for the blocks (none: the calling thread)
     pool: Option<rayon::ThreadPool>,
-    variants: Mutex<HashMap<(Reduction, bool), Arc<Variant>>>,
+    /// by reduction, weights, and whether the `inlined` defaults are computed in the kernel
+    variants: Mutex<HashMap<(Reduction, bool, bool), Arc<Variant>>>,
     /// scratch tables, reused between calls
     scratch: Mutex<Vec<Vec<u64>>>,
     compile_s: f64,
@@ -193,6 +200,7 @@ impl std::fmt::Debug for CompiledLoss {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn variant(
     base: &Program,
     wrt: &[InputId],
@@ -200,7 +208,15 @@ fn variant(
     weighted: bool,
     f32: bool,
     batch: Option<ir::IndexId>,
+    inline: &[ir::ParamId],
 ) -> Result<Variant> {
+    let inlined;
+    let base = if inline.is_empty() {
+        base
+    } else {
+        inlined = crate::opt::inline_defaults(base, inline);
+        &inlined
+    };
     let reduced = match batch {
         Some(b) => ir::with_reduction_rows(base, r, weighted, b),
         None => ir::with_reduction(base, r, weighted),
@@ -245,6 +261,25 @@ impl CompiledLoss {
             _ => None,
         }));
         let defaults_read_inputs = p.pool.reaches(&roots, |_, e| matches!(e, Expr::Input(..)));
+        let extent_roots: Vec<ir::ExprId> = roots[p.params.len()..].to_vec();
+        let inlined: Vec<ir::ParamId> = (0..p.params.len())
+            .map(|k| ir::ParamId(k as u32))
+            .filter(|id| {
+                let k = id.ix();
+                !options.bake.iter().any(|(n, _)| *n == p.params[k].name)
+                    && p.pool
+                        .reaches(&[p.params[k].default], |_, e| matches!(e, Expr::Input(..)))
+                    && !p
+                        .pool
+                        .reaches(&extent_roots, |_, e| matches!(e, Expr::Param(q) if q == id))
+            })
+            .collect();
+        let others: Vec<ir::ExprId> = (0..p.params.len())
+            .filter(|k| !inlined.iter().any(|id| id.ix() == *k))
+            .map(|k| p.params[k].default)
+            .chain(extent_roots.iter().copied())
+            .collect();
+        let others_read_inputs = p.pool.reaches(&others, |_, e| matches!(e, Expr::Input(..)));
         let batch = if defaults_read_inputs {
             None
         } else {
@@ -257,6 +292,7 @@ impl CompiledLoss {
             options.weighted,
             options.dtype == DType::F32,
             batch,
+            &inlined,
         )?;
         let pool = if options.threads > 1 {
             rayon::ThreadPoolBuilder::new()
@@ -267,11 +303,16 @@ impl CompiledLoss {
             None
         };
         let mut variants = HashMap::new();
-        variants.insert((options.reduction, options.weighted), Arc::new(v));
+        variants.insert(
+            (options.reduction, options.weighted, !inlined.is_empty()),
+            Arc::new(v),
+        );
         Ok(CompiledLoss {
             base: p.clone(),
             wrt,
             defaults_read_inputs,
+            inlined,
+            others_read_inputs,
             batch,
             pool,
             variants: Mutex::new(variants),
@@ -294,17 +335,18 @@ impl CompiledLoss {
     /// The kernel of the reduction compiled up front (for printing its code).
     pub fn kernel(&self) -> Result<Arc<Kernel>> {
         Ok(self
-            .variant(self.options.reduction, self.options.weighted)?
+            .variant(self.options.reduction, self.options.weighted, true)?
             .kernel
             .clone())
     }
 
-    fn variant(&self, r: Reduction, weighted: bool) -> Result<Arc<Variant>> {
+    fn variant(&self, r: Reduction, weighted: bool, inline: bool) -> Result<Arc<Variant>> {
+        let inline = inline && !self.inlined.is_empty();
         if let Some(v) = self
             .variants
             .lock()
             .ok()
-            .and_then(|m| m.get(&(r, weighted)).cloned())
+            .and_then(|m| m.get(&(r, weighted, inline)).cloned())
         {
             return Ok(v);
         }
@@ -316,11 +358,23 @@ impl CompiledLoss {
             weighted,
             self.options.dtype == DType::F32,
             self.batch,
+            if inline { &self.inlined } else { &[] },
         )?);
         if let Ok(mut m) = self.variants.lock() {
-            m.insert((r, weighted), v.clone());
+            m.insert((r, weighted, inline), v.clone());
         }
         Ok(v)
+    }
+
+    /// Whether a call with these parameters leaves every `inlined` one at its default (then
+    /// the kernel computes them).
+    fn inline(&self, params: &[(&str, ParamValue)]) -> bool {
+        !self.inlined.is_empty()
+            && !self.inlined.iter().any(|id| {
+                params
+                    .iter()
+                    .any(|(n, _)| *n == self.base.params[id.ix()].name)
+            })
     }
 
     /// The number of cells of the value for these input shapes and reduction.
@@ -687,8 +741,16 @@ impl CompiledLoss {
                 .map(|(_, v)| v)
         };
 
-        // Parameters and computed extents (defaults see f64 copies of the inputs if they read any).
-        let copies: Vec<(Vec<f64>, Vec<i64>)> = if self.defaults_read_inputs {
+        // Parameters and computed extents (defaults see f64 copies of the inputs if they read
+        // any; not those the kernel computes).
+        let inline = self.inline(params);
+        let skip: &[ir::ParamId] = if inline { &self.inlined } else { &[] };
+        let need_copies = if inline {
+            self.others_read_inputs
+        } else {
+            self.defaults_read_inputs
+        };
+        let copies: Vec<(Vec<f64>, Vec<i64>)> = if need_copies {
             (0..p.inputs.len())
                 .map(|k| {
                     let d = view(k).map(|v| v.data.to_f64()).unwrap_or_default();
@@ -721,7 +783,7 @@ impl CompiledLoss {
         };
         let given: Vec<(String, ParamValue)> =
             params.iter().map(|(n, v)| (n.to_string(), *v)).collect();
-        bind::bind_params(p, &given, &mut env)?;
+        bind::bind_params(p, &given, skip, &mut env)?;
         Ok((env.extents, lead, env.params))
     }
 
@@ -783,7 +845,7 @@ impl CompiledLoss {
             params: prm,
         };
 
-        let var = self.variant(reduction, weights.is_some())?;
+        let var = self.variant(reduction, weights.is_some(), self.inline(params))?;
         let q = &var.program;
         if let Some(b0) = self.batch {
             // the `#rows` parameter: the whole batch's row count

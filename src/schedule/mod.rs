@@ -480,7 +480,14 @@ impl<'a> Analysis<'a> {
 /// a literal dimension (`boxes[n, 2]` of `boxes[n, 4]`).
 pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
     match p.pool.get(a) {
-        Expr::Index(i) => *i == d,
+        Expr::Index(i) => {
+            *i == d
+                || match (range_of(p, *i), range_of(p, d)) {
+                    (Ok(a), Ok(b)) => a == b,
+                    (Err(n), Err(m)) => n <= m,
+                    _ => false,
+                }
+        }
         Expr::Int(k) => {
             matches!(p.indices[d.ix()].extent, crate::ir::Extent::Fixed(n) if *k >= 0 && *k < n)
         }
@@ -499,6 +506,25 @@ pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
         }
         _ => false,
     }
+}
+
+/// The index whose range `i` runs over (`Ok`: following `j: extent(i)`, how a reduction nested
+/// in one over the same index is renamed, `i2` in `mean(i: x[i] / max(i2: x[i2]))`), or its
+/// literal extent (`Err`).
+fn range_of(p: &Program, i: IndexId) -> std::result::Result<IndexId, i64> {
+    let mut cur = i;
+    for _ in 0..p.indices.len() {
+        match &p.indices[cur.ix()].extent {
+            crate::ir::Extent::Fixed(n) => return Err(*n),
+            crate::ir::Extent::Computed(e) => match p.pool.get(*e) {
+                Expr::Extent(k) if *k != cur => cur = *k,
+                Expr::Int(n) => return Err(*n),
+                _ => break,
+            },
+            crate::ir::Extent::Input { .. } => break,
+        }
+    }
+    Ok(cur)
 }
 
 /// Whether index `i` has at least one value whatever the inputs (`u: 2 * S + 1`).
