@@ -2321,7 +2321,7 @@ fn gather_index(p: &crate::ir::Program, e: ExprId, ix: IndexId) -> Option<ExprId
 
 fn plain(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: IndexId) -> bool {
     args.iter().zip(dims).all(|(a, d)| match p.pool.get(*a) {
-        Expr::Index(i) if *i == ix => *d == ix,
+        Expr::Index(i) if *i == ix => crate::schedule::same_range(p, *d, ix),
         _ => !p.pool.free(*a).contains(&ix),
     })
 }
@@ -2445,7 +2445,7 @@ fn unit_stride(p: &crate::ir::Program, args: &[ExprId], dims: &[IndexId], ix: In
         return false;
     };
     matches!(p.pool.get(*last), Expr::Index(i) if *i == ix)
-        && *dlast == ix
+        && crate::schedule::same_range(p, *dlast, ix)
         && args[..args.len() - 1]
             .iter()
             .all(|a| !p.pool.free(*a).contains(&ix))

@@ -508,6 +508,12 @@ pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
     }
 }
 
+/// Whether indices `a` and `b` run over the same range (one renamed from the other, or both
+/// following `extent(k)` to one index).
+pub fn same_range(p: &Program, a: IndexId, b: IndexId) -> bool {
+    a == b || matches!((range_of(p, a), range_of(p, b)), (Ok(x), Ok(y)) if x == y)
+}
+
 /// The index whose range `i` runs over (`Ok`: following `j: extent(i)`, how a reduction nested
 /// in one over the same index is renamed, `i2` in `mean(i: x[i] / max(i2: x[i2]))`), or its
 /// literal extent (`Err`).
