@@ -860,19 +860,10 @@ impl<'a> Lower<'a> {
     /// extent 4 (`boxes[n, 4]`, `j: 4`) like every other. Such indices may stand in each
     /// other's dimensions.
     fn same_range(&self, i: IndexId) -> (Option<IndexId>, i64) {
-        let mut cur = i;
-        for _ in 0..self.prog.indices.len() {
-            match &self.prog.indices[cur.ix()].extent {
-                Extent::Fixed(n) => return (None, *n),
-                Extent::Computed(e) => match self.prog.pool.get(*e) {
-                    Expr::Extent(k) if *k != cur => cur = *k,
-                    Expr::Int(n) => return (None, *n),
-                    _ => break,
-                },
-                _ => break,
-            }
+        match self.prog.range_of(i) {
+            Ok(k) => (Some(k), 0),
+            Err(n) => (None, n),
         }
-        (Some(cur), 0)
     }
 
     fn access(&mut self, id: &Ident, args: &[ast::Expr], span: Span) -> DResult<ExprId> {

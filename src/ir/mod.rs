@@ -510,6 +510,26 @@ pub struct Program {
 }
 
 impl Program {
+    /// What index `i` ranges over, up to renaming: `Ok(k)` following `t2: extent(t)` chains
+    /// (how a nested reduction's index is renamed apart) to the index they start from, or
+    /// `Err(n)` for a literal extent `n` (`boxes[n, 4]`, `j: 4`). Indices with the same answer
+    /// (`Err`: of at most the other's extent) may stand in each other's dimensions.
+    pub fn range_of(&self, i: IndexId) -> std::result::Result<IndexId, i64> {
+        let mut cur = i;
+        for _ in 0..self.indices.len() {
+            match &self.indices[cur.ix()].extent {
+                Extent::Fixed(n) => return Err(*n),
+                Extent::Computed(e) => match self.pool.get(*e) {
+                    Expr::Extent(k) if *k != cur => cur = *k,
+                    Expr::Int(n) => return Err(*n),
+                    _ => break,
+                },
+                Extent::Input { .. } => break,
+            }
+        }
+        Ok(cur)
+    }
+
     /// Whether `args` read table `t` at its own cell (`t[i, j]` for `t[i, j]`): the
     /// read-only test of what [`Program::own_read`] builds.
     pub fn is_own_cell(&self, t: TensorId, args: &[ExprId]) -> bool {

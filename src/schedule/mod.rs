@@ -482,7 +482,7 @@ pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
     match p.pool.get(a) {
         Expr::Index(i) => {
             *i == d
-                || match (range_of(p, *i), range_of(p, d)) {
+                || match (p.range_of(*i), p.range_of(d)) {
                     (Ok(a), Ok(b)) => a == b,
                     (Err(n), Err(m)) => n <= m,
                     _ => false,
@@ -511,26 +511,7 @@ pub fn in_range(p: &Program, a: ExprId, d: IndexId) -> bool {
 /// Whether indices `a` and `b` run over the same range (one renamed from the other, or both
 /// following `extent(k)` to one index).
 pub fn same_range(p: &Program, a: IndexId, b: IndexId) -> bool {
-    a == b || matches!((range_of(p, a), range_of(p, b)), (Ok(x), Ok(y)) if x == y)
-}
-
-/// The index whose range `i` runs over (`Ok`: following `j: extent(i)`, how a reduction nested
-/// in one over the same index is renamed, `i2` in `mean(i: x[i] / max(i2: x[i2]))`), or its
-/// literal extent (`Err`).
-fn range_of(p: &Program, i: IndexId) -> std::result::Result<IndexId, i64> {
-    let mut cur = i;
-    for _ in 0..p.indices.len() {
-        match &p.indices[cur.ix()].extent {
-            crate::ir::Extent::Fixed(n) => return Err(*n),
-            crate::ir::Extent::Computed(e) => match p.pool.get(*e) {
-                Expr::Extent(k) if *k != cur => cur = *k,
-                Expr::Int(n) => return Err(*n),
-                _ => break,
-            },
-            crate::ir::Extent::Input { .. } => break,
-        }
-    }
-    Ok(cur)
+    a == b || matches!((p.range_of(a), p.range_of(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Whether index `i` has at least one value whatever the inputs (`u: 2 * S + 1`).
