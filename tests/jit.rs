@@ -889,30 +889,43 @@ fn baked_parameters() {
     }
 }
 
+/// A loss's gradient with respect to input `wrt` under the mean reduction, simplified as the
+/// runtime builds it, and the roots its backward passes hoist from.
+fn mean_gradient(
+    p: &lossc::ir::Program,
+    wrt: u32,
+) -> (
+    lossc::ir::Program,
+    Vec<(lossc::ir::ExprId, lossc::schedule::When)>,
+) {
+    let q = lossc::opt::simplify(&lossc::ir::with_reduction(p, Reduction::Mean, false));
+    let g =
+        lossc::opt::simplify(&lossc::grad::differentiate(&q, &[lossc::ir::InputId(wrt)]).unwrap());
+    let roots = g
+        .passes
+        .iter()
+        .flat_map(|ps| {
+            ps.contributions
+                .iter()
+                .flat_map(lossc::schedule::contribution_hoist_roots)
+        })
+        .collect();
+    (g, roots)
+}
+
 /// The gradient of a max picks the argmax with an int `min` over the row, evaluated under the
 /// mean's guard: it must be computed once per row, before the loop over the row's cells (it
 /// was computed once per cell: O(C²) per row, 3 s instead of 15 ms at 4096x1000).
 #[test]
 fn argmax_of_a_max_gradient_is_hoisted_out_of_the_row() {
     use lossc::ir::{Expr, ExprId, IndexId, Red, Ty};
-    use lossc::schedule::{contribution_hoist_roots, Analysis, When};
+    use lossc::schedule::Analysis;
     let lib = Library::from_source("m.loss", "loss m(x[n, c]) -> [n] { max(c: x[n, c]) }").unwrap();
     let c = lib
         .compile("m", Options::new().dtype(DType::F64).grad("x"))
         .unwrap();
-    let q = lossc::opt::simplify(&lossc::ir::with_reduction(
-        c.program(),
-        Reduction::Mean,
-        false,
-    ));
-    let p =
-        &lossc::opt::simplify(&lossc::grad::differentiate(&q, &[lossc::ir::InputId(0)]).unwrap());
+    let (p, roots) = &mean_gradient(c.program(), 0);
     let (n, cc) = (IndexId(0), IndexId(1));
-    let roots: Vec<(ExprId, When)> = p
-        .passes
-        .iter()
-        .flat_map(|ps| ps.contributions.iter().flat_map(contribution_hoist_roots))
-        .collect();
     let argmax = (0..p.pool.len() as u32)
         .map(ExprId)
         .find(|e| {
@@ -921,7 +934,7 @@ fn argmax_of_a_max_gradient_is_hoisted_out_of_the_row() {
         })
         .expect("the gradient holds an argmax");
     let an = Analysis::new(p);
-    assert!(an.hoistable(&roots, &[n], Some(n), &[cc]).contains(&argmax));
+    assert!(an.hoistable(roots, &[n], Some(n), &[cc]).contains(&argmax));
     // and the numbers: the first maximum of each row gets the whole gradient
     let x = [1.0, 3.0, 3.0, 0.0, -1.0, -2.0, -3.0, -1.0];
     let out = c
@@ -1789,7 +1802,7 @@ fn trusted_fill_steps_agree() {
 #[test]
 fn renamed_nested_reductions_are_hoisted() {
     use lossc::ir::{Expr, ExprId, Red};
-    use lossc::schedule::{contribution_hoist_roots, Analysis, When};
+    use lossc::schedule::Analysis;
     let lib = Library::with_stdlib().unwrap();
     let c = lib
         .compile(
@@ -1797,13 +1810,7 @@ fn renamed_nested_reductions_are_hoisted() {
             Options::new().dtype(DType::F64).grad("predictions"),
         )
         .unwrap();
-    let q = lossc::opt::simplify(&lossc::ir::with_reduction(
-        c.program(),
-        Reduction::Mean,
-        false,
-    ));
-    let p =
-        &lossc::opt::simplify(&lossc::grad::differentiate(&q, &[lossc::ir::InputId(1)]).unwrap());
+    let (p, roots) = &mean_gradient(c.program(), 1);
     let an = Analysis::new(p);
     let maxes: Vec<ExprId> = (0..p.pool.len() as u32)
         .map(ExprId)
@@ -1811,12 +1818,7 @@ fn renamed_nested_reductions_are_hoisted() {
         .collect();
     assert!(maxes.len() >= 2, "a max and its renamed copy");
     assert!(maxes.iter().all(|m| an.safe(*m)));
-    let roots: Vec<(ExprId, When)> = p
-        .passes
-        .iter()
-        .flat_map(|ps| ps.contributions.iter().flat_map(contribution_hoist_roots))
-        .collect();
-    let hoisted = an.hoistable(&roots, &[], None, &[]);
+    let hoisted = an.hoistable(roots, &[], None, &[]);
     assert!(maxes.iter().any(|m| hoisted.contains(m)));
     let (want, got) = interp_and_jit(
         &lib,

@@ -1456,11 +1456,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                         None => c,
                     });
                 }
-                // as the vector lanes do it: a term `-x` after the first is subtracted
-                let negated = match (acc, self.p.pool.get(t.value)) {
-                    (Some(_), Expr::Unary(Un::Neg, x)) => Some(*x),
-                    _ => None,
-                };
+                // as the vector lanes do it (see `later_negation`)
+                let negated = acc.and_then(|_| later_negation(self.p, t.value));
                 let v = self.emit(negated.unwrap_or(t.value))?;
                 let z = self.real_const(0.0);
                 let v = match cond {
@@ -3013,5 +3010,15 @@ fn is_min_max(f: &cranelift_codegen::ir::Function, c: Value, a: Value, b: Value)
             args: [x, y],
         } => (x == a && y == b) || (x == b && y == a),
         _ => false,
+    }
+}
+
+/// `x` when a run's term `value` is `-x`: a term after the first is then subtracted (`a + -x`
+/// is `a - x`, and `a - (m ? x : 0)` is `m ? a - x : a`, the term skipped, bit for bit), in
+/// scalar and vector code alike so that both give the same bits.
+pub(crate) fn later_negation(p: &Program, value: ExprId) -> Option<ExprId> {
+    match p.pool.get(value) {
+        Expr::Unary(Un::Neg, x) => Some(*x),
+        _ => None,
     }
 }

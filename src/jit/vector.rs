@@ -1356,12 +1356,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                                 None => m,
                             });
                         }
-                        // a term `-x` after the first is subtracted: `a + -x` is `a - x`, and
-                        // `a - (m ? x : +0)` is `m ? a - x : a` (the term skipped) bit for bit
-                        let negated = match (acc, self.p.pool.get(t.value)) {
-                            (Some(_), Expr::Unary(Un::Neg, x)) => Some(*x),
-                            _ => None,
-                        };
+                        let negated = acc.and_then(|_| super::later_negation(self.p, t.value));
                         let v = self.emit_v(negated.unwrap_or(t.value), ix)?;
                         let v = match mask {
                             Some(m) => {
