@@ -1992,27 +1992,13 @@ impl<'a, 'b> Gen<'a, 'b> {
                 continue;
             }
             let node = self.p.pool.get(e);
-            let w = match node {
-                Expr::Call(f, _) => match f {
-                    Func::Exp | Func::Log | Func::Log1p | Func::Expm1 | Func::Xlogy => 1,
-                    Func::Sin | Func::Cos | Func::Atan | Func::Acos => 1,
-                    Func::Sigmoid | Func::Softplus | Func::LogSigmoid | Func::Tanh => 2,
-                    Func::LogSumExp => 2,
-                    _ => 0,
-                },
-                Expr::Binary(Bin::Pow, _, b) => match self.p.pool.get(*b) {
-                    // (small constant powers are multiplications)
-                    Expr::Real(_) | Expr::Int(_) => 0,
-                    _ => 2,
-                },
-                _ => 0,
-            };
-            weight += w as usize;
+            let w = math_weight(self.p, node);
+            weight += w;
             if matches!(node, Expr::Binary(Bin::Div, _, _)) && self.p.pool.ty(e) == Ty::Real {
                 divisions += 1;
             }
             // rough instructions per step: ~40 per inline function, a few per other node
-            size += 40 * w + 2;
+            size += 40 * w as i64 + 2;
             node.for_each_child(|c| stack.push(c));
         }
         let chained = division_depth(self.p, &work_roots(w, accs)) >= 2;
@@ -2088,7 +2074,10 @@ impl<'a, 'b> Gen<'a, 'b> {
         f: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
         let c = if budget >= 2 {
-            self.switch_conditions(roots, ix).first().copied()
+            let cands = self.switch_conditions(roots, ix);
+            cands
+                .into_iter()
+                .find(|c| self.worth_switching(roots, ix, *c))
         } else {
             None
         };
@@ -2118,6 +2107,73 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         self.b.switch_to_block(join);
         Ok(())
+    }
+
+    /// Whether copies of the loop for the values of condition `c` are worth their compile
+    /// time: in a step without inline math, the uniform tests and their branches are most of
+    /// its cost (CTC's gradient); in one with math, only when a copy saves at least a quarter
+    /// of the step's work (see [`Gen::step_cost`]). CTC's `alpha` copied for `f == 0` and
+    /// `f > T` gained 4% of its run time for 3700 more instructions: the shares filled with it
+    /// still need its logsumexp.
+    fn worth_switching(&mut self, roots: &[ExprId], ix: IndexId, c: ExprId) -> bool {
+        let (base, math) = self.step_cost(roots, ix);
+        if math == 0 {
+            return true;
+        }
+        let mut least = base;
+        for v in [true, false] {
+            self.assumed.insert(c, v);
+            least = least.min(self.step_cost(roots, ix).0);
+            self.assumed.remove(&c);
+        }
+        if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
+            eprintln!(
+                "switch on {:?}: step cost {base}, at least {least}",
+                self.p.pool.get(c)
+            );
+        }
+        4 * (base - least) >= base
+    }
+
+    /// The rough work of a step of a loop over `ix` computing `roots`, given the conditions
+    /// known or assumed, and how many inline math functions it calls: the nodes that depend
+    /// on `ix` in the arms and chain parts not decided, a math function counting as 20, a
+    /// division 8, a read 2, anything else 1.
+    fn step_cost(&self, roots: &[ExprId], ix: IndexId) -> (usize, usize) {
+        let p = self.p;
+        let mut seen = HashSet::new();
+        let mut stack: Vec<ExprId> = roots.to_vec();
+        let (mut cost, mut math) = (0, 0);
+        while let Some(e) = stack.pop() {
+            if !p.pool.free(e).contains(&ix) || !seen.insert(e) {
+                continue;
+            }
+            let node = p.pool.get(e);
+            let w = math_weight(p, node);
+            math += w;
+            cost += match node {
+                _ if w > 0 => 20 * w,
+                Expr::Binary(Bin::Div, ..) => 8,
+                Expr::Tensor(..) | Expr::Input(..) => 2,
+                _ => 1,
+            };
+            match node {
+                Expr::Select(c, a, b) => match self.known(*c) {
+                    Some(v) => stack.push(if v { *a } else { *b }),
+                    None => stack.extend([*c, *a, *b]),
+                },
+                Expr::Binary(op @ (Bin::And | Bin::Or), ..) => {
+                    let and = *op == Bin::And;
+                    let mut parts = Vec::new();
+                    flatten(p, *op, e, &mut parts);
+                    if parts.iter().all(|x| self.known(*x) != Some(!and)) {
+                        stack.extend(parts.into_iter().filter(|x| self.known(*x).is_none()));
+                    }
+                }
+                other => other.for_each_child(|c| stack.push(c)),
+            }
+        }
+        (cost, math)
     }
 
     /// Conditions free of `ix` that decide a select or a part of an `&&` / `||` chain in the
@@ -2283,8 +2339,26 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 }
 
-/// Every argument is the loop index itself along its own dimension or does not depend on it,
-/// and nothing but such an argument does (reads need no range check per lane).
+/// How many inline math functions a node is (a sigmoid or softplus two, a power by a
+/// non-constant two).
+fn math_weight(p: &crate::ir::Program, node: &Expr) -> usize {
+    match node {
+        Expr::Call(f, _) => match f {
+            Func::Exp | Func::Log | Func::Log1p | Func::Expm1 | Func::Xlogy => 1,
+            Func::Sin | Func::Cos | Func::Atan | Func::Acos => 1,
+            Func::Sigmoid | Func::Softplus | Func::LogSigmoid | Func::Tanh => 2,
+            Func::LogSumExp => 2,
+            _ => 0,
+        },
+        Expr::Binary(Bin::Pow, _, b) => match p.pool.get(*b) {
+            // (small constant powers are multiplications)
+            Expr::Real(_) | Expr::Int(_) => 0,
+            _ => 2,
+        },
+        _ => 0,
+    }
+}
+
 /// The parts of a chain of `op` (`&&` or `||`), left to right.
 fn flatten(p: &crate::ir::Program, op: Bin, e: ExprId, out: &mut Vec<ExprId>) {
     match p.pool.get(e) {
