@@ -1874,3 +1874,68 @@ fn data_reading_defaults_run_in_the_kernel() {
         }
     }
 }
+
+/// Closed reductions over copies of one index are one node on the finished program, and the
+/// ones two stages read are computed once before them: RMSE's `max(i: |e|)` and `mean(i: z²)`
+/// (the gradient's renamed copies) no longer run twice; both backends agree on it, and on a
+/// closed logsumexp over a table, which reads a table not yet filled at the kernel's start
+/// (so it is not computed up there: found by `generated_programs_agree`).
+#[test]
+fn renamed_closed_reductions_are_computed_once() {
+    let src = "loss g(x[i], y[i]) -> [i] {
+                   let yy[j: I] = y[j];
+                   x[i] - logsumexp(j: yy[j]) + max(j: x[j])
+               }";
+    let lib = Library::from_source("g.loss", src).unwrap();
+    for dtype in [DType::F32, DType::F64] {
+        for wrt in ["x", "y"] {
+            let call = Call::new()
+                .input("x", Array::real(vec![3], vec![1.0, 2.0, 3.0]))
+                .input("y", Array::real(vec![3], vec![0.5, 1.0, 2.0]))
+                .dtype(dtype)
+                .grad(wrt);
+            let want = lib.call("g", &call).unwrap();
+            let mut jit = call.clone();
+            jit.backend = Backend::Jit;
+            let got = lib.call("g", &jit).unwrap();
+            let (p, q) = (want.value.to_f64(), got.value.to_f64());
+            assert!(
+                p.iter().zip(&q).all(|(u, v)| close(*u, *v, 1e-6)),
+                "{p:?} vs {q:?}"
+            );
+            let (p, q) = (want.grads[0].1.to_f64(), got.grads[0].1.to_f64());
+            assert!(
+                p.iter().zip(&q).all(|(u, v)| close(*u, *v, 1e-6)),
+                "d/d{wrt}: {p:?} vs {q:?}"
+            );
+        }
+    }
+    // RMSE's finished program (mean, gradient): one maximum and one mean node reachable,
+    // where the gradient's renamed copies made two of each.
+    let lib = Library::with_stdlib().unwrap();
+    let p = lib.loss("root_mean_squared_error").unwrap();
+    let q = lossc::ir::with_reduction(p, lossc::runtime::Reduction::Mean, false);
+    let q = lossc::opt::simplify(&q);
+    let wrt = [q.input("predictions").unwrap()];
+    let q = lossc::opt::simplify(&lossc::grad::differentiate(&q, &wrt).unwrap());
+    let q = lossc::opt::merge_bounds(&q);
+    let mut roots: Vec<lossc::ir::ExprId> = vec![q.output.body];
+    for pass in &q.passes {
+        for c in &pass.contributions {
+            roots.push(c.value);
+            roots.extend(c.guards.iter().copied());
+        }
+    }
+    let count = |red: lossc::ir::Red| {
+        let n = std::cell::Cell::new(0);
+        q.pool.reaches(&roots, |_, x| {
+            if matches!(x, lossc::ir::Expr::Reduce(r, ..) if *r == red) {
+                n.set(n.get() + 1);
+            }
+            false
+        });
+        n.get()
+    };
+    assert_eq!(count(lossc::ir::Red::Max), 1, "maxima");
+    assert_eq!(count(lossc::ir::Red::Mean), 1, "means");
+}

@@ -622,6 +622,42 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn body(&mut self, stages: &[Stage]) -> Result<()> {
+        // Closed reductions two stages evaluate (RMSE's `mean(i: z * z)`: in the output, and
+        // in the gradient's guarded value) computed once, first: inside a stage they may sit
+        // in a branch, whose values the next stage cannot reuse. Only reductions that cannot
+        // fail (computing one no stage needs, where their conditions fail, costs time only)
+        // and read no table (not filled yet up here).
+        // (not the reductions a pass carries, nor what they read: that pass computes them)
+        let carried: Vec<ExprId> = stages
+            .iter()
+            .filter_map(|st| match st {
+                Stage::Scatter { groups, .. } => Some(groups),
+                _ => None,
+            })
+            .flatten()
+            .flat_map(|g| g.carried.iter().flatten().copied())
+            .collect();
+        let in_carried = self.an.reach(&carried);
+        let reach: Vec<Vec<bool>> = stages
+            .iter()
+            .map(|st| self.an.reach(&stage_roots(st)))
+            .collect();
+        let shared: Vec<(ExprId, When)> = (0..self.p.pool.len())
+            .map(|k| ExprId(k as u32))
+            .filter(|e| {
+                matches!(self.p.pool.get(*e), Expr::Reduce(..))
+                    && !in_carried[e.ix()]
+                    && self.p.pool.free(*e).is_empty()
+                    && self.an.safe(*e)
+                    && !self
+                        .p
+                        .pool
+                        .reaches(&[*e], |_, x| matches!(x, Expr::Tensor(..)))
+                    && reach.iter().filter(|r| r[e.ix()]).count() >= 2
+            })
+            .map(|e| (e, When::Always))
+            .collect();
+        self.hoist(&shared, None, &[])?;
         let mut k = 0;
         while k < stages.len() {
             if let Some(f) = stages

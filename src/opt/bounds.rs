@@ -11,25 +11,27 @@
 use crate::ir::{Bin, Expr, ExprId, Func, IndexId, Program, Ty, Un};
 use std::collections::HashMap;
 
-/// The program with its index bounds merged (see the module doc): every body, pad, output
-/// and backward-pass guard.
+/// The program with its index bounds merged (see the module doc), and its closed reductions
+/// over copies of an index made over the index itself (see `canonical_reduction`): every
+/// body, pad, output and backward-pass guard.
 pub fn merge_bounds(p: &Program) -> Program {
     let mut q = p.clone();
     let mut memo = HashMap::new();
+    let canon = super::reduction_names(&q);
     for k in 0..q.tensors.len() {
         let b = q.tensors[k].body;
-        q.tensors[k].body = walk(&mut q, b, &mut memo);
+        q.tensors[k].body = walk(&mut q, b, &mut memo, &canon);
     }
     let ob = q.output.body;
-    q.output.body = walk(&mut q, ob, &mut memo);
+    q.output.body = walk(&mut q, ob, &mut memo, &canon);
     let mut passes = std::mem::take(&mut q.passes);
     for pass in &mut passes {
         for c in &mut pass.contributions {
-            c.value = walk(&mut q, c.value, &mut memo);
+            c.value = walk(&mut q, c.value, &mut memo, &canon);
             c.guards = c
                 .guards
                 .iter()
-                .map(|g| walk(&mut q, *g, &mut memo))
+                .map(|g| walk(&mut q, *g, &mut memo, &canon))
                 .collect();
         }
     }
@@ -44,10 +46,16 @@ pub fn merge_bounds(p: &Program) -> Program {
     q
 }
 
-fn walk(q: &mut Program, e: ExprId, memo: &mut HashMap<ExprId, ExprId>) -> ExprId {
+fn walk(
+    q: &mut Program,
+    e: ExprId,
+    memo: &mut HashMap<ExprId, ExprId>,
+    canon: &HashMap<IndexId, IndexId>,
+) -> ExprId {
     super::rebuild(q, e, memo, &mut |q, id| match q.pool.get(id) {
         Expr::Binary(Bin::And, ..) => merge(q, id, true).unwrap_or(id),
         Expr::Binary(Bin::Or, ..) => merge(q, id, false).unwrap_or(id),
+        Expr::Reduce(..) => super::canonical_reduction(q, id, canon),
         _ => id,
     })
 }

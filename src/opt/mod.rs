@@ -15,7 +15,7 @@
 //!
 //! Common subexpressions are shared by construction (the pool hash-conses).
 
-use crate::ir::{Bin, Expr, ExprId, Extent, Func, Program, Red, TensorId, Ty, Un};
+use crate::ir::{Bin, Expr, ExprId, Extent, Func, IndexId, Program, Red, TensorId, Ty, Un};
 use std::collections::HashMap;
 
 mod bounds;
@@ -732,6 +732,95 @@ pub(crate) fn rebuild(
 
 struct Opt {
     memo: HashMap<ExprId, ExprId>,
+}
+
+/// For closed reductions over copies of one index (an index of another's range, which
+/// differentiation makes to keep a reduction's index apart from the loops it is read in):
+/// the copy they can all run over, so that reductions equal but for the name of their index
+/// become one node, computed once (RMSE's output reads `max(i: |e|)`, its gradient
+/// `max(i2: |e|)`: two passes over the data, and its `mean(i: z * z)` two more). The copy must
+/// be no loop index of a stage that evaluates reductions, nor the index of a reduction that is
+/// not closed, so that renaming never puts a reduction over an index inside a loop over it.
+pub(crate) fn reduction_names(q: &Program) -> HashMap<IndexId, IndexId> {
+    let has_reduce = |roots: &[ExprId]| q.pool.reaches(roots, |_, x| matches!(x, Expr::Reduce(..)));
+    let mut taken: std::collections::HashSet<IndexId> = std::collections::HashSet::new();
+    for t in &q.tensors {
+        if has_reduce(&[t.body]) {
+            taken.extend(t.indices.iter().copied());
+        }
+    }
+    if has_reduce(&[q.output.body]) {
+        taken.extend(q.output.indices.iter().copied());
+    }
+    for pass in &q.passes {
+        for c in &pass.contributions {
+            let mut roots = c.guards.clone();
+            roots.push(c.value);
+            roots.extend(c.index.iter().copied());
+            if has_reduce(&roots) {
+                taken.extend(pass.space.iter().copied());
+                taken.extend(c.extra.iter().copied());
+            }
+        }
+    }
+    // indices of closed reductions, and of the others (which may enclose loops of their own)
+    let mut closed: Vec<IndexId> = Vec::new();
+    for k in 0..q.pool.len() {
+        let e = ExprId(k as u32);
+        if let Expr::Reduce(_, i, _) = q.pool.get(e) {
+            if q.pool.free(e).is_empty() {
+                closed.push(*i);
+            } else {
+                taken.insert(*i);
+            }
+        }
+    }
+    let mut canon: HashMap<IndexId, IndexId> = HashMap::new();
+    let mut used: Vec<IndexId> = closed.clone();
+    used.sort();
+    used.dedup();
+    for i in &used {
+        let Ok(root) = q.range_of(*i) else { continue };
+        let c = used
+            .iter()
+            .copied()
+            .find(|k| !taken.contains(k) && q.range_of(*k) == Ok(root));
+        if let Some(c) = c {
+            if c != *i {
+                canon.insert(*i, c);
+            }
+        }
+    }
+    canon
+}
+
+/// Closed reduction `e` over the copy [`reduction_names`] chose for its index, if it can be
+/// (its body binds no reduction over that copy).
+pub(crate) fn canonical_reduction(
+    q: &mut Program,
+    e: ExprId,
+    canon: &HashMap<crate::ir::IndexId, crate::ir::IndexId>,
+) -> ExprId {
+    let Expr::Reduce(r, i, body) = q.pool.get(e).clone() else {
+        return e;
+    };
+    let Some(c) = canon.get(&i).copied() else {
+        return e;
+    };
+    if !q.pool.free(e).is_empty()
+        || q.pool.free(body).contains(&c)
+        || q.pool.reaches(
+            &[body],
+            |_, x| matches!(x, Expr::Reduce(_, j, _) if *j == c),
+        )
+    {
+        return e;
+    }
+    let ix = q.pool.add(Expr::Index(c), Ty::Int);
+    let map = HashMap::from([(i, ix)]);
+    let b = crate::ir::subst_indices(q, body, &map, &mut HashMap::new());
+    let ty = q.pool.ty(e);
+    q.pool.add(Expr::Reduce(r, c, b), ty)
 }
 
 fn real_of(q: &Program, e: ExprId) -> Option<f64> {
