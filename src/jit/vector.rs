@@ -1476,7 +1476,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let n = self.ext[ix.ix()];
         // n - (n & (lanes-1)), not n & -lanes: Cranelift rematerializes an and-with-constant
         // in every block that uses it, so the loop would recompute its bound each step.
-        let copies = self.copies(w, accs);
+        let copies = self.copies(w, accs, ix);
         let step = copies * lanes;
         // Inside an outer loop (rows of a few dozen cells: CTC's 30 classes), the cells past
         // the interleaved steps run one vector step at a time before the scalar remainder,
@@ -1731,7 +1731,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         // Where every read is inside its table for the whole row and the step's cells (see
         // `trusted_reads`), steps of `copies` vector steps with no checks, interleaved.
         // (two copies: 3% faster than one on CTC's gradient, four no better than two)
-        let copies = self.copies(w, &[]).min(2);
+        let copies = self.copies(w, &[], ix).min(2);
         let trust = if copies > 1 {
             self.trusted_reads(&work_roots(w, &[]), ix)
         } else {
@@ -1965,7 +1965,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// same), for focal's compile 2.9 -> 4.6 ms and CTC's 18 -> 20 ms. Kept: 8 only within
     /// `MAX_INTERLEAVED` (GIoU's short step), since compare.py, with JAX beside it, read
     /// focal's compile at 9.8-10.8 ms with 8 copies (the limit is 10 ms).
-    fn copies(&self, w: &VecWork, accs: &[Carried]) -> i64 {
+    fn copies(&self, w: &VecWork, accs: &[Carried], ix: IndexId) -> i64 {
         if let Some(n) = std::env::var("LOSSC_INTERLEAVE")
             .ok()
             .and_then(|v| v.parse::<i64>().ok())
@@ -1984,7 +1984,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let roots = work_roots(w, accs);
         let mut weight = accs.iter().filter(|c| c.shift.is_some()).count();
         let mut size = 40 * weight as i64;
-        let mut divisions = 0;
+        let (mut divisions, mut invariant_divisions) = (0, 0);
         let mut seen = HashSet::new();
         let mut stack = roots;
         while let Some(e) = stack.pop() {
@@ -1995,7 +1995,12 @@ impl<'a, 'b> Gen<'a, 'b> {
             let w = math_weight(self.p, node);
             weight += w;
             if matches!(node, Expr::Binary(Bin::Div, _, _)) && self.p.pool.ty(e) == Ty::Real {
-                divisions += 1;
+                // (a division by a loop-invariant value, a mean's `1 / N`, is made once)
+                if self.p.pool.free(e).contains(&ix) {
+                    divisions += 1;
+                } else {
+                    invariant_divisions += 1;
+                }
             }
             // rough instructions per step: ~40 per inline function, a few per other node
             size += 40 * w as i64 + 2;
@@ -2004,15 +2009,20 @@ impl<'a, 'b> Gen<'a, 'b> {
         let chained = division_depth(self.p, &work_roots(w, accs)) >= 2;
         if std::env::var_os("LOSSC_DEBUG_SCHED").is_some() {
             eprintln!(
-                "vector step: math weight {weight}, size ~{size}, divisions {divisions}, \
+                "vector step: math weight {weight}, size ~{size}, divisions {divisions} \
+                 (+{invariant_divisions} loop-invariant), \
                  chained {chained}"
             );
         }
         // (short steps with one exp or a division gain most from four copies: softmax's
         // exponentials and its gradient's exp / sum; bigger steps of divisions alone gain
         // only when the divisions are chained, GIoU's gradient)
+        // (steps with only loop-invariant divisions gain from copies while short: the
+        // softmax gradient's `lse_exp * (a / s)` (+9% and +38% with one copy for softmax and
+        // sparse softmax CE), not huber's longer step (8 copies: 11% slower than one, spills))
         let copies = match (weight, size < 200) {
             (0, _) if divisions > 0 && size < 100 => 8,
+            (0, _) if invariant_divisions > 0 && size < 40 => 8,
             (0, _) if chained && size < 200 => 8,
             (0, _) if size <= 10 => 8,
             (0, _) => 1,
