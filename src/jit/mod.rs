@@ -192,7 +192,8 @@ pub fn slots(p: &Program) -> Vec<Elem> {
 }
 
 /// Cache-key tags of a logsumexp's parts (scalar and vector apart): the sum, whether the
-/// maximum is finite, then the exponentials (see [`Gen::remember_lse_parts`]).
+/// maximum is finite, then the exponentials (see [`Gen::remember_lse_parts`]), then the sum's
+/// reciprocal (`base + 2 + LSE_PARTS`, see [`Gen::lse_share`]).
 const LSE_SCALAR: u8 = 32;
 const LSE_VECTOR: u8 = 128;
 /// The most exponentials kept (tags `base + 2 ..`).
@@ -2323,8 +2324,8 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// `exp(x_j - L)` for `L = logsumexp(.., x_j, ..)` computed in a scope still open: its
-    /// `e_j / s` (the exponential `exp(x_j - max)` and the sum `L` was computed from), a
-    /// division instead of an exponential. Where the maximum is not finite, `x_j - L` is
+    /// `e_j * (1 / s)` (the exponential `exp(x_j - max)` and the sum `L` was computed from), a
+    /// product instead of an exponential. Where the maximum is not finite, `x_j - L` is
     /// `-inf` (exp: 0) or NaN, which is what is returned then: the same as `exp(x_j - L)`.
     pub(super) fn lse_share(&mut self, e: ExprId, ix: Option<IndexId>) -> Result<Option<Value>> {
         let vector = ix.is_some();
@@ -2343,7 +2344,19 @@ impl<'a, 'b> Gen<'a, 'b> {
             Some(ix) => (self.emit_v(x, ix)?, self.emit_v(l, ix)?),
             None => (self.emit(x)?, self.emit(l)?),
         };
-        let w = self.b.ins().fdiv(ej, s);
+        // (one division per logsumexp, its shares products by the reciprocal: CTC's three
+        // shares per cell made the divider its bottleneck, 2% of the kernel; one more
+        // rounding, within an ulp of `e_j / s`)
+        let r = match self.lookup_key((base + 2 + LSE_PARTS as u8, l)) {
+            Some(r) => r,
+            None => {
+                let one = self.rc(s, 1.0);
+                let r = self.b.ins().fdiv(one, s);
+                self.remember_key((base + 2 + LSE_PARTS as u8, l), r);
+                r
+            }
+        };
+        let w = self.b.ins().fmul(ej, r);
         let dv = self.b.ins().fsub(xv, lv);
         let ninf = self.rc(dv, f64::NEG_INFINITY);
         let zero = self.rc(dv, 0.0);
