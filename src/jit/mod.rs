@@ -627,8 +627,8 @@ impl<'a, 'b> Gen<'a, 'b> {
         // in the gradient's guarded value) computed once, first: inside a stage they may sit
         // in a branch, whose values the next stage cannot reuse. Only reductions that cannot
         // fail (computing one no stage needs, where their conditions fail, costs time only)
-        // and read no table (not filled yet up here).
-        // (not the reductions a pass carries, nor what they read: that pass computes them)
+        // and read no table (not filled yet up here); not those a pass carries, nor what they
+        // read (that pass computes them).
         let carried: Vec<ExprId> = stages
             .iter()
             .filter_map(|st| match st {
