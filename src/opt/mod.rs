@@ -763,12 +763,19 @@ pub(crate) fn reduction_names(q: &Program) -> HashMap<IndexId, IndexId> {
             }
         }
     }
-    // indices of closed reductions, and of the others (which may enclose loops of their own)
+    // indices of closed reductions, and of the others (which may enclose loops of their own);
+    // a closed reduction enclosing one over the same range keeps its index to itself (RMSE's
+    // `mean(i: (e / max(i2: |e|))²)`: renaming `i2` to `i` would nest `i` in `i`)
     let mut closed: Vec<IndexId> = Vec::new();
     for k in 0..q.pool.len() {
         let e = ExprId(k as u32);
-        if let Expr::Reduce(_, i, _) = q.pool.get(e) {
-            if q.pool.free(e).is_empty() {
+        if let Expr::Reduce(_, i, body) = q.pool.get(e) {
+            let range = q.range_of(*i);
+            let encloses = q.pool.reaches(
+                &[*body],
+                |_, x| matches!(x, Expr::Reduce(_, j, _) if q.range_of(*j) == range),
+            );
+            if q.pool.free(e).is_empty() && !encloses {
                 closed.push(*i);
             } else {
                 taken.insert(*i);
