@@ -2085,9 +2085,10 @@ impl<'a, 'b> Gen<'a, 'b> {
     ) -> Result<()> {
         let c = if budget >= 2 {
             let cands = self.switch_conditions(roots, ix);
+            let step = self.step_cost(roots, ix);
             cands
                 .into_iter()
-                .find(|c| self.worth_switching(roots, ix, *c))
+                .find(|c| self.worth_switching(roots, ix, *c, step))
         } else {
             None
         };
@@ -2122,11 +2123,18 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// Whether copies of the loop for the values of condition `c` are worth their compile
     /// time: in a step without inline math, the uniform tests and their branches are most of
     /// its cost (CTC's gradient); in one with math, only when a copy saves at least a quarter
-    /// of the step's work (see [`Gen::step_cost`]). CTC's `alpha` copied for `f == 0` and
-    /// `f > T` gained 4% of its run time for 3700 more instructions: the shares filled with it
-    /// still need its logsumexp.
-    fn worth_switching(&mut self, roots: &[ExprId], ix: IndexId, c: ExprId) -> bool {
-        let (base, math) = self.step_cost(roots, ix);
+    /// of the step's work (see [`Gen::step_cost`]; `step` is its cost with nothing more
+    /// assumed). CTC's `alpha` copied for `f == 0` and `f > T` ran 4% fewer instructions (2%
+    /// of the kernel's) for 3700 more CLIF instructions: the shares filled with it still need
+    /// its logsumexp.
+    fn worth_switching(
+        &mut self,
+        roots: &[ExprId],
+        ix: IndexId,
+        c: ExprId,
+        step: (usize, usize),
+    ) -> bool {
+        let (base, math) = step;
         if math == 0 {
             return true;
         }

@@ -806,7 +806,7 @@ pub(crate) fn reduction_names(q: &Program) -> HashMap<IndexId, IndexId> {
 pub(crate) fn canonical_reduction(
     q: &mut Program,
     e: ExprId,
-    canon: &HashMap<crate::ir::IndexId, crate::ir::IndexId>,
+    canon: &HashMap<IndexId, IndexId>,
 ) -> ExprId {
     let Expr::Reduce(r, i, body) = q.pool.get(e).clone() else {
         return e;
