@@ -1939,3 +1939,87 @@ fn renamed_closed_reductions_are_computed_once() {
     assert_eq!(count(lossc::ir::Red::Max), 1, "maxima");
     assert_eq!(count(lossc::ir::Red::Mean), 1, "means");
 }
+
+/// Frames past a sequence's logit length are padding and are never read (TensorFlow's CTC test
+/// pads with NaN and asserts a zero gradient there): NaN or ±inf padding gives the value and
+/// gradient of zero padding bit for bit, and a gradient exactly 0 on every padded frame, on
+/// both backends in f32 and f64. Ten sequences of different lengths (one of no frames) so
+/// the recurrences also run lane-wise.
+#[test]
+fn ctc_padded_frames_are_never_read() {
+    let lib = Library::with_stdlib().unwrap();
+    let (b, t, k, s) = (10usize, 8usize, 5usize, 3usize);
+    let logit_lengths: Vec<i64> = vec![8, 5, 3, 8, 1, 6, 2, 7, 4, 0];
+    let label_lengths: Vec<i64> = vec![3, 3, 2, 1, 1, 3, 1, 2, 2, 0];
+    let labels: Vec<i64> = (0..b * s).map(|i| 1 + (i % (k - 1)) as i64).collect();
+    let mut rng = Rng(7);
+    let base: Vec<f64> = (0..b * t * k).map(|_| rng.next() * 4.0 - 2.0).collect();
+    let padded = |bi: usize, ti: usize| ti as i64 >= logit_lengths[bi];
+    let with_pad = |pad: f64| -> Vec<f64> {
+        let mut v = base.clone();
+        for (cell, x) in v.iter_mut().enumerate() {
+            if padded(cell / (t * k), cell / k % t) {
+                *x = pad;
+            }
+        }
+        v
+    };
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut failures = Vec::new();
+    for dtype in [DType::F64, DType::F32] {
+        for reduction in [Reduction::Mean, Reduction::None] {
+            for backend in [Backend::Interp, Backend::Jit] {
+                let run = |pad: f64| {
+                    let mut call = Call::new()
+                        .input("labels", Array::int(vec![b, s], labels.clone()))
+                        .input("logits", Array::real(vec![b, t, k], with_pad(pad)))
+                        .input("label_lengths", Array::int(vec![b], label_lengths.clone()))
+                        .input("logit_lengths", Array::int(vec![b], logit_lengths.clone()))
+                        .reduction(reduction)
+                        .dtype(dtype)
+                        .grad("logits");
+                    call.backend = backend;
+                    let out = lib.call("ctc_loss", &call).unwrap();
+                    (out.value.to_f64(), out.grads[0].1.to_f64())
+                };
+                let (v0, g0) = run(0.0);
+                let what = format!("{dtype:?} {reduction:?} {backend:?}");
+                assert!(v0.iter().all(|x| x.is_finite()), "{what}: {v0:?}");
+                for pad in [0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                    let (v, g) = run(pad);
+                    if bits(&v) != bits(&v0) {
+                        failures.push(format!("{what} pad {pad}: value {v:?} vs {v0:?}"));
+                    }
+                    if bits(&g) != bits(&g0) {
+                        failures.push(format!("{what} pad {pad}: gradient differs"));
+                    }
+                    for (cell, x) in g.iter().enumerate() {
+                        if padded(cell / (t * k), cell / k % t) && x.to_bits() != 0 {
+                            failures.push(format!("{what} pad {pad}: grad[{cell}] = {x}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            // and the backends agree on NaN padding
+            let call = Call::new()
+                .input("labels", Array::int(vec![b, s], labels.clone()))
+                .input("logits", Array::real(vec![b, t, k], with_pad(f64::NAN)))
+                .input("label_lengths", Array::int(vec![b], label_lengths.clone()))
+                .input("logit_lengths", Array::int(vec![b], logit_lengths.clone()))
+                .reduction(reduction)
+                .dtype(dtype)
+                .grad("logits");
+            let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+            compare(
+                "ctc nan padding",
+                &lib,
+                "ctc_loss",
+                &call,
+                rtol,
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
