@@ -192,6 +192,29 @@ fn eval_takes_literals_params_reduction_and_writes_npy() {
     let _ = std::fs::remove_dir_all(out_dir);
 }
 
+/// Scalars given to an elementwise loss: a rank-0 value (and gradient), on both backends.
+#[test]
+fn eval_takes_scalars_for_elementwise_losses() {
+    for backend in ["interp", "jit"] {
+        let o = lossc(&[
+            "eval",
+            "mean_squared_error",
+            "--input",
+            "labels=3",
+            "--input",
+            "predictions=1",
+            "--grad",
+            "predictions",
+            "--backend",
+            backend,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains("mean_squared_error [] =\n4.0"), "{out}");
+        assert!(out.contains("d/dpredictions [] =\n-4.0"), "{out}");
+    }
+}
+
 /// Every kind of bad input: exit code 2 and a message naming the cause, never a panic.
 #[test]
 fn bad_input_is_a_clear_error_with_exit_code_2() {

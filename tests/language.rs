@@ -239,6 +239,80 @@ fn leading_dimensions_fold_into_the_first_index() {
     assert_eq!(e.kind, ErrorKind::Shape);
 }
 
+/// Elementwise losses take any shape, a scalar too: a rank-0 array for a one-index input is one
+/// element (the index has extent 1) and the output is rank 0, on both backends, through
+/// `Library::call` and a compiled loss's views; the gradient has the input's shape [].
+/// A scalar against a [1] or [4] array, or for a two-index input, stays a shape error.
+#[test]
+fn rank_0_inputs_are_one_element_of_an_elementwise_loss() {
+    use lossc::runtime::{Backend, Options, View};
+    let l = Library::with_stdlib().unwrap();
+    for backend in [Backend::Interp, Backend::Jit] {
+        for dtype in [DType::F64, DType::F32] {
+            let mut call = Call::new()
+                .input("labels", Array::scalar(0.5))
+                .input("predictions", Array::scalar(2.0))
+                .dtype(dtype)
+                .grad("predictions");
+            call.backend = backend;
+            let out = l.call("mean_squared_error", &call).unwrap();
+            assert_eq!(out.value.shape, Vec::<usize>::new(), "{backend:?}");
+            assert_eq!(out.value.to_f64(), vec![2.25]);
+            assert_eq!(out.grads[0].1.shape, Vec::<usize>::new());
+            assert_eq!(out.grads[0].1.to_f64(), vec![3.0]);
+            // a reduced call of a scalar output, and a loss whose output is [] already
+            let out = l
+                .call("huber_loss", &call.clone().reduction(Reduction::Mean))
+                .unwrap();
+            assert_eq!(out.value.to_f64(), vec![1.0]);
+            let out = l.call("root_mean_squared_error", &call).unwrap();
+            assert_eq!(out.value.to_f64(), vec![1.5]);
+            assert_eq!(out.grads[0].1.to_f64(), vec![1.0]);
+        }
+    }
+    let c = l
+        .compile(
+            "mean_squared_error",
+            Options::new().dtype(DType::F64).grad("predictions"),
+        )
+        .unwrap();
+    let out = c
+        .call(
+            &[
+                ("labels", View::f64(&[], &[0.5])),
+                ("predictions", View::f64(&[], &[2.0])),
+            ],
+            &[],
+            Reduction::None,
+            None,
+        )
+        .unwrap();
+    assert_eq!(out.value.shape, Vec::<usize>::new());
+    assert_eq!(out.value.to_f64(), vec![2.25]);
+    assert_eq!(out.grads[0].1.to_f64(), vec![3.0]);
+    for other in [vec![1], vec![4]] {
+        let n = other[0];
+        let e = l
+            .call(
+                "mean_squared_error",
+                &Call::new()
+                    .input("labels", Array::scalar(0.5))
+                    .input("predictions", Array::real(other, vec![1.0; n])),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Shape, "{}", e.message());
+    }
+    let e = l
+        .call(
+            "softmax_cross_entropy",
+            &Call::new()
+                .input("labels", Array::scalar(1.0))
+                .input("logits", Array::scalar(0.3)),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Shape, "{}", e.message());
+}
+
 #[test]
 fn reductions_and_weights() {
     let l = lib("loss id(x[i]) -> [i] { x[i] }");

@@ -345,7 +345,11 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
             let d: Vec<String> = inp.dims.iter().map(|d| p.index_label(*d)).collect();
             format!("[{}]", d.join(", "))
         };
-        if arr_shape.len() < rank
+        // A rank-0 array given for a one-index input is one element of it: the index has
+        // extent 1 and no folded dimensions, so an output over it is rank 0 (elementwise
+        // losses take any shape, a scalar too).
+        let scalar_for_one = rank == 1 && arr_shape.is_empty();
+        if (arr_shape.len() < rank && !scalar_for_one)
             || (rank == 0
                 && !arr_shape.is_empty()
                 && arr_shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)) != Some(1))
@@ -364,11 +368,16 @@ pub(crate) fn bind_shapes(p: &Program, shapes: &[(&str, &[usize])]) -> Result<Sh
         // Fold leading dimensions into the first index.
         let mut shape: Vec<usize> = Vec::new();
         if rank > 0 {
-            let extra = arr_shape.len() - rank;
-            let first = cells(&arr_shape[..=extra], &format!("input `{}`", inp.name))?;
-            shape.push(first);
-            shape.extend(&arr_shape[extra + 1..]);
-            let l = arr_shape[..=extra].to_vec();
+            let l = if scalar_for_one {
+                shape.push(1);
+                vec![]
+            } else {
+                let extra = arr_shape.len() - rank;
+                let first = cells(&arr_shape[..=extra], &format!("input `{}`", inp.name))?;
+                shape.push(first);
+                shape.extend(&arr_shape[extra + 1..]);
+                arr_shape[..=extra].to_vec()
+            };
             let ix = inp.dims[0].ix();
             let by = (extents[ix] >= 0).then(|| bound_by[ix].clone().unwrap_or_default());
             agree_lead(p, &mut lead[ix], l, inp.dims[0], &inp.name, arr_shape, by)?;
