@@ -1462,7 +1462,21 @@ pub fn precise_logsumexp(p: &Program) -> Program {
                 if c != finite || off != m || !own_max {
                     continue;
                 }
-                (m, l)
+                // s = sum(c: e[n, c]), e = exp(x - max)
+                let Expr::Call(Func::Log, la) = q.pool.get(l).clone() else {
+                    continue;
+                };
+                let s_read = la[0];
+                let Expr::Tensor(s_id, _) = q.pool.get(s_read).clone() else {
+                    continue;
+                };
+                let Expr::Select(_, sum, _) = q.pool.get(q.tensors[s_id.ix()].body).clone() else {
+                    continue;
+                };
+                let Expr::Reduce(Red::Sum, c, e_read) = q.pool.get(sum).clone() else {
+                    continue;
+                };
+                (m, log_of_sum(&mut q, s_read, c, e_read))
             }
             Expr::Reduce(Red::LogSumExp, c, b) => {
                 let mut dims = indices.clone();
@@ -1487,7 +1501,7 @@ pub fn precise_logsumexp(p: &Program) -> Program {
                 let s_id = push_table(&mut q, &format!("{name}_sum"), indices.clone(), s_body);
                 before.entry(tid).or_default().push(s_id);
                 let s = q.own_read(s_id, Ty::Real);
-                (m, q.pool.add(Expr::Call(Func::Log, vec![s]), Ty::Real))
+                (m, log_of_sum(&mut q, s, c, e))
             }
             _ => continue,
         };
@@ -1574,6 +1588,25 @@ fn precise_sub(
     let (m, lo) = parts(q, b)?;
     let d = q.pool.add(Expr::Binary(Bin::Sub, a, m), Ty::Real);
     Some(q.pool.add(Expr::Binary(Bin::Sub, d, lo), Ty::Real))
+}
+
+/// `log(s)` for `s = sum(c: e)`, the `e = exp(x - max)` of a row: one term is the maximum's
+/// exact 1, and where `s < 2` it is the only term equal to 1 (a tie, or a term rounded up to 1,
+/// would make `s >= 2`), so `log(s)` is `log1p` of the sum of the terms other than 1, which
+/// keeps the relative accuracy of a tiny sum (`log(s)` rounds it away in `s`: `lse - x_max` of
+/// a confident prediction is that log). The second sum runs only for such rows; elsewhere
+/// `log(s) >= log 2` has no cancellation to fear.
+fn log_of_sum(q: &mut Program, s: ExprId, c: crate::ir::IndexId, e: ExprId) -> ExprId {
+    let one = q.pool.real(1.0);
+    let two = q.pool.real(2.0);
+    let zero = q.pool.real(0.0);
+    let is_one = q.pool.add(Expr::Binary(Bin::Eq, e, one), Ty::Bool);
+    let term = q.pool.add(Expr::Select(is_one, zero, e), Ty::Real);
+    let rest = q.pool.add(Expr::Reduce(Red::Sum, c, term), Ty::Real);
+    let near = q.pool.add(Expr::Call(Func::Log1p, vec![rest]), Ty::Real);
+    let far = q.pool.add(Expr::Call(Func::Log, vec![s]), Ty::Real);
+    let small = q.pool.add(Expr::Binary(Bin::Lt, s, two), Ty::Bool);
+    q.pool.add(Expr::Select(small, near, far), Ty::Real)
 }
 
 /// A new plain table of reals.
