@@ -1407,7 +1407,8 @@ impl Opt {
 
 /// Differences with a logsumexp, accurate in f32: `lse[n] - y` is computed as
 /// `(lse_max[n] - y) + lse_lo[n]`, where `lse = lse_max + lse_lo` is split into the row's maximum
-/// and `log Σ exp(x - max)` (0 where the maximum is not finite). Rounding `lse` to f32 first
+/// and `log Σ exp(x - max)` (0 where the maximum is not finite; `log_of_sum`: log1p of the
+/// terms other than the maximum's where their sum is small). Rounding `lse` to f32 first
 /// loses ulp(|max|) before the subtraction: with logits near 1000 a cross-entropy of 0.69 came
 /// out 3e-5 off (4e-5 relative); the split form is as accurate as the libraries' `x - max`
 /// first. `y - lse[n]` likewise. `lse` itself is unchanged (`lse_max + lse_lo`, both backends).
