@@ -14,7 +14,10 @@
 //! space of indices (the definition's indices plus the indices of the reductions it sits in)
 //! under guards (the conditions of the `if`s it sits in). Guards are kept apart from values so
 //! that a partial derivative is only ever evaluated where the forward pass evaluated its
-//! expression: an inf or NaN in an `if`'s dead branch never reaches a gradient.
+//! expression: an inf or NaN in an `if`'s dead branch never reaches a gradient. A table's
+//! adjoint loses its guards when it is accumulated, so a table's pass is guarded by its cell's
+//! adjoint being nonzero where some use of the table was guarded and some partial can be
+//! non-finite (`Diff::risky`): a cell no taken branch reached pushes nothing, as an alias.
 //!
 //! The one rule table is [`Diff::push`]. Conventions at kinks: |x|' = 0 at 0 (sign), max/min
 //! send the adjoint to the first arg-max, clamp passes the gradient on the closed interval
