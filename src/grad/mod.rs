@@ -375,10 +375,7 @@ impl Diff {
                 Expr::Binary(Bin::Add | Bin::Sub, ..) => true,
                 Expr::Binary(Bin::Mul, a, b) => finite_const(*a) || finite_const(*b),
                 Expr::Binary(Bin::Div, _, b) => {
-                    finite_const(*b)
-                        && !self.active[b.ix()]
-                        && !matches!(pool.get(*b), Expr::Real(v) if f64::from_bits(*v) == 0.0)
-                        && !matches!(pool.get(*b), Expr::Int(0))
+                    matches!(pool.get(*b), Expr::Real(v) if f64::from_bits(*v).is_finite() && f64::from_bits(*v) != 0.0)
                 }
                 Expr::Reduce(Red::Sum | Red::Mean | Red::Max | Red::Min, ..) => true,
                 Expr::Call(Func::Max | Func::Min | Func::Clamp, _) => true,

@@ -41,11 +41,11 @@ struct Src<'a> {
     reads_current: HashMap<ExprId, bool>,
 }
 
-/// `base`, or `base2`, `base3`, ... if taken or a keyword; the name is then taken.
 const KEYWORDS: [&str; 12] = [
     "loss", "fn", "let", "pad", "if", "else", "import", "true", "false", "pi", "inf", "nan",
 ];
 
+/// `base`, or `base2`, `base3`, ... if taken or a keyword; the name is then taken.
 fn fresh_name(used: &mut HashSet<String>, base: &str) -> String {
     let mut n = base.to_string();
     let mut k = 2;
