@@ -14,7 +14,10 @@
 //! space of indices (the definition's indices plus the indices of the reductions it sits in)
 //! under guards (the conditions of the `if`s it sits in). Guards are kept apart from values so
 //! that a partial derivative is only ever evaluated where the forward pass evaluated its
-//! expression: an inf or NaN in an `if`'s dead branch never reaches a gradient.
+//! expression: an inf or NaN in an `if`'s dead branch never reaches a gradient. A table's
+//! adjoint loses its guards when it is accumulated, so a table's pass is guarded by its cell's
+//! adjoint being nonzero where some use of the table was guarded and some partial can be
+//! non-finite (`Diff::risky`): a cell no taken branch reached pushes nothing, as an alias.
 //!
 //! The one rule table is [`Diff::push`]. Conventions at kinks: |x|' = 0 at 0 (sign), max/min
 //! send the adjoint to the first arg-max, clamp passes the gradient on the closed interval
@@ -179,7 +182,7 @@ impl Diff {
         // The output: seed 1 at every point of its index space.
         let out = self.q.output.clone();
         let one = self.q.pool.real(1.0);
-        passes.push(self.pass(out.indices.clone(), false, out.body, one));
+        passes.push(self.pass(out.indices.clone(), false, out.body, one, vec![]));
         // Tensor definitions, last first: each seeded with its own adjoint at its own cell.
         let n_forward = self.active_tensor.len();
         for k in (0..n_forward).rev() {
@@ -190,8 +193,32 @@ impl Diff {
             let adj = self.tensor_adj[&TensorId(k as u32)];
             // (an adjoint has its tensor's indices)
             let seed = self.q.own_read(adj, Ty::Real);
+            // A cell whose adjoint is exactly zero pushes nothing, as an alias under a dead
+            // guard is never differentiated: when every contribution to it sat under a guard
+            // that failed (`max(nrm[m], eps)` where eps wins, an `if`'s other branch), its
+            // partials may be inf or NaN (sqrt' at 0), and 0 * inf must not reach an input.
+            // Only where some contribution is guarded (or a recurrence's own ones may be) and
+            // some partial can be non-finite: otherwise nothing changes.
+            let guarded_uses = t.recurrent
+                || passes.iter().any(|p: &Pass| {
+                    p.contributions
+                        .iter()
+                        .any(|c| c.target == adj && !c.guards.is_empty())
+                });
+            let guards = if guarded_uses && self.risky(t.body) {
+                let zero = self.real(0.0);
+                vec![self.cmp(Bin::Ne, seed, zero)]
+            } else {
+                vec![]
+            };
             // A recurrence's adjoint runs against its fill order.
-            let mut pass = self.pass(t.indices.clone(), t.recurrent && !t.reverse, t.body, seed);
+            let mut pass = self.pass(
+                t.indices.clone(),
+                t.recurrent && !t.reverse,
+                t.body,
+                seed,
+                guards,
+            );
             if t.recurrent {
                 self.share_tables(&t, &mut pass);
                 self.reuse_value(&t, TensorId(k as u32), &mut pass);
@@ -326,8 +353,51 @@ impl Diff {
         crate::opt::substitute_contributions(&mut self.q, &mut pass.contributions, &mut memo);
     }
 
-    /// Backpropagates `seed` from `root` over the cells of `space`.
-    fn pass(&mut self, space: Vec<IndexId>, reverse: bool, root: ExprId, seed: ExprId) -> Pass {
+    /// Whether some partial derivative below `root` (within one definition) can be inf or
+    /// NaN, so that a zero adjoint times it is not zero: anything but sums, differences,
+    /// negation, branches, selections (max, min, clamp, their reductions), means and products
+    /// or quotients by finite constants.
+    fn risky(&self, root: ExprId) -> bool {
+        let pool = &self.q.pool;
+        let finite_const = |x: ExprId| {
+            matches!(pool.get(x), Expr::Real(b) if f64::from_bits(*b).is_finite())
+                || matches!(pool.get(x), Expr::Int(_))
+        };
+        let mut seen = vec![false; pool.len()];
+        let mut stack = vec![root];
+        while let Some(e) = stack.pop() {
+            if std::mem::replace(&mut seen[e.ix()], true) || !self.active[e.ix()] {
+                continue;
+            }
+            let safe = match pool.get(e) {
+                Expr::Input(..) | Expr::Tensor(..) => continue, // index arguments carry none
+                Expr::Unary(Un::Neg, _) | Expr::Select(..) => true,
+                Expr::Binary(Bin::Add | Bin::Sub, ..) => true,
+                Expr::Binary(Bin::Mul, a, b) => finite_const(*a) || finite_const(*b),
+                Expr::Binary(Bin::Div, _, b) => {
+                    matches!(pool.get(*b), Expr::Real(v) if f64::from_bits(*v).is_finite() && f64::from_bits(*v) != 0.0)
+                }
+                Expr::Reduce(Red::Sum | Red::Mean | Red::Max | Red::Min, ..) => true,
+                Expr::Call(Func::Max | Func::Min | Func::Clamp, _) => true,
+                _ => false,
+            };
+            if !safe {
+                return true;
+            }
+            pool.get(e).clone().for_each_child(|c| stack.push(c));
+        }
+        false
+    }
+
+    /// Backpropagates `seed` from `root` over the cells of `space`, under `guards`.
+    fn pass(
+        &mut self,
+        space: Vec<IndexId>,
+        reverse: bool,
+        root: ExprId,
+        seed: ExprId,
+        guards: Vec<ExprId>,
+    ) -> Pass {
         let mut contributions = Vec::new();
         if !self.active[root.ix()] {
             return Pass {
@@ -343,7 +413,7 @@ impl Diff {
             root,
             vec![Term {
                 space: sorted,
-                guards: vec![],
+                guards,
                 value: seed,
             }],
         );

@@ -35,23 +35,55 @@ struct Src<'a> {
     fresh_indices: Vec<IndexId>,
     /// print without aliases (parameter defaults sit in the signature, before any `let`)
     inline: bool,
+    /// the table whose body is printed, and which nodes read it: an alias comes before the
+    /// definition, so a recurrence's read of itself can't be one
+    current: Option<TensorId>,
+    reads_current: HashMap<ExprId, bool>,
 }
+
+const KEYWORDS: [&str; 12] = [
+    "loss", "fn", "let", "pad", "if", "else", "import", "true", "false", "pi", "inf", "nan",
+];
 
 /// `base`, or `base2`, `base3`, ... if taken or a keyword; the name is then taken.
 fn fresh_name(used: &mut HashSet<String>, base: &str) -> String {
     let mut n = base.to_string();
     let mut k = 2;
-    while used.contains(&n)
-        || [
-            "loss", "fn", "let", "pad", "if", "else", "import", "true", "false", "pi", "inf", "nan",
-        ]
-        .contains(&n.as_str())
-    {
+    while used.contains(&n) || KEYWORDS.contains(&n.as_str()) {
         n = format!("{base}{k}");
         k += 1;
     }
     used.insert(n.clone());
     n
+}
+
+/// A printable index name from `base`: lowercase, and its extent's name (`N` for `n`, how
+/// the source names it) free too, since a name bound to an input, a parameter or a table
+/// shadows the extent. Both names are then taken.
+fn fresh_index_name(used: &mut HashSet<String>, base: &str) -> String {
+    let mut base: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
+        base = format!("d{base}");
+    }
+    let mut k = 1;
+    loop {
+        let n = if k == 1 {
+            base.clone()
+        } else {
+            format!("{base}{k}")
+        };
+        let upper = n.to_ascii_uppercase();
+        if !used.contains(&n) && !used.contains(&upper) && !KEYWORDS.contains(&n.as_str()) {
+            used.insert(n.clone());
+            used.insert(upper);
+            return n;
+        }
+        k += 1;
+    }
 }
 
 fn ident_ok(s: &str) -> bool {
@@ -83,6 +115,8 @@ impl<'a> Src<'a> {
             undeclared: HashSet::new(),
             fresh_indices: vec![],
             inline: false,
+            current: None,
+            reads_current: HashMap::new(),
         };
         s.name_indices();
         // `#weights` is not an identifier.
@@ -105,11 +139,10 @@ impl<'a> Src<'a> {
         let mut names = Vec::new();
         for k in 0..self.q.indices.len() {
             let n = self.q.indices[k].name.clone();
-            let n = if ident_ok(&n) && !names.contains(&n) && !self.used_names.contains(&n) {
-                self.used_names.insert(n.clone());
-                n
+            let n = if ident_ok(&n) && !names.contains(&n) {
+                fresh_index_name(&mut self.used_names, &n)
             } else {
-                self.fresh("d")
+                fresh_index_name(&mut self.used_names, "d")
             };
             names.push(n);
         }
@@ -154,7 +187,7 @@ impl<'a> Src<'a> {
                 extent: Extent::Computed(e),
             });
             let base = format!("{}2", index_names[like.ix()]);
-            let n = fresh_name(used_names, &base);
+            let n = fresh_index_name(used_names, &base);
             index_names.push(n);
             let id = IndexId((q.indices.len() - 1) as u32);
             fresh_indices.push(id);
@@ -185,7 +218,8 @@ impl<'a> Src<'a> {
         let shared = !self.inline
             && self.uses.get(&e).copied().unwrap_or(0) > 1
             && !self.is_leaf(e)
-            && !self.mentions_undeclared(e);
+            && !self.mentions_undeclared(e)
+            && !self.mentions_current(e);
         let conflict = matches!(self.q.pool.get(e), Expr::Reduce(_, i, _) if bound.contains(i));
         if shared || conflict {
             let key = (e, vec![]);
@@ -199,6 +233,20 @@ impl<'a> Src<'a> {
             return n;
         }
         self.inner(e, bound)
+    }
+
+    fn mentions_current(&mut self, e: ExprId) -> bool {
+        let Some(t) = self.current else {
+            return false;
+        };
+        if let Some(v) = self.reads_current.get(&e) {
+            return *v;
+        }
+        let node = self.q.pool.get(e).clone();
+        let mut found = matches!(node, Expr::Tensor(k, _) if k == t);
+        node.for_each_child(|c| found = self.mentions_current(c) || found);
+        self.reads_current.insert(e, found);
+        found
     }
 
     fn mentions_undeclared(&self, e: ExprId) -> bool {
@@ -219,6 +267,22 @@ impl<'a> Src<'a> {
     fn args(&mut self, a: &[ExprId], bound: &BTreeSet<IndexId>) -> String {
         a.iter()
             .map(|x| self.expr(*x, bound))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A read's index arguments. A bare index in a dimension whose range is not its own (the
+    /// simplifier folds `a[m + 0]` to `a[m]`, range-checked all the same) prints as `m + 0`,
+    /// a computed index, since the checker takes a bare index only in its own dimension.
+    fn index_args(&mut self, a: &[ExprId], dims: &[IndexId], bound: &BTreeSet<IndexId>) -> String {
+        a.iter()
+            .zip(dims)
+            .map(|(x, d)| match self.q.pool.get(*x) {
+                Expr::Index(j) if self.q.range_of(*j) != self.q.range_of(*d) => {
+                    format!("({} + 0)", self.index_names[j.ix()])
+                }
+                _ => self.expr(*x, bound),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -257,12 +321,16 @@ impl<'a> Src<'a> {
                 if a.is_empty() {
                     n
                 } else {
-                    format!("{n}[{}]", self.args(&a, bound))
+                    let dims = self.q.inputs[i.ix()].dims.clone();
+                    format!("{n}[{}]", self.index_args(&a, &dims, bound))
                 }
             }
+            // (a table without indices, a scalar input's gradient, prints as an alias)
+            Expr::Tensor(t, a) if a.is_empty() => self.q.tensors[t.ix()].name.clone(),
             Expr::Tensor(t, a) => {
                 let n = self.q.tensors[t.ix()].name.clone();
-                format!("{n}[{}]", self.args(&a, bound))
+                let dims = self.q.tensors[t.ix()].indices.clone();
+                format!("{n}[{}]", self.index_args(&a, &dims, bound))
             }
             Expr::Unary(Un::Neg, a) => format!("-({})", self.expr(a, bound)),
             Expr::Unary(Un::Not, a) => format!("!({})", self.expr(a, bound)),
@@ -439,18 +507,26 @@ impl<'a> Src<'a> {
             });
             let body = self.body_of(t);
             let bound: BTreeSet<IndexId> = tn.indices.iter().copied().collect();
+            self.current = Some(t);
+            self.reads_current.clear();
             let text = self.expr(body, &bound);
+            self.current = None;
             body_lines.append(&mut self.lines);
-            body_lines.push(format!(
-                "    let {}[{}]{pad} = {text};",
-                tn.name,
-                idx.join(", ")
-            ));
+            if idx.is_empty() {
+                body_lines.push(format!("    let {} = {text};", tn.name));
+            } else {
+                body_lines.push(format!(
+                    "    let {}[{}]{pad} = {text};",
+                    tn.name,
+                    idx.join(", ")
+                ));
+            }
             for i in &tn.indices {
                 self.undeclared.remove(i);
             }
         }
         let result = match output {
+            Some(t) if out_ix.is_empty() => self.q.tensors[t.ix()].name.clone(),
             Some(t) => {
                 let idx: Vec<String> = out_ix
                     .iter()
