@@ -332,7 +332,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 if shifted(p, &args, &dims, ix) {
                     self.vload_row(i.ix(), Elem::Real, &dims, &args, None, true)?
                 } else {
-                    self.vload_any(i.ix(), &dims, &args, ix)?
+                    self.vload_any(i.ix(), Elem::of(p.inputs[i.ix()].ty), &dims, &args, ix)?
                 }
             }
             Expr::Tensor(t, args) => {
@@ -344,7 +344,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     let elem = Elem::of(tn.ty);
                     self.vload_row(slot, elem, &dims, &args, tn.pad, readonly)?
                 } else {
-                    self.vload_any(slot, &dims, &args, ix)?
+                    self.vload_any(slot, Elem::of(tn.ty), &dims, &args, ix)?
                 }
             }
             Expr::Index(_) => {
@@ -1099,31 +1099,49 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(self.load_v(flags, a, 0))
     }
 
-    /// A vector read: one load when consecutive cells are consecutive in memory, else one
-    /// scalar load per lane (strided reads such as `boxes[n, 2]`).
+    /// A vector read of a table of `elem`s (reals, or bools as lane masks): one load when
+    /// consecutive cells are consecutive in memory, else one scalar load per lane (strided
+    /// reads such as `boxes[n, 2]`, or a bool table `b[p, c]` read along `p`), each at its
+    /// element's size.
     fn vload_any(
         &mut self,
         slot: usize,
+        elem: Elem,
         dims: &[IndexId],
         args: &[ExprId],
         ix: IndexId,
     ) -> Result<Value> {
         if unit_stride(self.p, args, dims, ix) {
-            return self.vload(slot, dims, args, true);
+            if elem == Elem::Real {
+                return self.vload(slot, dims, args, true);
+            }
+            // (the bytes of a bool table's row, as `vload_row` reads them)
+            let (Some((a, outer_args)), Some((d, outer))) = (args.split_last(), dims.split_last())
+            else {
+                return Err(internal("a unit-stride read without dimensions"));
+            };
+            let row = self.offset_with(outer, outer_args, None)?;
+            let row = self.b.ins().imul(row, self.ext[d.ix()]);
+            let cell = self.checked_arg(*a, *d)?;
+            let flags = MemFlagsData::new().with_notrap().with_readonly();
+            return self.vload_cells(slot, elem, row, cell, flags);
         }
         let base = self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
-        if let Some(v) = self.vcolumn(slot, dims, args, ix, base)? {
-            return Ok(v);
+        if elem == Elem::Real {
+            if let Some(v) = self.vcolumn(slot, dims, args, ix, base)? {
+                return Ok(v);
+            }
         }
         let flags = MemFlagsData::trusted().with_readonly();
+        let ty = self.elem_type(elem);
         let mut lanes = Vec::new();
         for lane in 0..self.lanes() {
             let k = self.b.ins().iadd_imm_s(base, lane);
             let off = self.offset_with(dims, args, Some((ix, k)))?;
-            let addr = self.addr(slot, Elem::Real, off);
-            lanes.push(self.b.ins().load(self.rt, flags, addr, 0));
+            let addr = self.addr(slot, elem, off);
+            lanes.push(self.b.ins().load(ty, flags, addr, 0));
         }
-        Ok(self.assemble_lanes(Elem::Real, &lanes))
+        Ok(self.assemble_lanes(elem, &lanes))
     }
 
     /// A gather `x[.., g[.., ix]]` (see [`gather_index`]): for each lane, its id read from
