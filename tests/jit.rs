@@ -288,6 +288,37 @@ fn bool_table_after_a_split_logsumexp() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A vector loop's scatter into a row outside its table (`m_grad[i - 1, j]` at `i = 0`,
+/// its guards false: zero weights skip the body) takes nothing, as the scalar code and the
+/// interpreter do; it was a range error only the JIT raised (found by
+/// `generated_programs_from_seeds_agree`, seed 5458 before the fix).
+#[test]
+fn vector_scatter_rows_outside_the_table_take_nothing() {
+    let src = "loss g(x[i], m[i, j]) -> [i, j] {
+        let r[i] pad 1.0 = r[i - 1] + x[i];
+        r[i] + m[i - 1, j]
+    }";
+    let lib = Library::from_source("g.loss", src).unwrap();
+    let mut failures = Vec::new();
+    for (n, nj) in [(1, 2), (3, 8)] {
+        for dtype in [DType::F64, DType::F32] {
+            for w in [0.0, 1.0] {
+                let call = Call::new()
+                    .input("x", Array::real(vec![n], vec![0.5; n]))
+                    .input("m", Array::real(vec![n, nj], vec![0.25; n * nj]))
+                    .reduction(Reduction::WeightedMean)
+                    .weights(Array::scalar(w))
+                    .dtype(dtype)
+                    .grad("x")
+                    .grad("m");
+                let name = format!("{n}x{nj} {dtype:?} weight {w}");
+                compare(&name, &lib, "g", &call, 1e-6, &mut failures);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The seeds `generated_programs_from_seeds_agree` runs: `LOSSC_GEN_SEEDS=A..B` (or one seed)
 /// for more, or to replay a failure.
 fn gen_seeds() -> std::ops::Range<u64> {

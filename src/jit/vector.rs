@@ -1007,6 +1007,37 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(off)
     }
 
+    /// A vector run's target row (its indices other than the loop's, which are in range)
+    /// outside its table takes nothing, as in the scalar code ([`Gen::target_offset`]: its
+    /// guards left the term unwritten there, or the forward pass read a pad): branches past
+    /// the write when it is, returning the block to continue in (the write's values in a
+    /// scope of their own, popped there). `m_grad[i - 1, j]` at `i = 0` under zero weights
+    /// was a range error the interpreter does not raise.
+    fn skip_outside_row(&mut self, dims: &[IndexId], args: &[ExprId]) -> Result<Option<Block>> {
+        let mut outside: Option<Value> = None;
+        for (a, d) in args.iter().zip(dims) {
+            if crate::schedule::in_range(self.p, *a, *d) {
+                continue;
+            }
+            let v = self.emit(*a)?;
+            let n = self.ext[d.ix()];
+            let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+            outside = Some(match outside {
+                Some(o) => self.b.ins().bor(o, bad),
+                None => bad,
+            });
+        }
+        let Some(outside) = outside else {
+            return Ok(None);
+        };
+        let write = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(outside, done, &[], write, &[]);
+        self.b.switch_to_block(write);
+        self.push();
+        Ok(Some(done))
+    }
+
     /// An index argument's value, range-checked unless it is in range by construction.
     /// (Vector loops take reads that are safe; a scatter's one cell, which its guards may have
     /// left unwritten outside the table, goes through [`Gen::accumulate_one`] instead.)
@@ -1445,6 +1476,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                         }
                         continue;
                     }
+                    let skip = self.skip_outside_row(&dims, &r.index)?;
                     if !unit_stride(self.p, &r.index, &dims, ix) {
                         // lane by lane: cell k + lane of the loop index
                         let base =
@@ -1459,16 +1491,21 @@ impl<'a, 'b> Gen<'a, 'b> {
                                 self.accumulate(slot, off, x);
                             }
                         }
-                        continue;
-                    }
-                    let a = self.vaddr(slot, &dims, &r.index)?;
-                    if r.direct {
-                        self.vstore(a, v);
                     } else {
-                        let flags = MemFlagsData::new().with_notrap();
-                        let old = self.load_v(flags, a, 0);
-                        let s = self.b.ins().fadd(old, v);
-                        self.vstore(a, s);
+                        let a = self.vaddr(slot, &dims, &r.index)?;
+                        if r.direct {
+                            self.vstore(a, v);
+                        } else {
+                            let flags = MemFlagsData::new().with_notrap();
+                            let old = self.load_v(flags, a, 0);
+                            let s = self.b.ins().fadd(old, v);
+                            self.vstore(a, s);
+                        }
+                    }
+                    if let Some(done) = skip {
+                        self.pop();
+                        self.b.ins().jump(done, &[]);
+                        self.b.switch_to_block(done);
                     }
                 }
                 // (the schedule makes a table's direct columns complete within one group)
