@@ -387,10 +387,20 @@ fn compile_all(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let compile = |ctx: &mut cranelift_codegen::Context| -> Result<()> {
         let t0 = std::time::Instant::now();
-        let r = ctx
-            .compile(isa, &mut Default::default())
-            .map(|_| ())
-            .map_err(|e| internal(format!("{:?}", e.inner)));
+        // A panic in Cranelift (a lowering it has no rule for: a bool where a float belongs)
+        // is an internal error of this call, not the end of the process (the threads below
+        // turn theirs into one too).
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.compile(isa, &mut Default::default())
+                .map(|_| ())
+                .map_err(|e| internal(format!("{:?}", e.inner)))
+        }))
+        .unwrap_or_else(|_| {
+            Err(internal(format!(
+                "Cranelift panicked compiling {}",
+                ctx.func.name
+            )))
+        });
         if let Some(dir) = std::env::var_os("LOSSC_DEBUG_OPT") {
             // the optimized CLIF, one file per part
             let path = std::path::Path::new(&dir).join(format!("{}.clif", ctx.func.name));

@@ -332,7 +332,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 if shifted(p, &args, &dims, ix) {
                     self.vload_row(i.ix(), Elem::Real, &dims, &args, None, true)?
                 } else {
-                    self.vload_any(i.ix(), &dims, &args, ix)?
+                    self.vload_any(i.ix(), Elem::of(p.inputs[i.ix()].ty), &dims, &args, ix)?
                 }
             }
             Expr::Tensor(t, args) => {
@@ -344,7 +344,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     let elem = Elem::of(tn.ty);
                     self.vload_row(slot, elem, &dims, &args, tn.pad, readonly)?
                 } else {
-                    self.vload_any(slot, &dims, &args, ix)?
+                    self.vload_any(slot, Elem::of(tn.ty), &dims, &args, ix)?
                 }
             }
             Expr::Index(_) => {
@@ -1007,6 +1007,37 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(off)
     }
 
+    /// A vector run's target row (its indices other than the loop's, which are in range)
+    /// outside its table takes nothing, as in the scalar code ([`Gen::target_offset`]: its
+    /// guards left the term unwritten there, or the forward pass read a pad): branches past
+    /// the write when it is, returning the block to continue in (the write's values in a
+    /// scope of their own, popped there). `m_grad[i - 1, j]` at `i = 0` under zero weights
+    /// was a range error the interpreter does not raise.
+    fn skip_outside_row(&mut self, dims: &[IndexId], args: &[ExprId]) -> Result<Option<Block>> {
+        let mut outside: Option<Value> = None;
+        for (a, d) in args.iter().zip(dims) {
+            if crate::schedule::in_range(self.p, *a, *d) {
+                continue;
+            }
+            let v = self.emit(*a)?;
+            let n = self.ext[d.ix()];
+            let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
+            outside = Some(match outside {
+                Some(o) => self.b.ins().bor(o, bad),
+                None => bad,
+            });
+        }
+        let Some(outside) = outside else {
+            return Ok(None);
+        };
+        let write = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(outside, done, &[], write, &[]);
+        self.b.switch_to_block(write);
+        self.push();
+        Ok(Some(done))
+    }
+
     /// An index argument's value, range-checked unless it is in range by construction.
     /// (Vector loops take reads that are safe; a scatter's one cell, which its guards may have
     /// left unwritten outside the table, goes through [`Gen::accumulate_one`] instead.)
@@ -1099,31 +1130,49 @@ impl<'a, 'b> Gen<'a, 'b> {
         Ok(self.load_v(flags, a, 0))
     }
 
-    /// A vector read: one load when consecutive cells are consecutive in memory, else one
-    /// scalar load per lane (strided reads such as `boxes[n, 2]`).
+    /// A vector read of a table of `elem`s (reals, or bools as lane masks): one load when
+    /// consecutive cells are consecutive in memory, else one scalar load per lane (strided
+    /// reads such as `boxes[n, 2]`, or a bool table `b[p, c]` read along `p`), each at its
+    /// element's size.
     fn vload_any(
         &mut self,
         slot: usize,
+        elem: Elem,
         dims: &[IndexId],
         args: &[ExprId],
         ix: IndexId,
     ) -> Result<Value> {
         if unit_stride(self.p, args, dims, ix) {
-            return self.vload(slot, dims, args, true);
+            if elem == Elem::Real {
+                return self.vload(slot, dims, args, true);
+            }
+            // (the bytes of a bool table's row, as `vload_row` reads them)
+            let (Some((a, outer_args)), Some((d, outer))) = (args.split_last(), dims.split_last())
+            else {
+                return Err(internal("a unit-stride read without dimensions"));
+            };
+            let row = self.offset_with(outer, outer_args, None)?;
+            let row = self.b.ins().imul(row, self.ext[d.ix()]);
+            let cell = self.checked_arg(*a, *d)?;
+            let flags = MemFlagsData::new().with_notrap().with_readonly();
+            return self.vload_cells(slot, elem, row, cell, flags);
         }
         let base = self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
-        if let Some(v) = self.vcolumn(slot, dims, args, ix, base)? {
-            return Ok(v);
+        if elem == Elem::Real {
+            if let Some(v) = self.vcolumn(slot, dims, args, ix, base)? {
+                return Ok(v);
+            }
         }
         let flags = MemFlagsData::trusted().with_readonly();
+        let ty = self.elem_type(elem);
         let mut lanes = Vec::new();
         for lane in 0..self.lanes() {
             let k = self.b.ins().iadd_imm_s(base, lane);
             let off = self.offset_with(dims, args, Some((ix, k)))?;
-            let addr = self.addr(slot, Elem::Real, off);
-            lanes.push(self.b.ins().load(self.rt, flags, addr, 0));
+            let addr = self.addr(slot, elem, off);
+            lanes.push(self.b.ins().load(ty, flags, addr, 0));
         }
-        Ok(self.assemble_lanes(Elem::Real, &lanes))
+        Ok(self.assemble_lanes(elem, &lanes))
     }
 
     /// A gather `x[.., g[.., ix]]` (see [`gather_index`]): for each lane, its id read from
@@ -1427,6 +1476,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                         }
                         continue;
                     }
+                    let skip = self.skip_outside_row(&dims, &r.index)?;
                     if !unit_stride(self.p, &r.index, &dims, ix) {
                         // lane by lane: cell k + lane of the loop index
                         let base =
@@ -1441,16 +1491,21 @@ impl<'a, 'b> Gen<'a, 'b> {
                                 self.accumulate(slot, off, x);
                             }
                         }
-                        continue;
-                    }
-                    let a = self.vaddr(slot, &dims, &r.index)?;
-                    if r.direct {
-                        self.vstore(a, v);
                     } else {
-                        let flags = MemFlagsData::new().with_notrap();
-                        let old = self.load_v(flags, a, 0);
-                        let s = self.b.ins().fadd(old, v);
-                        self.vstore(a, s);
+                        let a = self.vaddr(slot, &dims, &r.index)?;
+                        if r.direct {
+                            self.vstore(a, v);
+                        } else {
+                            let flags = MemFlagsData::new().with_notrap();
+                            let old = self.load_v(flags, a, 0);
+                            let s = self.b.ins().fadd(old, v);
+                            self.vstore(a, s);
+                        }
+                    }
+                    if let Some(done) = skip {
+                        self.pop();
+                        self.b.ins().jump(done, &[]);
+                        self.b.switch_to_block(done);
                     }
                 }
                 // (the schedule makes a table's direct columns complete within one group)

@@ -576,6 +576,39 @@ fn rename_reads(
     r
 }
 
+/// The nodes the program holds (reachable from its bodies, pads, output, extents, parameter
+/// defaults and passes), by node number.
+fn live_nodes(q: &Program) -> Vec<bool> {
+    let mut live = vec![false; q.pool.len()];
+    let mut stack: Vec<ExprId> = Vec::new();
+    for t in &q.tensors {
+        stack.push(t.body);
+        stack.extend(t.pad);
+    }
+    stack.push(q.output.body);
+    for i in &q.indices {
+        if let Extent::Computed(e) = i.extent {
+            stack.push(e);
+        }
+    }
+    stack.extend(q.params.iter().map(|p| p.default));
+    for pass in &q.passes {
+        for c in &pass.contributions {
+            stack.push(c.value);
+            stack.extend(&c.guards);
+            stack.extend(&c.index);
+        }
+    }
+    while let Some(e) = stack.pop() {
+        if live[e.ix()] {
+            continue;
+        }
+        live[e.ix()] = true;
+        q.pool.get(e).for_each_child(|c| stack.push(c));
+    }
+    live
+}
+
 /// Renumbers the tensors of `q` so that `order[k]` becomes tensor `k`.
 fn reorder_tensors(q: &mut Program, order: &[TensorId]) {
     let mut new_id = vec![TensorId(0); order.len()];
@@ -599,12 +632,18 @@ fn reorder_tensors(q: &mut Program, order: &[TensorId]) {
             q.pool.forget(ExprId(e as u32));
         }
     }
-    // Every read renamed, its arguments too (a read's index may be another table's read:
-    // CTC's `alpha[b, logit_length[logit_lengths[b]], ..]`), each node once.
+    // Every read the program holds renamed, its arguments too (a read's index may be another
+    // table's read: CTC's `alpha[b, logit_length[logit_lengths[b]], ..]`), each node once.
+    // Only reads the program holds: the pool also keeps the stale reads of earlier
+    // renumberings, which name tables by their old numbers; renamed, one would enter the map
+    // as a read of the table now holding its number, with the old table's type, and be found
+    // for the true read of that table (a bool table read typed real: the JIT then splatted
+    // its byte as a float, a Cranelift panic).
+    let live = live_nodes(q);
     let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
-    for e in 0..n {
+    for (e, _) in live.iter().enumerate().filter(|(_, l)| **l) {
         let id = ExprId(e as u32);
-        if let Expr::Tensor(..) = q.pool.get(id) {
+        if matches!(q.pool.get(id), Expr::Tensor(..)) {
             rename_reads(q, id, &new_id, &mut memo);
         }
     }
