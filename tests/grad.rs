@@ -171,6 +171,7 @@ fn real(v: &[f64]) -> Array {
 fn gathers_scatter_add_with_repeated_ids() {
     let l = lib("loss g(ids[n]: int, x[k]) -> [n] { x[ids[n]] * x[ids[n]] }");
     let c = Call::new()
+        .backend(Backend::Interp)
         .input("ids", Array::int(vec![3], vec![1, 1, 0]))
         .input("x", real(&[2.0, 3.0]));
     assert_eq!(grad(&l, "g", c, "x"), vec![4.0, 12.0]);
@@ -183,7 +184,9 @@ fn dead_branches_never_reach_the_gradient() {
     let g = grad(
         &l,
         "f",
-        Call::new().input("x", real(&[0.0, -1.0, 2.0])),
+        Call::new()
+            .backend(Backend::Interp)
+            .input("x", real(&[0.0, -1.0, 2.0])),
         "x",
     );
     assert_eq!(g, vec![2.0, 2.0, 0.25]);
@@ -199,18 +202,34 @@ fn kink_conventions() {
         grad(
             &l,
             "a",
-            Call::new().input("x", real(&[0.0, -2.0, 3.0])),
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[0.0, -2.0, 3.0])),
             "x"
         ),
         vec![0.0, -1.0, 1.0]
     );
     // ties go to the first arg-max
     assert_eq!(
-        grad(&l, "m", Call::new().input("x", real(&[1.0, 5.0, 5.0])), "x"),
+        grad(
+            &l,
+            "m",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 5.0, 5.0])),
+            "x"
+        ),
         vec![0.0, 1.0, 0.0]
     );
     assert_eq!(
-        grad(&l, "v", Call::new().input("x", real(&[1.0, 0.5, 2.0])), "x"),
+        grad(
+            &l,
+            "v",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 0.5, 2.0])),
+            "x"
+        ),
         vec![1.0, 0.0, 1.0]
     );
     // clip bounds pass the gradient
@@ -218,7 +237,9 @@ fn kink_conventions() {
         grad(
             &l,
             "c",
-            Call::new().input("x", real(&[0.0, 1.0, 1.5, -0.5])),
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[0.0, 1.0, 1.5, -0.5])),
             "x"
         ),
         vec![1.0, 1.0, 0.0, 0.0]
@@ -233,7 +254,9 @@ fn recurrence_adjoint_runs_in_reverse() {
         grad(
             &l,
             "r",
-            Call::new().input("x", real(&[1.0, 1.0, 1.0, 1.0])),
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 1.0, 1.0, 1.0])),
             "x"
         ),
         vec![0.125, 0.25, 0.5, 1.0]
@@ -244,11 +267,13 @@ fn recurrence_adjoint_runs_in_reverse() {
 fn reductions_and_weights_seed_the_gradient() {
     let l = lib("loss id(x[i]) -> [i] { x[i] * x[i] }");
     let c = Call::new()
+        .backend(Backend::Interp)
         .input("x", real(&[1.0, 2.0]))
         .weights(real(&[1.0, 3.0]))
         .reduction(Reduction::WeightedMean);
     assert_eq!(grad(&l, "id", c, "x"), vec![0.5, 3.0]);
     let c = Call::new()
+        .backend(Backend::Interp)
         .input("x", real(&[1.0, 2.0]))
         .reduction(Reduction::Mean);
     assert_eq!(grad(&l, "id", c, "x"), vec![1.0, 2.0]);
@@ -258,6 +283,7 @@ fn reductions_and_weights_seed_the_gradient() {
 fn int_inputs_and_edit_distance_are_not_differentiable() {
     let l = Library::with_stdlib().unwrap();
     let mut c = Call::new()
+        .backend(Backend::Interp)
         .input("labels", Array::int(vec![1], vec![0]))
         .input("logits", Array::real(vec![1, 2], vec![0.0, 1.0]));
     c.grad = vec!["labels".into()];
@@ -313,7 +339,7 @@ fn printed_gradients_parse_check_and_agree() {
                     continue;
                 }
             };
-            let mut c = Call::new();
+            let mut c = Call::new().backend(Backend::Interp);
             c.dtype = call.dtype;
             for inp in &p.inputs {
                 if let Some((n, a)) = call.inputs.iter().find(|(n, _)| *n == inp.name) {
@@ -458,7 +484,10 @@ fn simplifier_rewrites_each_on_its_own() {
             "{body}: expected `{want}` in\n{printed}"
         );
         let out = l
-            .call("f", &Call::new().input("x", real(&[*x])))
+            .call(
+                "f",
+                &Call::new().backend(Backend::Interp).input("x", real(&[*x])),
+            )
             .unwrap()
             .value
             .to_f64()[0];
@@ -474,7 +503,10 @@ fn simplifier_rewrites_each_on_its_own() {
     );
     let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
     let v = l
-        .call("lse", &Call::new().input("x", x.clone()))
+        .call(
+            "lse",
+            &Call::new().backend(Backend::Interp).input("x", x.clone()),
+        )
         .unwrap()
         .value
         .to_f64();
@@ -534,6 +566,7 @@ fn winner_tests_compare_the_arguments() {
     let n = xs.len();
     for backend in [Backend::Interp, Backend::Jit] {
         let mut call = Call::new()
+            .backend(Backend::Interp)
             .input("x", Array::real(vec![n], xs.clone()))
             .input("y", Array::real(vec![n], ys.clone()));
         call.backend = backend;
@@ -598,7 +631,12 @@ fn simplifier_folds_range_tests_the_index_decides() {
     assert!(!printed.contains("true"), "{printed}");
     assert!(printed.contains("((i - 1) >= 0)"), "{printed}");
     let v = l
-        .call("f", &Call::new().input("x", real(&[1.0, 2.0, 3.0])))
+        .call(
+            "f",
+            &Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 2.0, 3.0])),
+        )
         .unwrap()
         .value
         .to_f64();
@@ -618,7 +656,7 @@ fn log_softmax_pattern_becomes_x_minus_logsumexp() {
     assert!(printed.contains("(x[n, c] - logsumexp(c"), "{printed}");
     let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
     let v = l
-        .call("ls", &Call::new().input("x", x))
+        .call("ls", &Call::new().backend(Backend::Interp).input("x", x))
         .unwrap()
         .value
         .to_f64();
@@ -631,6 +669,7 @@ fn focal_gradient_is_finite_at_extreme_logits_with_small_gamma() {
     for dtype in [lossc::runtime::DType::F32, lossc::runtime::DType::F64] {
         for x in [100.0, -100.0, 200.0, -200.0, 1e4] {
             let c = Call::new()
+                .backend(Backend::Interp)
                 .input("labels", real(&[1.0, 0.0, 0.5]))
                 .input("logits", real(&[x, x, x]))
                 .param("gamma", 0.5)
@@ -703,7 +742,7 @@ mod generated {
         fn generated_losses_differentiate_correctly(src in loss_src(), (x, y) in inputs(), mean in any::<bool>()) {
             let l = lib(&src);
             let r = if mean { Reduction::Mean } else { Reduction::None };
-            let call = Call::new().input("x", real(&x)).input("y", real(&y)).reduction(r).grad("x").grad("y");
+            let call = Call::new().backend(Backend::Interp).input("x", real(&x)).input("y", real(&y)).reduction(r).grad("x").grad("y");
             // Skip points where the generated `if` sits within a step of its threshold.
             let failures = check_call(&l, "g", &call, &src);
             let near_kink = failures.iter().any(|_| true) && src.contains("if ");
@@ -731,7 +770,7 @@ mod generated {
                 let text = lossc::cli::grad_source(&l, "g", wrt, r.name(), false).unwrap();
                 let printed = Library::from_source("grad.loss", &text).map_err(|e| TestCaseError::fail(format!("{}\n{text}", e.message())))?;
                 let entry = printed.losses()[0].name.clone();
-                let got = printed.call(&entry, &Call::new().input("x", real(&x)).input("y", real(&y))).unwrap().value.to_f64();
+                let got = printed.call(&entry, &Call::new().backend(Backend::Interp).input("x", real(&x)).input("y", real(&y))).unwrap().value.to_f64();
                 for (a, b) in got.iter().zip(want.to_f64()) {
                     prop_assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{src}\n{text}\n{a} vs {b}");
                 }
@@ -778,7 +817,10 @@ fn shared_aliases_under_guards_differentiate_in_linear_time() {
         }
         src += &format!("    a{levels}\n}}\n");
         let l = lib(&src);
-        let call = Call::new().input("x", real(&x)).grad("x");
+        let call = Call::new()
+            .backend(Backend::Interp)
+            .input("x", real(&x))
+            .grad("x");
         if levels == 20 {
             let failures = check_call(&l, "g", &call, &format!("step {s}"));
             assert!(failures.is_empty(), "{failures:?}");
@@ -828,6 +870,7 @@ fn index_bounds_merge_with_the_same_truth() {
     let n: Vec<i64> = (0..rows as i64).map(|k| k - 2).collect();
     for backend in [Backend::Interp, Backend::Jit] {
         let mut c = Call::new()
+            .backend(Backend::Interp)
             .input("x", Array::real(vec![rows, cols], x.clone()))
             .input("n", Array::int(vec![rows], n.clone()));
         c.backend = backend;
@@ -838,6 +881,7 @@ fn index_bounds_merge_with_the_same_truth() {
         // ids[2] is out of range and read at u = 2 (u < K), though u + 1 < U fails there:
         // merged across the read, the chain would stop before it
         let mut g = Call::new()
+            .backend(Backend::Interp)
             .input("x", real(&[1.0, 2.0, 3.0]))
             .input("ids", Array::int(vec![3], vec![0, 1, 7]))
             .input("w", real(&[0.0; 3]));

@@ -42,6 +42,7 @@ pub struct Call {
     pub dtype: DType,
     /// inputs to differentiate; their gradients come back in `Output::grads`
     pub grad: Vec<String>,
+    /// the JIT by default; the interpreter (the reference) on request
     pub backend: Backend,
 }
 
@@ -54,7 +55,7 @@ impl Default for Call {
             weights: None,
             dtype: DType::F64,
             grad: vec![],
-            backend: Backend::Interp,
+            backend: Backend::Jit,
         }
     }
 }
@@ -86,6 +87,11 @@ impl Call {
     /// Also differentiate with respect to this input.
     pub fn grad(mut self, input: &str) -> Call {
         self.grad.push(input.to_string());
+        self
+    }
+    /// The evaluator (the JIT unless told otherwise).
+    pub fn backend(mut self, b: Backend) -> Call {
+        self.backend = b;
         self
     }
 }
@@ -520,6 +526,40 @@ pub(crate) fn bind_params(
     Ok(())
 }
 
+/// The program with the call's parameter values baked in (the JIT's kernels are cached per
+/// program, so per value): the given ones and constant defaults; defaults that read the data
+/// stay parameters (they change with every call's data).
+fn specialise(p: &Program, call: &Call, values: &[Value]) -> Program {
+    let consts: Vec<(ir::ParamId, crate::opt::Const)> = p
+        .params
+        .iter()
+        .zip(values)
+        .enumerate()
+        .filter(|(_, (q, _))| {
+            call.params.iter().any(|(n, _)| *n == q.name)
+                || !p.pool.reaches(&[q.default], |_, x| {
+                    matches!(
+                        x,
+                        ir::Expr::Input(..)
+                            | ir::Expr::Extent(_)
+                            | ir::Expr::Index(_)
+                            | ir::Expr::Reduce(..)
+                            | ir::Expr::Param(_)
+                    )
+                })
+        })
+        .map(|(k, (_, v))| {
+            let c = match v {
+                Value::Real(x) => crate::opt::Const::Real(*x),
+                Value::Int(x) => crate::opt::Const::Int(*x),
+                Value::Bool(b) => crate::opt::Const::Bool(*b),
+            };
+            (ir::ParamId(k as u32), c)
+        })
+        .collect();
+    crate::opt::simplify_baked(p, &consts)
+}
+
 pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
     let input_names: Vec<&str> = call.inputs.iter().map(|(n, _)| n.as_str()).collect();
     let param_names: Vec<&str> = call.params.iter().map(|(n, _)| n.as_str()).collect();
@@ -597,6 +637,13 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         params: vec![],
     };
     bind_params(p, &call.params, &[], &mut env)?;
+    let specialised;
+    let p = if call.backend == Backend::Jit {
+        specialised = specialise(p, call, &env.params);
+        &specialised
+    } else {
+        p
+    };
 
     // Reduction and weights.
     let out_shape = output_shape(p, &env.extents, &lead);
