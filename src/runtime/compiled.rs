@@ -7,7 +7,9 @@
 //! inputs have the loss's precision, and scratch tables are reused between calls);
 //! [`CompiledLoss::call`] returns an [`Output`] like the interpreter's path.
 //! A compiled loss is `Send + Sync`; one reduction's kernel is compiled up front, the others
-//! on first use.
+//! on first use. Parameters with constant defaults are specialised (baked in at their
+//! defaults; another value in a call gets a variant of its own) unless [`Options::vary`]
+//! names them.
 
 use super::array::{Array, DType};
 use super::bind::{self, Output, ParamValue, Shapes};

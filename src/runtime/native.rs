@@ -1,6 +1,7 @@
 //! Running a program through the JIT: compiling it (once per program and precision, cached),
 //! laying out its buffers, calling the kernel, and turning a kernel fault into the
-//! interpreter's error message.
+//! interpreter's error message. `run_kernel` is the one place a kernel is called (here and
+//! for compiled losses): it checks the extents, parameters and buffers against the program.
 
 use crate::diag::{Error, ErrorKind, Result};
 use crate::interp::{self, Env, InputData, Value};
