@@ -2353,3 +2353,114 @@ fn blocked_gradients_of_shared_inputs_check_their_buffers() {
         assert_eq!(e.kind, lossc::diag::ErrorKind::Shape, "{}", e.message());
     }
 }
+
+/// A parameter given as NaN runs the variant specialised for NaN (it was refused as "baked
+/// as NaN" since NaN != NaN), through `call_into` and `Library::call`, as the interpreter runs it.
+#[test]
+fn nan_parameter_values_run_their_specialisation() {
+    let lib = Library::from_source("t.loss", "loss g(x[i]; p = 1.0) -> [i] { x[i] * p }").unwrap();
+    let c = lib.compile("g", Options::new().dtype(DType::F64)).unwrap();
+    let x = [1.0f64, 2.0];
+    let mut v = [0f64; 2];
+    c.call_into(
+        &[("x", View::f64(&[2], &x))],
+        &[("p", ParamValue::Real(f64::NAN))],
+        Reduction::None,
+        None,
+        &mut v,
+        &mut [],
+    )
+    .unwrap();
+    assert!(v.iter().all(|y| y.is_nan()), "{v:?}");
+    for backend in [Backend::Jit, Backend::Interp] {
+        let call = Call::new()
+            .input("x", Array::real(vec![2], x.to_vec()))
+            .param("p", f64::NAN)
+            .backend(backend);
+        let out = lib.call("g", &call).unwrap();
+        let Data::Real(d) = &out.value.data else {
+            panic!("a real value")
+        };
+        assert!(d.iter().all(|y| y.is_nan()), "{backend:?}: {d:?}");
+    }
+}
+
+/// `Library::call` (the README's recipe) against `lossc bench` and `call_into`, focal_loss f32
+/// with the logits' gradient, mean, at 10^5 and 10^6 (a measurement, not a test:
+/// `cargo test --release --test jit library_call_speed -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn library_call_speed() {
+    let lib = Library::with_stdlib().unwrap();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for n in [100_000usize, 1_000_000] {
+        let labels: Vec<f64> = (0..n).map(|k| (k % 2) as f64).collect();
+        let logits: Vec<f64> = (0..n)
+            .map(|k| ((k * 7919) % 1000) as f64 / 250.0 - 2.0)
+            .collect();
+        let call = Call::new()
+            .input("labels", Array::real(vec![n], labels.clone()))
+            .input("logits", Array::real(vec![n], logits.clone()))
+            .reduction(Reduction::Mean)
+            .dtype(DType::F32)
+            .grad("logits");
+        let reps = 20;
+        let t =
+            lossc::runtime::time_it(|| lib.call("focal_loss", &call).map(|_| ()), 2, reps).unwrap();
+        let lib_ms = median(t) * 1e3;
+        let call15 = call.clone().param("gamma", 1.5);
+        let t = lossc::runtime::time_it(|| lib.call("focal_loss", &call15).map(|_| ()), 2, reps)
+            .unwrap();
+        let lib15_ms = median(t) * 1e3;
+        let focal = lib
+            .compile(
+                "focal_loss",
+                Options::new().dtype(DType::F32).grad("logits"),
+            )
+            .unwrap();
+        let (l32, x32): (Vec<f32>, Vec<f32>) = (
+            labels.iter().map(|x| *x as f32).collect(),
+            logits.iter().map(|x| *x as f32).collect(),
+        );
+        let (mut value, mut grad) = ([0f32; 1], vec![0f32; n]);
+        let shape = [n];
+        let inputs = [
+            ("labels", View::f32(&shape, &l32)),
+            ("logits", View::f32(&shape, &x32)),
+        ];
+        let t = lossc::runtime::time_it(
+            || {
+                focal.call_into(
+                    &inputs,
+                    &[],
+                    Reduction::Mean,
+                    None,
+                    &mut value,
+                    &mut [&mut grad],
+                )
+            },
+            2,
+            reps,
+        )
+        .unwrap();
+        let into_ms = median(t) * 1e3;
+        let bench = std::process::Command::new(env!("CARGO_BIN_EXE_lossc"))
+            .args([
+                "bench",
+                "focal_loss",
+                "-g",
+                "logits",
+                "--dims",
+                &format!("n={n}"),
+            ])
+            .output()
+            .unwrap();
+        println!(
+            "n = {n}: Library::call {lib_ms:.3} ms (gamma = 1.5: {lib15_ms:.3} ms), call_into {into_ms:.3} ms; lossc bench: {}",
+            String::from_utf8_lossy(&bench.stdout).trim()
+        );
+    }
+}

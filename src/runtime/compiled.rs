@@ -610,33 +610,39 @@ impl Spec {
             vec![]
         };
         let n = bind::cells(&out_shape, "the output")?;
-        let mut value = vec![0f64; n];
-        let mut grads: Vec<Vec<f64>> = Vec::new();
-        for w in &self.wrt {
-            let name = &self.base.inputs[w.ix()].name;
-            let len = inputs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.data.len())
-                .unwrap_or(0);
-            grads.push(vec![0f64; len]);
-        }
-        if self.options.dtype == DType::F32 {
+        let lens: Vec<usize> = self
+            .wrt
+            .iter()
+            .map(|w| {
+                let name = &self.base.inputs[w.ix()].name;
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.data.len())
+                    .unwrap_or(0)
+            })
+            .collect();
+        // (buffers of the loss's precision only: f64 ones are written once, at the end, for f32)
+        let (value, grads): (Vec<f64>, Vec<Vec<f64>>) = if self.options.dtype == DType::F32 {
             let mut v32 = vec![0f32; n];
-            let mut g32: Vec<Vec<f32>> = grads.iter().map(|g| vec![0f32; g.len()]).collect();
+            let mut g32: Vec<Vec<f32>> = lens.iter().map(|l| vec![0f32; *l]).collect();
             {
                 let mut gs: Vec<&mut [f32]> = g32.iter_mut().map(|g| g.as_mut_slice()).collect();
                 self.call_into(inputs, params, reduction, weights, &mut v32, &mut gs)?;
             }
-            value = v32.iter().map(|x| *x as f64).collect();
-            grads = g32
-                .iter()
-                .map(|g| g.iter().map(|x| *x as f64).collect())
-                .collect();
+            (
+                v32.iter().map(|x| *x as f64).collect(),
+                g32.iter()
+                    .map(|g| g.iter().map(|x| *x as f64).collect())
+                    .collect(),
+            )
         } else {
+            let mut value = vec![0f64; n];
+            let mut grads: Vec<Vec<f64>> = lens.iter().map(|l| vec![0f64; *l]).collect();
             let mut gs: Vec<&mut [f64]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
             self.call_into(inputs, params, reduction, weights, &mut value, &mut gs)?;
-        }
+            (value, grads)
+        };
         let grads = self
             .wrt
             .iter()
@@ -1036,7 +1042,9 @@ impl Spec {
         for (name, v) in params {
             if let Some((_, b)) = self.options.bake.iter().find(|(n, _)| n == name) {
                 let k = p.param(name).map(|i| i.ix()).unwrap_or(0);
-                if bind::param_value(p, k, *v)? != bind::param_value(p, k, *b)? {
+                // (by bits: a NaN baked is the NaN given, as the specialisations are keyed)
+                let (v, b) = (bind::param_value(p, k, *v)?, bind::param_value(p, k, *b)?);
+                if native::param_bits(&[v]) != native::param_bits(&[b]) {
                     return Err(Error::new(
                         ErrorKind::Type,
                         format!(
