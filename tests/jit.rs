@@ -2447,6 +2447,21 @@ fn library_call_speed() {
         )
         .unwrap();
         let into_ms = median(t) * 1e3;
+        // the floor of any call taking and returning f64 arrays: the inputs converted to f32,
+        // the f32 gradient returned as f64
+        let t = lossc::runtime::time_it(
+            || {
+                let a: Vec<f32> = labels.iter().map(|x| *x as f32).collect();
+                let b: Vec<f32> = logits.iter().map(|x| *x as f32).collect();
+                let g: Vec<f64> = b.iter().map(|x| *x as f64).collect();
+                assert_eq!(a.len() + g.len(), 2 * n);
+                Ok(())
+            },
+            2,
+            reps,
+        )
+        .unwrap();
+        let copy_ms = median(t) * 1e3;
         let bench = std::process::Command::new(env!("CARGO_BIN_EXE_lossc"))
             .args([
                 "bench",
@@ -2459,7 +2474,7 @@ fn library_call_speed() {
             .output()
             .unwrap();
         println!(
-            "n = {n}: Library::call {lib_ms:.3} ms (gamma = 1.5: {lib15_ms:.3} ms), call_into {into_ms:.3} ms; lossc bench: {}",
+            "n = {n}: Library::call {lib_ms:.3} ms (gamma = 1.5: {lib15_ms:.3} ms), call_into {into_ms:.3} ms, conversions alone {copy_ms:.3} ms; lossc bench: {}",
             String::from_utf8_lossy(&bench.stdout).trim()
         );
     }
