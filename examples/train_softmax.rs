@@ -6,7 +6,7 @@
 //!
 //!     cargo run --release --example train_softmax
 
-use lossc::runtime::{Array, Call, DType, Library, Options, Reduction, View};
+use lossc::runtime::{Array, Backend, Call, DType, Library, Options, Reduction, View};
 
 /// A small deterministic generator (xorshift) so the example is reproducible.
 struct Rng(u64);
@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if step == 0 {
             // The same loss through the interpreter.
             let call = Call::new()
+                .backend(Backend::Interp)
                 .input("labels", Array::int(vec![n], y.clone()))
                 .input("x", Array::real(vec![n, d], x.clone()))
                 .input("w", Array::real(vec![d, c], vec![0.0; d * c]))

@@ -466,3 +466,73 @@ fn bench_prints_json_and_refuses_sizes_it_cannot_allocate() {
     assert!(!stdout(&o).is_empty());
     assert_eq!(lossc(&["clif", "no_such_loss"]).status.code(), Some(2));
 }
+
+/// `run` without `--check` runs every case and reports each failure (on stderr, naming the
+/// case), the good cases' results still printed; the exit code says some failed. The JIT's
+/// range error names the cell as the interpreter does.
+#[test]
+fn run_reports_every_failing_case() {
+    let mut good: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/focal_loss"))
+            .unwrap()
+            .map(|e| {
+                format!(
+                    "tests/cases/focal_loss/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                )
+            })
+            .filter(|p| p.ends_with(".json"))
+            .collect();
+    good.sort();
+    let args = [
+        "run",
+        &good[0],
+        "tests/cases/errors/audit_center_loss_label_eq_K_D0.json",
+        "tests/cases/errors/audit_gen_input_null.json",
+        &good[1],
+    ];
+    let o = lossc(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("audit_center_loss_label_eq_K_D0: index out of range: `centre` read at 3")
+            && err.contains("(at n = 1)"),
+        "{err}"
+    );
+    assert!(err.contains("audit_gen_input_null: missing input"), "{err}");
+    assert!(err.contains("2 of 4 case(s) failed to run"), "{err}");
+    // Every case good: exit 0.
+    let o = lossc(&["run", &good[0], &good[1]]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// `eval` runs the JIT unless told otherwise; both evaluators give the same error, with the
+/// failing cell.
+#[test]
+fn eval_defaults_to_the_jit() {
+    let help = stdout(&lossc(&["eval", "--help"]));
+    assert!(help.contains("[default: jit]"), "{help}");
+    let args = [
+        "eval",
+        "sparse_softmax_cross_entropy",
+        "--input",
+        "labels=[2,3]",
+        "--input",
+        "logits=[[1,2,3],[0.5,-1,0]]",
+    ];
+    let jit = lossc(&args);
+    let mut with = args.to_vec();
+    with.extend(["--backend", "interp"]);
+    let interp = lossc(&with);
+    assert_eq!(jit.status.code(), Some(2));
+    assert!(
+        stderr(&jit).contains(
+            "`logits` read at 3 along `c` (dimension 1), whose valid range is 0..3 (at n = 1)"
+        ),
+        "{}",
+        stderr(&jit)
+    );
+    assert_eq!(stderr(&jit), stderr(&interp));
+}

@@ -174,6 +174,7 @@ fn real(v: &[f64]) -> Array {
 fn gathers_scatter_add_with_repeated_ids() {
     let l = lib("loss g(ids[n]: int, x[k]) -> [n] { x[ids[n]] * x[ids[n]] }");
     let c = Call::new()
+        .backend(Backend::Interp)
         .input("ids", Array::int(vec![3], vec![1, 1, 0]))
         .input("x", real(&[2.0, 3.0]));
     assert_eq!(grad(&l, "g", c, "x"), vec![4.0, 12.0]);
@@ -186,7 +187,9 @@ fn dead_branches_never_reach_the_gradient() {
     let g = grad(
         &l,
         "f",
-        Call::new().input("x", real(&[0.0, -1.0, 2.0])),
+        Call::new()
+            .backend(Backend::Interp)
+            .input("x", real(&[0.0, -1.0, 2.0])),
         "x",
     );
     assert_eq!(g, vec![2.0, 2.0, 0.25]);
@@ -298,18 +301,34 @@ fn kink_conventions() {
         grad(
             &l,
             "a",
-            Call::new().input("x", real(&[0.0, -2.0, 3.0])),
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[0.0, -2.0, 3.0])),
             "x"
         ),
         vec![0.0, -1.0, 1.0]
     );
     // ties go to the first arg-max
     assert_eq!(
-        grad(&l, "m", Call::new().input("x", real(&[1.0, 5.0, 5.0])), "x"),
+        grad(
+            &l,
+            "m",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 5.0, 5.0])),
+            "x"
+        ),
         vec![0.0, 1.0, 0.0]
     );
     assert_eq!(
-        grad(&l, "v", Call::new().input("x", real(&[1.0, 0.5, 2.0])), "x"),
+        grad(
+            &l,
+            "v",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 0.5, 2.0])),
+            "x"
+        ),
         vec![1.0, 0.0, 1.0]
     );
     // clip bounds pass the gradient
@@ -317,7 +336,9 @@ fn kink_conventions() {
         grad(
             &l,
             "c",
-            Call::new().input("x", real(&[0.0, 1.0, 1.5, -0.5])),
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[0.0, 1.0, 1.5, -0.5])),
             "x"
         ),
         vec![1.0, 1.0, 0.0, 0.0]
@@ -332,7 +353,9 @@ fn recurrence_adjoint_runs_in_reverse() {
         grad(
             &l,
             "r",
-            Call::new().input("x", real(&[1.0, 1.0, 1.0, 1.0])),
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 1.0, 1.0, 1.0])),
             "x"
         ),
         vec![0.125, 0.25, 0.5, 1.0]
@@ -343,11 +366,13 @@ fn recurrence_adjoint_runs_in_reverse() {
 fn reductions_and_weights_seed_the_gradient() {
     let l = lib("loss id(x[i]) -> [i] { x[i] * x[i] }");
     let c = Call::new()
+        .backend(Backend::Interp)
         .input("x", real(&[1.0, 2.0]))
         .weights(real(&[1.0, 3.0]))
         .reduction(Reduction::WeightedMean);
     assert_eq!(grad(&l, "id", c, "x"), vec![0.5, 3.0]);
     let c = Call::new()
+        .backend(Backend::Interp)
         .input("x", real(&[1.0, 2.0]))
         .reduction(Reduction::Mean);
     assert_eq!(grad(&l, "id", c, "x"), vec![1.0, 2.0]);
@@ -357,6 +382,7 @@ fn reductions_and_weights_seed_the_gradient() {
 fn int_inputs_and_edit_distance_are_not_differentiable() {
     let l = Library::with_stdlib().unwrap();
     let mut c = Call::new()
+        .backend(Backend::Interp)
         .input("labels", Array::int(vec![1], vec![0]))
         .input("logits", Array::real(vec![1, 2], vec![0.0, 1.0]));
     c.grad = vec!["labels".into()];
@@ -725,7 +751,10 @@ fn simplifier_rewrites_each_on_its_own() {
             "{body}: expected `{want}` in\n{printed}"
         );
         let out = l
-            .call("f", &Call::new().input("x", real(&[*x])))
+            .call(
+                "f",
+                &Call::new().backend(Backend::Interp).input("x", real(&[*x])),
+            )
             .unwrap()
             .value
             .to_f64()[0];
@@ -741,7 +770,10 @@ fn simplifier_rewrites_each_on_its_own() {
     );
     let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
     let v = l
-        .call("lse", &Call::new().input("x", x.clone()))
+        .call(
+            "lse",
+            &Call::new().backend(Backend::Interp).input("x", x.clone()),
+        )
         .unwrap()
         .value
         .to_f64();
@@ -801,6 +833,7 @@ fn winner_tests_compare_the_arguments() {
     let n = xs.len();
     for backend in [Backend::Interp, Backend::Jit] {
         let mut call = Call::new()
+            .backend(Backend::Interp)
             .input("x", Array::real(vec![n], xs.clone()))
             .input("y", Array::real(vec![n], ys.clone()));
         call.backend = backend;
@@ -865,7 +898,12 @@ fn simplifier_folds_range_tests_the_index_decides() {
     assert!(!printed.contains("true"), "{printed}");
     assert!(printed.contains("((i - 1) >= 0)"), "{printed}");
     let v = l
-        .call("f", &Call::new().input("x", real(&[1.0, 2.0, 3.0])))
+        .call(
+            "f",
+            &Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 2.0, 3.0])),
+        )
         .unwrap()
         .value
         .to_f64();
@@ -885,7 +923,7 @@ fn log_softmax_pattern_becomes_x_minus_logsumexp() {
     assert!(printed.contains("(x[n, c] - logsumexp(c"), "{printed}");
     let x = Array::real(vec![1, 2], vec![1000.0, 0.0]);
     let v = l
-        .call("ls", &Call::new().input("x", x))
+        .call("ls", &Call::new().backend(Backend::Interp).input("x", x))
         .unwrap()
         .value
         .to_f64();
@@ -898,6 +936,7 @@ fn focal_gradient_is_finite_at_extreme_logits_with_small_gamma() {
     for dtype in [lossc::runtime::DType::F32, lossc::runtime::DType::F64] {
         for x in [100.0, -100.0, 200.0, -200.0, 1e4] {
             let c = Call::new()
+                .backend(Backend::Interp)
                 .input("labels", real(&[1.0, 0.0, 0.5]))
                 .input("logits", real(&[x, x, x]))
                 .param("gamma", 0.5)
@@ -970,7 +1009,7 @@ mod generated {
         fn generated_losses_differentiate_correctly(src in loss_src(), (x, y) in inputs(), mean in any::<bool>()) {
             let l = lib(&src);
             let r = if mean { Reduction::Mean } else { Reduction::None };
-            let call = Call::new().input("x", real(&x)).input("y", real(&y)).reduction(r).grad("x").grad("y");
+            let call = Call::new().backend(Backend::Interp).input("x", real(&x)).input("y", real(&y)).reduction(r).grad("x").grad("y");
             // Skip points where the generated `if` sits within a step of its threshold.
             let failures = check_call(&l, "g", &call, &src);
             let near_kink = failures.iter().any(|_| true) && src.contains("if ");
@@ -1037,7 +1076,10 @@ fn shared_aliases_under_guards_differentiate_in_linear_time() {
         }
         src += &format!("    a{levels}\n}}\n");
         let l = lib(&src);
-        let call = Call::new().input("x", real(&x)).grad("x");
+        let call = Call::new()
+            .backend(Backend::Interp)
+            .input("x", real(&x))
+            .grad("x");
         if levels == 20 {
             let failures = check_call(&l, "g", &call, &format!("step {s}"));
             assert!(failures.is_empty(), "{failures:?}");
@@ -1087,6 +1129,7 @@ fn index_bounds_merge_with_the_same_truth() {
     let n: Vec<i64> = (0..rows as i64).map(|k| k - 2).collect();
     for backend in [Backend::Interp, Backend::Jit] {
         let mut c = Call::new()
+            .backend(Backend::Interp)
             .input("x", Array::real(vec![rows, cols], x.clone()))
             .input("n", Array::int(vec![rows], n.clone()));
         c.backend = backend;
@@ -1097,6 +1140,7 @@ fn index_bounds_merge_with_the_same_truth() {
         // ids[2] is out of range and read at u = 2 (u < K), though u + 1 < U fails there:
         // merged across the read, the chain would stop before it
         let mut g = Call::new()
+            .backend(Backend::Interp)
             .input("x", real(&[1.0, 2.0, 3.0]))
             .input("ids", Array::int(vec![3], vec![0, 1, 7]))
             .input("w", real(&[0.0; 3]));

@@ -283,6 +283,7 @@ fn on_small_stack_run(n: usize, src: String) {
             c.call(&[("x", View::f64(&[2], &x))], &[], Reduction::Mean, None)
                 .unwrap();
             let call = Call::new()
+                .backend(Backend::Interp)
                 .input("x", Array::real(vec![2], vec![0.5, -0.25]))
                 .grad("x");
             harness::compare_backends(&lib, "g", &call, Some(1e-9)).unwrap();
@@ -326,7 +327,7 @@ fn shapes_of_ten_to_the_twelve_are_errors() {
     let lib = Library::from_source("g.loss", "loss g(x[i, j]) -> [i] { sum(j: x[i, j]) }").unwrap();
     let x = Array::real(vec![tera, tera], vec![]);
     for b in [Backend::Interp, Backend::Jit] {
-        let mut c = Call::new().input("x", x.clone());
+        let mut c = Call::new().backend(Backend::Interp).input("x", x.clone());
         c.backend = b;
         let e = lib.call("g", &c).unwrap_err();
         assert!(
@@ -369,6 +370,7 @@ fn shapes_of_ten_to_the_twelve_are_errors() {
     let v = Array::real(vec![tera], vec![1.0; tera]);
     for b in [Backend::Interp, Backend::Jit] {
         let mut c = Call::new()
+            .backend(Backend::Interp)
             .input("x", v.clone())
             .input("y", v.clone())
             .grad("x");
@@ -396,6 +398,7 @@ fn shapes_of_ten_to_the_twelve_are_errors() {
     .unwrap();
     for b in [Backend::Interp, Backend::Jit] {
         let mut c = Call::new()
+            .backend(Backend::Interp)
             .input("x", Array::real(vec![1], vec![1.0]))
             .grad("x");
         c.backend = b;
@@ -411,7 +414,9 @@ fn shapes_of_ten_to_the_twelve_are_errors() {
         let e = lit
             .call(
                 "l",
-                &Call::new().input("x", Array::real(vec![1, tera, tera], vec![])),
+                &Call::new()
+                    .backend(Backend::Interp)
+                    .input("x", Array::real(vec![1, tera, tera], vec![])),
             )
             .unwrap_err();
         assert!(
@@ -426,7 +431,9 @@ fn shapes_of_ten_to_the_twelve_are_errors() {
     );
     if let Ok(big) = big {
         for b in [Backend::Interp, Backend::Jit] {
-            let mut c = Call::new().input("x", Array::real(vec![1], vec![1.0]));
+            let mut c = Call::new()
+                .backend(Backend::Interp)
+                .input("x", Array::real(vec![1], vec![1.0]));
             c.backend = b;
             let e = big.call("b", &c).unwrap_err();
             assert!(
@@ -481,6 +488,7 @@ fn class_ids_of_ten_to_the_ninth_are_range_errors() {
             ("sparse_categorical_crossentropy", "probs"),
         ] {
             let call = Call::new()
+                .backend(Backend::Interp)
                 .input("labels", Array::int(vec![2], vec![0, label]))
                 .input(x, Array::real(vec![2, 3], vec![0.25; 6]))
                 .grad(x);
@@ -531,6 +539,7 @@ fn ctc_lengths_past_the_padding_are_range_errors() {
     ];
     for (label_lengths, logit_lengths) in bad {
         let call = Call::new()
+            .backend(Backend::Interp)
             .input("labels", Array::int(vec![2, 3], vec![1, 2, 3, 1, 1, 0]))
             .input("logits", Array::real(vec![2, 4, 5], vec![0.1; 40]))
             .input("label_lengths", Array::int(vec![2], label_lengths.clone()))
@@ -547,6 +556,7 @@ fn ctc_lengths_past_the_padding_are_range_errors() {
     }
     // Class ids of 10^9 in the labels.
     let call = Call::new()
+        .backend(Backend::Interp)
         .input("labels", Array::int(vec![1, 2], vec![1, 1_000_000_000]))
         .input("logits", Array::real(vec![1, 4, 5], vec![0.1; 20]))
         .input("label_lengths", Array::int(vec![1], vec![2]))
@@ -564,6 +574,7 @@ fn ctc_lengths_past_the_padding_are_range_errors() {
 fn nan_and_inf_inputs_propagate() {
     let lib = harness::stdlib();
     let call = Call::new()
+        .backend(Backend::Interp)
         .input("labels", Array::real(vec![3], vec![1.0, 0.0, 1.0]))
         .input(
             "predictions",
@@ -624,7 +635,9 @@ fn outputs_over_computed_extents_are_sized_from_them() {
     let want = lib
         .call(
             "g",
-            &Call::new().input("x", Array::real(vec![2], vec![1.0, 2.0])),
+            &Call::new()
+                .backend(Backend::Interp)
+                .input("x", Array::real(vec![2], vec![1.0, 2.0])),
         )
         .unwrap();
     assert_eq!(want.value.shape, vec![5]);
@@ -652,6 +665,7 @@ fn empty_arrays_with_huge_dimensions_are_refused_or_consistent() {
         for shape in [vec![huge, 0], vec![0, huge]] {
             for b in [Backend::Interp, Backend::Jit] {
                 let mut c = Call::new()
+                    .backend(Backend::Interp)
                     .input("p", Array::real(shape.clone(), vec![]))
                     .input("q", Array::real(shape.clone(), vec![]))
                     .grad("q");

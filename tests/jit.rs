@@ -195,6 +195,7 @@ fn generated_programs_agree() {
                     continue;
                 }
                 let mut call = Call::new()
+                    .backend(Backend::Interp)
                     .input("x", Array::real(vec![n], x.clone()))
                     .input("y", Array::real(vec![n], y.clone()))
                     .reduction(r)
@@ -431,6 +432,7 @@ fn compiled_losses_call_into_caller_buffers_and_report_bad_ids() {
         .call(
             "sparse_softmax_cross_entropy",
             &Call::new()
+                .backend(Backend::Interp)
                 .input("labels", Array::int(vec![2], labels.clone()))
                 .input(
                     "logits",
@@ -555,6 +557,7 @@ fn zero_weights_skip_the_body_on_both_backends() {
         .call(
             "sparse_softmax_cross_entropy",
             &Call::new()
+                .backend(Backend::Interp)
                 .input("labels", Array::int(vec![2], bad.clone()))
                 .input("logits", Array::real(vec![2, 3], logits.clone()))
                 .weights(Array::real(vec![2], zero.clone()))
@@ -612,6 +615,7 @@ fn zero_weights_skip_a_gathered_reduction() {
         let want = lib.call(
             "g",
             &Call::new()
+                .backend(Backend::Interp)
                 .input("x", Array::real(vec![3], x.clone()))
                 .input("t", Array::real(vec![2, 2], t.clone()))
                 .input("lab", Array::int(vec![3], lab.clone()))
@@ -689,6 +693,7 @@ fn vector_pow_follows_c_on_special_values() {
     let n = xs.len();
     for dtype in [DType::F32, DType::F64] {
         let call = Call::new()
+            .backend(Backend::Interp)
             .input("x", Array::real(vec![n], xs.clone()))
             .input("y", Array::real(vec![n], ys.clone()))
             .dtype(dtype);
@@ -732,6 +737,7 @@ fn min_max_and_clamp_follow_the_interpreter_on_special_values() {
     for name in ["mn", "mx", "mn3", "mx3", "cl", "cn"] {
         for dtype in [DType::F32, DType::F64] {
             let call = Call::new()
+                .backend(Backend::Interp)
                 .input("x", Array::real(vec![n], xs.clone()))
                 .input("y", Array::real(vec![n], ys.clone()))
                 .dtype(dtype);
@@ -773,6 +779,7 @@ fn adjoints_held_across_a_loop_agree() {
         for name in ["g", "h"] {
             for wrt in ["a", "x"] {
                 let call = Call::new()
+                    .backend(Backend::Interp)
                     .input("a", Array::real(vec![ni], a.clone()))
                     .input("x", Array::real(vec![ni, nj], x.clone()))
                     .input("ids", Array::int(vec![ni, nj], ids.clone()))
@@ -926,7 +933,11 @@ fn threads_give_bitwise_identical_results() {
             assert_eq!(results[0], results[1], "{loss} {r:?}: 1 vs 2 threads");
             assert_eq!(results[0], results[2], "{loss} {r:?}: 1 vs 8 threads");
             // Against the interpreter (f32 rounding per op there).
-            let mut call = Call::new().reduction(r).dtype(DType::F32).grad(wrt);
+            let mut call = Call::new()
+                .backend(Backend::Interp)
+                .reduction(r)
+                .dtype(DType::F32)
+                .grad(wrt);
             for i in &inputs {
                 let a = if i.3 {
                     Array::int(i.1.clone(), i.2.iter().map(|x| *x as i64).collect())
@@ -1027,6 +1038,7 @@ fn baked_parameters() {
                 .call(
                     "focal_loss",
                     &Call::new()
+                        .backend(Backend::Interp)
                         .input("labels", Array::real(vec![n], conv(&y)))
                         .input("logits", Array::real(vec![n], conv(&x)))
                         .param("gamma", gamma)
@@ -1143,6 +1155,7 @@ fn ctc_with_minus_infinity_logits_has_finite_gradients() {
         0.1, -inf, 0.3, 0.5, 0.2, -inf, 0.3, 0.1, 0.2, -inf, 0.4, 0.1,
     ];
     let call = Call::new()
+        .backend(Backend::Interp)
         .input("labels", Array::int(vec![1, 2], vec![1, 2]))
         .input("logits", Array::real(vec![1, 4, 3], logits))
         .input("label_lengths", Array::int(vec![1], vec![2]))
@@ -1182,6 +1195,7 @@ fn box_losses_vector_path_matches_the_interpreter() {
         for dtype in [DType::F64, DType::F32] {
             for r in [Reduction::None, Reduction::Sum, Reduction::Mean] {
                 let call = Call::new()
+                    .backend(Backend::Interp)
                     .input("pred_boxes", Array::real(vec![n, 4], p.clone()))
                     .input("target_boxes", Array::real(vec![n, 4], t.clone()))
                     .reduction(r)
@@ -1199,6 +1213,7 @@ fn box_losses_vector_path_matches_the_interpreter() {
     let lib = Library::from_source("pts.loss", src).unwrap();
     for dtype in [DType::F64, DType::F32] {
         let call = Call::new()
+            .backend(Backend::Interp)
             .input("p", Array::real(vec![n, 2], p[..2 * n].to_vec()))
             .input("q", Array::real(vec![n, 2], t[..2 * n].to_vec()))
             .reduction(Reduction::Mean)
@@ -1258,6 +1273,7 @@ fn softmax_gradients_reuse_the_logsumexp_exponentials() {
     }
     let lib = Library::with_stdlib().unwrap();
     let call = Call::new()
+        .backend(Backend::Interp)
         .input("labels", Array::real(vec![rows.len(), 5], labels.clone()))
         .input("logits", Array::real(vec![rows.len(), 5], logits.clone()))
         .reduction(Reduction::Sum)
@@ -1333,6 +1349,7 @@ fn interleaved_vector_steps_agree_with_the_interpreter() {
                 // in f32; some gradients cancel)
                 let rtol = if dtype == DType::F32 { 1e-3 } else { 1e-11 };
                 let call = Call::new()
+                    .backend(Backend::Interp)
                     .input("x", Array::real(vec![n], x.clone()))
                     .input("y", Array::real(vec![n], y.clone()))
                     .dtype(dtype)
@@ -1342,6 +1359,7 @@ fn interleaved_vector_steps_agree_with_the_interpreter() {
                 let what = format!("il n={n} {dtype:?} {red:?}");
                 compare(&what, &lib, "il", &call, rtol, &mut failures);
                 let call = Call::new()
+                    .backend(Backend::Interp)
                     .input("x", Array::real(vec![n], x.clone()))
                     .input("lab", Array::int(vec![n], lab.clone()))
                     .input("c", Array::real(vec![3], c.clone()))
@@ -1392,6 +1410,7 @@ fn fused_linear_cross_entropy_gradient_tables_no_n_by_c_product() {
     let mut rng = Rng(5);
     let (n, d, c) = (7usize, 3usize, 5usize);
     let call = Call::new()
+        .backend(Backend::Interp)
         .input(
             "x",
             Array::real(vec![n, d], (0..n * d).map(|_| rng.next() - 0.5).collect()),
@@ -1485,6 +1504,7 @@ fn recurrences_and_their_adjoints_fill_lane_wise() {
             for red in [Reduction::None, Reduction::Mean] {
                 let rtol = if dtype == DType::F32 { 1e-3 } else { 1e-11 };
                 let call = Call::new()
+                    .backend(Backend::Interp)
                     .input("x", Array::real(vec![nb, nt, nu], x.clone()))
                     .input("w", Array::real(vec![nb, nu], w.clone()))
                     .dtype(dtype)
@@ -1498,6 +1518,7 @@ fn recurrences_and_their_adjoints_fill_lane_wise() {
                 assert!(lib.call("rec", &ci).is_ok(), "{what}: interpreter failed");
                 // reads w[b, u + 1] at the last u: a range error from both backends
                 let call = Call::new()
+                    .backend(Backend::Interp)
                     .input("x", Array::real(vec![nb, nu], w.clone()))
                     .input("w", Array::real(vec![nb, nu], w.clone()))
                     .dtype(dtype)
@@ -1516,6 +1537,7 @@ fn recurrences_and_their_adjoints_fill_lane_wise() {
         // The pulled gradient against central differences (interpreter, f64, sum).
         let call = |x: &[f64]| {
             let mut c = Call::new()
+                .backend(Backend::Interp)
                 .input("x", Array::real(vec![nb, nt, nu], x.to_vec()))
                 .input("w", Array::real(vec![nb, nu], w.clone()))
                 .reduction(Reduction::Sum)
@@ -1578,6 +1600,7 @@ fn big_kernels_run_in_parts() {
         ];
         let got = ctc.call(&views, &[], Reduction::Mean, None);
         let call = Call::new()
+            .backend(Backend::Interp)
             .dtype(DType::F32)
             .grad("logits")
             .input("labels", Array::int(vec![1, 2], labels.to_vec()))
@@ -1633,6 +1656,7 @@ fn per_row_checked_reads() {
     let run = |loss: &str, ids: Vec<i64>, x: Array, dtype: DType| {
         let n = ids.len();
         let call = Call::new()
+            .backend(Backend::Interp)
             .dtype(dtype)
             .reduction(Reduction::Sum)
             .grad("x")
@@ -1681,6 +1705,7 @@ fn short_rows_take_single_vector_steps() {
         for dtype in [DType::F64, DType::F32] {
             let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
             let mut call = Call::new()
+                .backend(Backend::Interp)
                 .input("labels", Array::real(vec![n, c], labels.clone()))
                 .input("logits", Array::real(vec![n, c], logits.clone()))
                 .reduction(Reduction::Mean)
@@ -1695,6 +1720,7 @@ fn short_rows_take_single_vector_steps() {
                 &mut failures,
             );
             let mut call = Call::new()
+                .backend(Backend::Interp)
                 .input("labels", Array::int(vec![n], ids.clone()))
                 .input("logits", Array::real(vec![n, c], logits.clone()))
                 .reduction(Reduction::Sum)
@@ -1772,6 +1798,7 @@ fn softmax_rows_of_special_values() {
                 ("sparse_softmax_cross_entropy", sparse),
             ] {
                 let mut call = Call::new()
+                    .backend(Backend::Interp)
                     .input("labels", y)
                     .input("logits", x.clone())
                     .reduction(Reduction::None)
@@ -1780,7 +1807,10 @@ fn softmax_rows_of_special_values() {
                 let name = format!("{entry} c={c} {dtype:?}");
                 compare(&name, &lib, entry, &call, rtol, &mut failures);
             }
-            let mut call = Call::new().input("x", x).reduction(Reduction::None);
+            let mut call = Call::new()
+                .backend(Backend::Interp)
+                .input("x", x)
+                .reduction(Reduction::None);
             call.dtype = dtype;
             compare(
                 &format!("mass c={c} {dtype:?}"),
@@ -1829,7 +1859,9 @@ fn logsumexp_of_a_few_values_on_special_values() {
         let rtol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
         // lse3(a, b, c) and lse2(a, c)
         for (entry, args) in [("lse3", vec![&a, &b, &c]), ("lse2", vec![&a, &c])] {
-            let mut call = Call::new().reduction(Reduction::None);
+            let mut call = Call::new()
+                .backend(Backend::Interp)
+                .reduction(Reduction::None);
             for (name, v) in ["a", "b", "c"].iter().zip(args) {
                 call = call.input(name, Array::real(vec![n], v.clone()));
             }
@@ -1858,6 +1890,7 @@ fn gathers_along_a_row_agree_and_check_their_ids() {
         let ids: Vec<i64> = (0..n * j).map(|v| ((v * 3 + 1) % k) as i64).collect();
         for dtype in [DType::F64, DType::F32] {
             let mut call = Call::new()
+                .backend(Backend::Interp)
                 .input("x", Array::real(vec![n, k], x.clone()))
                 .input("ids", Array::int(vec![n, j], ids.clone()))
                 .grad("x");
@@ -1919,21 +1952,28 @@ fn unswitched_rows_and_clamped_reads() {
     for dtype in [DType::F32, DType::F64] {
         let rtol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
         let call = Call::new()
+            .backend(Backend::Interp)
             .dtype(dtype)
             .grad("x")
             .input("x", x.clone())
             .input("m", m.clone());
         compare("rows", &lib, "rows", &call, rtol, &mut failures);
-        let call = Call::new().dtype(dtype).grad("x").input("x", x.clone());
+        let call = Call::new()
+            .backend(Backend::Interp)
+            .dtype(dtype)
+            .grad("x")
+            .input("x", x.clone());
         compare("next", &lib, "next", &call, rtol, &mut failures);
         let w = Array::real(vec![9], (0..9).map(|k| k as f64 - 4.0).collect());
         let call = Call::new()
+            .backend(Backend::Interp)
             .dtype(dtype)
             .grad("x")
             .input("x", x.clone())
             .input("w", w);
         compare("input", &lib, "input", &call, rtol, &mut failures);
         let mut call = Call::new()
+            .backend(Backend::Interp)
             .dtype(dtype)
             .input("x", x.clone())
             .input("w", Array::real(vec![0], vec![]));
@@ -1968,7 +2008,11 @@ fn trusted_fill_steps_agree() {
         let x = Array::real(vec![2, 5, n], x);
         for dtype in [DType::F32, DType::F64] {
             let rtol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
-            let call = Call::new().dtype(dtype).grad("x").input("x", x.clone());
+            let call = Call::new()
+                .backend(Backend::Interp)
+                .dtype(dtype)
+                .grad("x")
+                .input("x", x.clone());
             compare(
                 &format!("rec u={n}"),
                 &lib,
@@ -2010,6 +2054,7 @@ fn renamed_nested_reductions_are_hoisted() {
         &lib,
         "root_mean_squared_error",
         &Call::new()
+            .backend(Backend::Interp)
             .input("labels", Array::real(vec![4], vec![1.0, 2.0, 3.0, 4.0]))
             .input(
                 "predictions",
@@ -2046,6 +2091,7 @@ fn data_reading_defaults_run_in_the_kernel() {
             .collect();
         let got = c.call(&inputs, &params, Reduction::Mean, None).unwrap();
         let mut call = Call::new()
+            .backend(Backend::Interp)
             .input("labels", Array::real(vec![5], labels.to_vec()))
             .input("logits", Array::real(vec![5], logits.to_vec()))
             .reduction(Reduction::Mean)
@@ -2076,6 +2122,7 @@ fn renamed_closed_reductions_are_computed_once() {
     for dtype in [DType::F32, DType::F64] {
         for wrt in ["x", "y"] {
             let call = Call::new()
+                .backend(Backend::Interp)
                 .input("x", Array::real(vec![3], vec![1.0, 2.0, 3.0]))
                 .input("y", Array::real(vec![3], vec![0.5, 1.0, 2.0]))
                 .dtype(dtype)
@@ -2333,4 +2380,495 @@ fn softmax_losses_keep_relative_accuracy_in_f32() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+/// `native::run_with_grads`, safe and public, checks what it is given before the kernel runs:
+/// extents (one per index, literal and computed ones as the program makes them), parameters
+/// (count and type) and inputs (count, element type, length). Each mismatch is an `Error`;
+/// an empty `Env` used to make the kernel read past its buffers (SIGSEGV).
+#[test]
+fn native_runs_check_extents_params_and_inputs() {
+    use lossc::interp::{Env, InputData, Value};
+    use lossc::runtime::native;
+    let lib = Library::from_source(
+        "t.loss",
+        "loss f(x[n], b[n, 4]; k: int = 2) -> [n] {\n    let t[u: k + 1] = real(u);\n    x[n] + b[n, 3] + sum(u: t[u])\n}",
+    )
+    .unwrap();
+    let p = lib.loss("f").unwrap().clone();
+    let n = 3usize;
+    let ext_of = |k: i64, fixed: i64| -> Vec<i64> {
+        p.indices
+            .iter()
+            .map(|ix| match ix.name.as_str() {
+                "n" => n as i64,
+                "u" => k + 1,
+                _ => fixed,
+            })
+            .collect()
+    };
+    let x = vec![1.0, 2.0, 3.0];
+    let b: Vec<f64> = (0..n * 4).map(|v| v as f64).collect();
+    let ints: Vec<i64> = vec![1, 2, 3];
+    let env = |extents: Vec<i64>, inputs: Vec<InputData<'static>>, params: Vec<Value>| Env {
+        f32: false,
+        extents,
+        inputs,
+        params,
+    };
+    // (leaked so the closures above can hand out 'static slices)
+    let x: &'static [f64] = Box::leak(x.into_boxed_slice());
+    let b: &'static [f64] = Box::leak(b.into_boxed_slice());
+    let ints: &'static [i64] = Box::leak(ints.into_boxed_slice());
+    let good = env(
+        ext_of(2, 4),
+        vec![InputData::Real(x), InputData::Real(b)],
+        vec![Value::Int(2)],
+    );
+    let (v, _) = native::run_with_grads(&p, &good).unwrap();
+    let (w, _) = lossc::interp::run_with_grads(&p, &good).unwrap();
+    assert_eq!(v, w);
+    assert_eq!(v, vec![1.0 + 3.0 + 3.0, 2.0 + 7.0 + 3.0, 3.0 + 11.0 + 3.0]);
+    let bad: Vec<(&str, Env)> = vec![
+        ("empty", env(vec![], vec![], vec![])),
+        (
+            "no parameters",
+            env(
+                ext_of(2, 4),
+                vec![InputData::Real(x), InputData::Real(b)],
+                vec![],
+            ),
+        ),
+        (
+            "a real for an int parameter",
+            env(
+                ext_of(2, 4),
+                vec![InputData::Real(x), InputData::Real(b)],
+                vec![Value::Real(2.0)],
+            ),
+        ),
+        (
+            "a computed extent past its value",
+            env(
+                ext_of(9, 4),
+                vec![InputData::Real(x), InputData::Real(b)],
+                vec![Value::Int(2)],
+            ),
+        ),
+        (
+            "a literal extent changed",
+            env(
+                ext_of(2, 1),
+                vec![InputData::Real(x), InputData::Real(&b[..n])],
+                vec![Value::Int(2)],
+            ),
+        ),
+        (
+            "a short input",
+            env(
+                ext_of(2, 4),
+                vec![InputData::Real(x), InputData::Real(&b[..5])],
+                vec![Value::Int(2)],
+            ),
+        ),
+        (
+            "ints for a real input",
+            env(
+                ext_of(2, 4),
+                vec![InputData::Int(ints), InputData::Real(b)],
+                vec![Value::Int(2)],
+            ),
+        ),
+        (
+            "an input missing",
+            env(ext_of(2, 4), vec![InputData::Real(x)], vec![Value::Int(2)]),
+        ),
+        (
+            "a negative extent",
+            env(
+                vec![-1; p.indices.len()],
+                vec![InputData::Real(x), InputData::Real(b)],
+                vec![Value::Int(2)],
+            ),
+        ),
+    ];
+    for (what, e) in &bad {
+        for f32 in [false, true] {
+            let e = Env {
+                f32,
+                extents: e.extents.clone(),
+                inputs: e.inputs.clone(),
+                params: e.params.clone(),
+            };
+            assert!(
+                native::run_with_grads(&p, &e).is_err(),
+                "{what} (f32 {f32}) was accepted"
+            );
+        }
+    }
+}
+
+/// Caller buffers of the wrong length, count or precision are errors from the compiled path,
+/// on one kernel call and in row blocks (a batch long enough to be split), before anything
+/// is written past them.
+#[test]
+fn compiled_buffer_mismatches_are_errors() {
+    let lib = Library::with_stdlib().unwrap();
+    for threads in [1, 2] {
+        let c = lib
+            .compile(
+                "focal_loss",
+                Options::new()
+                    .dtype(DType::F32)
+                    .grad("logits")
+                    .threads(threads),
+            )
+            .unwrap();
+        for n in [7usize, 200_000] {
+            let labels: Vec<f32> = (0..n).map(|i| (i % 2) as f32).collect();
+            let logits: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
+            let shape = [n];
+            let inputs = [
+                ("labels", View::f32(&shape, &labels)),
+                ("logits", View::f32(&shape, &logits)),
+            ];
+            let call = |r: Reduction, v: &mut [f32], g: &mut [&mut [f32]]| {
+                c.call_into(&inputs, &[], r, None, v, g)
+            };
+            let mut ok_v = vec![0f32; n];
+            let mut ok_g = vec![0f32; n];
+            call(Reduction::None, &mut ok_v, &mut [&mut ok_g]).unwrap();
+            for (vlen, glen, ngrads) in [
+                (n - 1, n, 1),
+                (n + 1, n, 1),
+                (2 * n, n, 1),
+                (0, n, 1),
+                (n, n - 1, 1),
+                (n, n + 1, 1),
+                (n, 2 * n, 1),
+                (n, n, 0),
+                (n, n, 2),
+            ] {
+                let mut v = vec![0f32; vlen];
+                let mut g1 = vec![0f32; glen];
+                let mut g2 = vec![0f32; glen];
+                let mut gs: Vec<&mut [f32]> = vec![&mut g1, &mut g2];
+                gs.truncate(ngrads);
+                let e = call(Reduction::None, &mut v, &mut gs);
+                assert!(
+                    e.is_err(),
+                    "n {n} threads {threads}: value {vlen}, {ngrads} grads of {glen} accepted"
+                );
+                let e = e.unwrap_err();
+                assert_eq!(e.kind, lossc::diag::ErrorKind::Shape, "{}", e.message());
+            }
+            // Reduced: one value cell.
+            let mut v2 = [0f32; 2];
+            assert!(call(Reduction::Mean, &mut v2, &mut [&mut ok_g]).is_err());
+            // f64 buffers for an f32 kernel.
+            let mut v64 = vec![0f64; n];
+            let mut g64 = vec![0f64; n];
+            let e = c
+                .call_into(
+                    &inputs,
+                    &[],
+                    Reduction::None,
+                    None,
+                    &mut v64,
+                    &mut [&mut g64],
+                )
+                .unwrap_err();
+            assert_eq!(e.kind, lossc::diag::ErrorKind::Type, "{}", e.message());
+        }
+    }
+}
+
+/// The JIT's range errors say at which cell, as the interpreter's do (the message is the
+/// interpreter's, found on the error path only), through `Library::call` and compiled losses.
+#[test]
+fn jit_range_errors_name_the_cell() {
+    let lib = Library::with_stdlib().unwrap();
+    let labels = vec![2i64, 0, 3, 1];
+    let logits: Vec<f64> = (0..12).map(|v| v as f64 / 7.0).collect();
+    let call = Call::new()
+        .input("labels", Array::int(vec![4], labels.clone()))
+        .input("logits", Array::real(vec![4, 3], logits.clone()))
+        .grad("logits");
+    let want = "`logits` read at 3 along `c` (dimension 1), whose valid range is 0..3 (at n = 2)";
+    let mut msgs = vec![];
+    for b in [Backend::Interp, Backend::Jit] {
+        let e = lib
+            .call("sparse_softmax_cross_entropy", &call.clone().backend(b))
+            .unwrap_err();
+        msgs.push(e.message());
+    }
+    let c = lib
+        .compile(
+            "sparse_softmax_cross_entropy",
+            Options::new().dtype(DType::F64).grad("logits"),
+        )
+        .unwrap();
+    let (sy, sl) = ([4usize], [4usize, 3]);
+    let inputs = [
+        ("labels", View::i64(&sy, &labels)),
+        ("logits", View::f64(&sl, &logits)),
+    ];
+    msgs.push(
+        c.call(&inputs, &[], Reduction::Mean, None)
+            .unwrap_err()
+            .message(),
+    );
+    for m in &msgs {
+        assert!(m.contains(want), "{m}");
+    }
+}
+
+/// The fast path is the default: `Call` runs the JIT, and a compiled loss specialises its
+/// parameters (the defaults baked in; another value compiles a variant of its own, cached),
+/// unless `Options::vary` keeps one an argument. Every way gives the interpreter's numbers.
+#[test]
+fn defaults_take_the_fast_path() {
+    assert_eq!(Call::new().backend, Backend::Jit);
+    let lib = Library::with_stdlib().unwrap();
+    let n = 101;
+    let y: Vec<f64> = (0..n).map(|i| (i % 3 == 0) as i64 as f64).collect();
+    let x: Vec<f64> = (0..n).map(|i| (i as f64 - 50.0) / 9.0).collect();
+    let spec = lib
+        .compile(
+            "focal_loss",
+            Options::new().dtype(DType::F64).grad("logits"),
+        )
+        .unwrap();
+    let varied = lib
+        .compile(
+            "focal_loss",
+            Options::new()
+                .dtype(DType::F64)
+                .grad("logits")
+                .vary("gamma")
+                .vary("alpha"),
+        )
+        .unwrap();
+    // Specialised: no parameter is read by the folded program; varied: `gamma` still is.
+    let reads = |p: &lossc::ir::Program, name: &str| {
+        let id = p.param(name).unwrap();
+        p.pool.reaches(
+            &[p.output.body],
+            |_, e| matches!(e, lossc::ir::Expr::Param(q) if *q == id),
+        )
+    };
+    assert!(!reads(spec.program(), "gamma"));
+    assert!(reads(varied.program(), "gamma"));
+    assert!(lib
+        .compile("focal_loss", Options::new().vary("nonesuch"))
+        .is_err());
+    let shape = [n];
+    let inputs = [
+        ("labels", View::f64(&shape, &y)),
+        ("logits", View::f64(&shape, &x)),
+    ];
+    for gamma in [None, Some(0.5), Some(3.0), Some(0.5), None] {
+        let params: Vec<(&str, ParamValue)> = gamma
+            .map(|g| vec![("gamma", ParamValue::Real(g))])
+            .unwrap_or_default();
+        let mut call = Call::new()
+            .backend(Backend::Interp)
+            .input("labels", Array::real(vec![n], y.clone()))
+            .input("logits", Array::real(vec![n], x.clone()))
+            .reduction(Reduction::Mean)
+            .grad("logits");
+        if let Some(g) = gamma {
+            call = call.param("gamma", g);
+        }
+        let want = lib.call("focal_loss", &call).unwrap();
+        let jit = lib
+            .call("focal_loss", &call.clone().backend(Backend::Jit))
+            .unwrap();
+        let a = spec.call(&inputs, &params, Reduction::Mean, None).unwrap();
+        let b = varied
+            .call(&inputs, &params, Reduction::Mean, None)
+            .unwrap();
+        for got in [&jit, &a, &b] {
+            let (v, w) = (got.value.to_f64()[0], want.value.to_f64()[0]);
+            assert!(close(v, w, 1e-12), "gamma {gamma:?}: {v} vs {w}");
+            for (p, q) in got.grads[0].1.to_f64().iter().zip(want.grads[0].1.to_f64()) {
+                assert!(close(*p, q, 1e-12), "gamma {gamma:?}: {p} vs {q}");
+            }
+        }
+    }
+}
+
+/// In row blocks, the gradient of an input without the batch index (summed over the blocks
+/// into the caller's buffer) must fit its buffer exactly too (a short one was filled in part).
+#[test]
+fn blocked_gradients_of_shared_inputs_check_their_buffers() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/linear_softmax.loss");
+    let lib = Library::from_file(std::path::Path::new(path)).unwrap();
+    let c = lib
+        .compile(
+            "linear_softmax",
+            Options::new().dtype(DType::F32).grad("w").grad("b"),
+        )
+        .unwrap();
+    let (n, d, k) = (40_000usize, 4usize, 3usize);
+    let labels: Vec<i64> = (0..n).map(|i| (i % k) as i64).collect();
+    let x: Vec<f32> = (0..n * d).map(|i| ((i % 7) as f32 - 3.0) / 4.0).collect();
+    let w = vec![0.1f32; d * k];
+    let b = vec![0f32; k];
+    let (sl, sx, sw, sb) = ([n], [n, d], [d, k], [k]);
+    let inputs = [
+        ("labels", View::i64(&sl, &labels)),
+        ("x", View::f32(&sx, &x)),
+        ("w", View::f32(&sw, &w)),
+        ("b", View::f32(&sb, &b)),
+    ];
+    let mut v = [0f32; 1];
+    let (mut gw, mut gb) = (vec![0f32; d * k], vec![0f32; k]);
+    c.call_into(
+        &inputs,
+        &[],
+        Reduction::Mean,
+        None,
+        &mut v,
+        &mut [&mut gw, &mut gb],
+    )
+    .unwrap();
+    for (lw, lb) in [(d * k - 1, k), (d * k, k + 1), (d * k + 1, k)] {
+        let (mut gw, mut gb) = (vec![0f32; lw], vec![0f32; lb]);
+        let e = c
+            .call_into(
+                &inputs,
+                &[],
+                Reduction::Mean,
+                None,
+                &mut v,
+                &mut [&mut gw, &mut gb],
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, lossc::diag::ErrorKind::Shape, "{}", e.message());
+    }
+}
+
+/// A parameter given as NaN runs the variant specialised for NaN (it was refused as "baked
+/// as NaN" since NaN != NaN), through `call_into` and `Library::call`, as the interpreter runs it.
+#[test]
+fn nan_parameter_values_run_their_specialisation() {
+    let lib = Library::from_source("t.loss", "loss g(x[i]; p = 1.0) -> [i] { x[i] * p }").unwrap();
+    let c = lib.compile("g", Options::new().dtype(DType::F64)).unwrap();
+    let x = [1.0f64, 2.0];
+    let mut v = [0f64; 2];
+    c.call_into(
+        &[("x", View::f64(&[2], &x))],
+        &[("p", ParamValue::Real(f64::NAN))],
+        Reduction::None,
+        None,
+        &mut v,
+        &mut [],
+    )
+    .unwrap();
+    assert!(v.iter().all(|y| y.is_nan()), "{v:?}");
+    for backend in [Backend::Jit, Backend::Interp] {
+        let call = Call::new()
+            .input("x", Array::real(vec![2], x.to_vec()))
+            .param("p", f64::NAN)
+            .backend(backend);
+        let out = lib.call("g", &call).unwrap();
+        let Data::Real(d) = &out.value.data else {
+            panic!("a real value")
+        };
+        assert!(d.iter().all(|y| y.is_nan()), "{backend:?}: {d:?}");
+    }
+}
+
+/// `Library::call` (the README's recipe) against `lossc bench` and `call_into`, focal_loss f32
+/// with the logits' gradient, mean, at 10^5 and 10^6 (a measurement, not a test:
+/// `cargo test --release --test jit library_call_speed -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn library_call_speed() {
+    let lib = Library::with_stdlib().unwrap();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for n in [100_000usize, 1_000_000] {
+        let labels: Vec<f64> = (0..n).map(|k| (k % 2) as f64).collect();
+        let logits: Vec<f64> = (0..n)
+            .map(|k| ((k * 7919) % 1000) as f64 / 250.0 - 2.0)
+            .collect();
+        let call = Call::new()
+            .input("labels", Array::real(vec![n], labels.clone()))
+            .input("logits", Array::real(vec![n], logits.clone()))
+            .reduction(Reduction::Mean)
+            .dtype(DType::F32)
+            .grad("logits");
+        let reps = 20;
+        let t =
+            lossc::runtime::time_it(|| lib.call("focal_loss", &call).map(|_| ()), 2, reps).unwrap();
+        let lib_ms = median(t) * 1e3;
+        let call15 = call.clone().param("gamma", 1.5);
+        let t = lossc::runtime::time_it(|| lib.call("focal_loss", &call15).map(|_| ()), 2, reps)
+            .unwrap();
+        let lib15_ms = median(t) * 1e3;
+        let focal = lib
+            .compile(
+                "focal_loss",
+                Options::new().dtype(DType::F32).grad("logits"),
+            )
+            .unwrap();
+        let (l32, x32): (Vec<f32>, Vec<f32>) = (
+            labels.iter().map(|x| *x as f32).collect(),
+            logits.iter().map(|x| *x as f32).collect(),
+        );
+        let (mut value, mut grad) = ([0f32; 1], vec![0f32; n]);
+        let shape = [n];
+        let inputs = [
+            ("labels", View::f32(&shape, &l32)),
+            ("logits", View::f32(&shape, &x32)),
+        ];
+        let t = lossc::runtime::time_it(
+            || {
+                focal.call_into(
+                    &inputs,
+                    &[],
+                    Reduction::Mean,
+                    None,
+                    &mut value,
+                    &mut [&mut grad],
+                )
+            },
+            2,
+            reps,
+        )
+        .unwrap();
+        let into_ms = median(t) * 1e3;
+        // the floor of any call taking and returning f64 arrays: the inputs converted to f32,
+        // the f32 gradient returned as f64
+        let t = lossc::runtime::time_it(
+            || {
+                let a: Vec<f32> = labels.iter().map(|x| *x as f32).collect();
+                let b: Vec<f32> = logits.iter().map(|x| *x as f32).collect();
+                let g: Vec<f64> = b.iter().map(|x| *x as f64).collect();
+                assert_eq!(a.len() + g.len(), 2 * n);
+                Ok(())
+            },
+            2,
+            reps,
+        )
+        .unwrap();
+        let copy_ms = median(t) * 1e3;
+        let bench = std::process::Command::new(env!("CARGO_BIN_EXE_lossc"))
+            .args([
+                "bench",
+                "focal_loss",
+                "-g",
+                "logits",
+                "--dims",
+                &format!("n={n}"),
+            ])
+            .output()
+            .unwrap();
+        println!(
+            "n = {n}: Library::call {lib_ms:.3} ms (gamma = 1.5: {lib15_ms:.3} ms), call_into {into_ms:.3} ms, conversions alone {copy_ms:.3} ms; lossc bench: {}",
+            String::from_utf8_lossy(&bench.stdout).trim()
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! verdicts, the interpreter's semantics, shapes, parameters, reductions and weights.
 
 use lossc::diag::ErrorKind;
-use lossc::runtime::{Array, Call, DType, Library, Reduction};
+use lossc::runtime::{Array, Backend, Call, DType, Library, Reduction};
 
 fn lib(src: &str) -> Library {
     match Library::from_source("test.loss", src) {
@@ -93,6 +93,7 @@ fn article_tables_mae_and_rmse() {
         let preds = real(&errors);
         let call = |r| {
             Call::new()
+                .backend(Backend::Interp)
                 .input("labels", labels.clone())
                 .input("predictions", preds.clone())
                 .reduction(r)
@@ -117,6 +118,7 @@ fn int_arithmetic_is_floor_division_and_modulo() {
         &l,
         "f",
         Call::new()
+            .backend(Backend::Interp)
             .input("a", int(&[7, -7, 7, -1]))
             .input("b", int(&[2, 2, -2, 3])),
     );
@@ -128,16 +130,35 @@ fn if_is_lazy_so_a_dead_branch_cannot_fail() {
     // 10 / n with n == 0 would be a division-by-zero error if the branch were evaluated.
     let l = lib("loss f(n[i]: int) -> [i] { if n[i] == 0 { 0.0 } else { real(10 / n[i]) } }");
     assert_eq!(
-        value(&l, "f", Call::new().input("n", int(&[0, 5]))).to_f64(),
+        value(
+            &l,
+            "f",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("n", int(&[0, 5]))
+        )
+        .to_f64(),
         vec![0.0, 2.0]
     );
     let l = lib("loss f(n[i]: int) -> [i] { real(10 / n[i]) }");
-    let e = l.call("f", &Call::new().input("n", int(&[0]))).unwrap_err();
+    let e = l
+        .call(
+            "f",
+            &Call::new().backend(Backend::Interp).input("n", int(&[0])),
+        )
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Range);
     // && short-circuits the same way
     let l = lib("loss f(x[t]) -> [t] { if t >= 1 && x[t - 1] > 0 { 1.0 } else { 0.0 } }");
     assert_eq!(
-        value(&l, "f", Call::new().input("x", real(&[1.0, 1.0, -1.0]))).to_f64(),
+        value(
+            &l,
+            "f",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 1.0, -1.0]))
+        )
+        .to_f64(),
         vec![0.0, 1.0, 1.0]
     );
 }
@@ -149,11 +170,25 @@ fn recurrences_fill_in_order_and_read_the_pad_outside() {
          loss fib(x[t]) -> [t] { let f[t] pad 1 = if t < 2 { 1 } else { f[t - 1] + f[t - 2] }; f[t] }",
     );
     assert_eq!(
-        value(&l, "cumsum", Call::new().input("x", real(&[1.0, 2.0, 3.0]))).to_f64(),
+        value(
+            &l,
+            "cumsum",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 2.0, 3.0]))
+        )
+        .to_f64(),
         vec![1.0, 3.0, 6.0]
     );
     assert_eq!(
-        value(&l, "fib", Call::new().input("x", real(&[0.0; 6]))).to_f64(),
+        value(
+            &l,
+            "fib",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[0.0; 6]))
+        )
+        .to_f64(),
         vec![1.0, 1.0, 2.0, 3.0, 5.0, 8.0]
     );
 }
@@ -169,7 +204,9 @@ fn new_indices_with_computed_extents() {
         value(
             &l,
             "interleave",
-            Call::new().input("x", real(&[1.0, 10.0, 100.0]))
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0, 10.0, 100.0]))
         )
         .to_f64(),
         vec![531.0]
@@ -185,6 +222,7 @@ fn gathers_are_range_checked() {
             &l,
             "g",
             Call::new()
+                .backend(Backend::Interp)
                 .input("labels", int(&[2, 0]))
                 .input("x", x.clone())
         )
@@ -195,7 +233,10 @@ fn gathers_are_range_checked() {
         let e = l
             .call(
                 "g",
-                &Call::new().input("labels", int(&bad)).input("x", x.clone()),
+                &Call::new()
+                    .backend(Backend::Interp)
+                    .input("labels", int(&bad))
+                    .input("x", x.clone()),
             )
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Range);
@@ -212,6 +253,7 @@ fn leading_dimensions_fold_into_the_first_index() {
         &l,
         "mean_squared_error",
         Call::new()
+            .backend(Backend::Interp)
             .input("labels", y.clone())
             .input("predictions", p.clone()),
     );
@@ -223,7 +265,10 @@ fn leading_dimensions_fold_into_the_first_index() {
     let out = value(
         &l,
         "sparse_softmax_cross_entropy",
-        Call::new().input("labels", labels).input("logits", logits),
+        Call::new()
+            .backend(Backend::Interp)
+            .input("labels", labels)
+            .input("logits", logits),
     );
     assert_eq!(out.shape, vec![2, 3]);
     close(&out.to_f64(), &[4f64.ln(); 6], 1e-12);
@@ -232,6 +277,7 @@ fn leading_dimensions_fold_into_the_first_index() {
         .call(
             "mean_squared_error",
             &Call::new()
+                .backend(Backend::Interp)
                 .input("labels", Array::real(vec![4, 2], vec![0.0; 8]))
                 .input("predictions", p),
         )
@@ -319,7 +365,10 @@ fn reductions_and_weights() {
     let x = real(&[1.0, 2.0, 3.0, 4.0]);
     let w = real(&[0.0, 1.0, 2.0, 0.0]);
     let run = |r, w: Option<&Array>| {
-        let mut c = Call::new().input("x", x.clone()).reduction(r);
+        let mut c = Call::new()
+            .backend(Backend::Interp)
+            .input("x", x.clone())
+            .reduction(r);
         c.weights = w.cloned();
         value(&l, "id", c).to_f64()
     };
@@ -348,10 +397,14 @@ fn reductions_and_weights() {
     let l2 = lib("loss id2(x[n, j]) -> [n, j] { x[n, j] }");
     let x2 = Array::real(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
     let c = Call::new()
+        .backend(Backend::Interp)
         .input("x", x2.clone())
         .weights(Array::real(vec![2, 1], vec![1.0, 10.0]));
     assert_eq!(value(&l2, "id2", c).to_f64(), vec![1.0, 2.0, 30.0, 40.0]);
-    let bad = Call::new().input("x", x2).weights(real(&[1.0, 2.0, 3.0]));
+    let bad = Call::new()
+        .backend(Backend::Interp)
+        .input("x", x2)
+        .weights(real(&[1.0, 2.0, 3.0]));
     assert_eq!(l2.call("id2", &bad).unwrap_err().kind, ErrorKind::Shape);
 }
 
@@ -364,38 +417,72 @@ fn parameters_defaults_over_inputs_types_and_bools() {
     );
     let y = real(&[1.0, 0.0, 0.0, 0.0]);
     assert_eq!(
-        value(&l, "p", Call::new().input("y", y.clone())).to_f64(),
+        value(
+            &l,
+            "p",
+            Call::new().backend(Backend::Interp).input("y", y.clone())
+        )
+        .to_f64(),
         vec![1.5; 4]
     );
     assert_eq!(
-        value(&l, "p", Call::new().input("y", y.clone()).param("k", 3.0)).to_f64(),
+        value(
+            &l,
+            "p",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("y", y.clone())
+                .param("k", 3.0)
+        )
+        .to_f64(),
         vec![2.25; 4]
     );
     assert_eq!(
         value(
             &l,
             "p",
-            Call::new().input("y", y.clone()).param("on", false)
+            Call::new()
+                .backend(Backend::Interp)
+                .input("y", y.clone())
+                .param("on", false)
         )
         .to_f64(),
         vec![0.0; 4]
     );
     assert_eq!(
-        l.call("p", &Call::new().input("y", y.clone()).param("k", 2.5))
-            .unwrap_err()
-            .kind,
+        l.call(
+            "p",
+            &Call::new()
+                .backend(Backend::Interp)
+                .input("y", y.clone())
+                .param("k", 2.5)
+        )
+        .unwrap_err()
+        .kind,
         ErrorKind::Type
     );
     assert_eq!(
-        l.call("p", &Call::new().input("y", y.clone()).param("on", 1.0))
-            .unwrap_err()
-            .kind,
+        l.call(
+            "p",
+            &Call::new()
+                .backend(Backend::Interp)
+                .input("y", y.clone())
+                .param("on", 1.0)
+        )
+        .unwrap_err()
+        .kind,
         ErrorKind::Type
     );
     assert_eq!(
-        l.call("p", &Call::new().input("y", y).param("bta", 1.0))
-            .unwrap_err()
-            .kind,
+        l.call(
+            "p",
+            &Call::new()
+                .backend(Backend::Interp)
+                .input("y", y)
+                .param("bta", 1.0)
+        )
+        .unwrap_err()
+        .kind,
         ErrorKind::Unknown
     );
 }
@@ -403,11 +490,20 @@ fn parameters_defaults_over_inputs_types_and_bools() {
 #[test]
 fn f32_rounds_every_operation() {
     let l = lib("loss s(x[i]) -> [i] { x[i] + 1e-8 }");
-    let out64 = value(&l, "s", Call::new().input("x", real(&[1.0])));
+    let out64 = value(
+        &l,
+        "s",
+        Call::new()
+            .backend(Backend::Interp)
+            .input("x", real(&[1.0])),
+    );
     let out32 = value(
         &l,
         "s",
-        Call::new().input("x", real(&[1.0])).dtype(DType::F32),
+        Call::new()
+            .backend(Backend::Interp)
+            .input("x", real(&[1.0]))
+            .dtype(DType::F32),
     );
     assert!(out64.to_f64()[0] > 1.0);
     assert_eq!(out32.to_f64()[0], 1.0);
@@ -507,7 +603,12 @@ fn hostile_sources_are_errors_not_crashes() {
     // a 10^12-element table is refused before allocation
     let l = lib("loss big(x[i]) -> [] { let t[i, u: 1000000000000] = x[i]; sum(u: t[0, u]) }");
     let e = l
-        .call("big", &Call::new().input("x", real(&[1.0])))
+        .call(
+            "big",
+            &Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[1.0])),
+        )
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Limit);
 }
@@ -524,7 +625,14 @@ fn imports_resolve_next_to_the_file_then_in_the_stdlib() {
     .unwrap();
     let l = Library::from_file(&dir.join("main.loss")).unwrap();
     assert_eq!(
-        value(&l, "f", Call::new().input("x", real(&[3.0]))).to_f64(),
+        value(
+            &l,
+            "f",
+            Call::new()
+                .backend(Backend::Interp)
+                .input("x", real(&[3.0]))
+        )
+        .to_f64(),
         vec![9.0]
     );
     std::fs::write(dir.join("bad.loss"), "import \"nowhere.loss\";").unwrap();
@@ -555,6 +663,7 @@ fn weights_as_inputs_train_a_classifier() {
     let mut losses = Vec::new();
     for _ in 0..20 {
         let call = Call::new()
+            .backend(Backend::Interp)
             .input("labels", labels.clone())
             .input("x", x.clone())
             .input("w", Array::real(vec![2, 2], w.clone()))

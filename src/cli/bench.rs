@@ -140,38 +140,10 @@ pub fn run(
         return Err(Error::new(ErrorKind::Data, "--threads must be at least 1"));
     }
     let mut options = k.options()?.threads(threads);
-    if bake {
-        // Parameters at their defaults, fixed in the code (as a traced constant is in JAX).
-        let p = lib.loss(entry)?;
-        let env = crate::interp::Env {
-            f32: false,
-            extents: vec![0; p.indices.len()],
-            inputs: vec![],
-            params: vec![],
-        };
-        for q in &p.params {
-            // Defaults that read the inputs or extents stay per call (evaluated here with no
-            // inputs they would not fail but give NaN: `1 - mean(i: labels[i])` over nothing).
-            let reads_data = p.pool.reaches(&[q.default], |_, x| {
-                matches!(
-                    x,
-                    crate::ir::Expr::Input(..)
-                        | crate::ir::Expr::Extent(_)
-                        | crate::ir::Expr::Index(_)
-                        | crate::ir::Expr::Reduce(..)
-                )
-            });
-            if reads_data {
-                continue;
-            }
-            if let Ok(v) = crate::interp::eval_scalar(p, &env, q.default) {
-                let v = match v {
-                    crate::interp::Value::Real(x) => crate::runtime::ParamValue::Real(x),
-                    crate::interp::Value::Int(x) => crate::runtime::ParamValue::Int(x),
-                    crate::interp::Value::Bool(x) => crate::runtime::ParamValue::Bool(x),
-                };
-                options = options.bake(&q.name, v);
-            }
+    if !bake {
+        // (compiled losses specialise parameters with constant defaults unless told not to)
+        for q in &lib.loss(entry)?.params {
+            options = options.vary(&q.name);
         }
     }
     let f32 = options.dtype == DType::F32;

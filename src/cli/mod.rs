@@ -1,7 +1,8 @@
 //! The `lossc` command line: list, show, check, parse, ir, run, eval.
 //!
 //! Exit codes: 0 success; 1 reference cases failed (`run --check`); 2 bad input of any kind
-//! (a source error, a malformed case or array, an unknown name), with a message, never a panic.
+//! (a source error, a malformed case or array, an unknown name, a case `run` could not run:
+//! every case runs and each error is reported), with a message, never a panic.
 
 mod bench;
 
@@ -339,6 +340,8 @@ fn run(cli: Cli) -> CliResult {
             let lib = plain(Library::with_stdlib())?;
             let files = plain(cases::collect(&paths))?;
             let (mut passed, mut failed, mut value_only) = (0, 0, 0);
+            // (without --check: every case runs; each error is reported on stderr)
+            let mut errors = 0;
             for f in &files {
                 let case = match cases::load(f) {
                     Ok(c) => c,
@@ -346,9 +349,11 @@ fn run(cli: Cli) -> CliResult {
                         if check {
                             failed += 1;
                             println!("FAIL {}: {}", f.display(), e);
-                            continue;
+                        } else {
+                            errors += 1;
+                            eprint!("{}", render(&e, None));
                         }
-                        return Err((e, None));
+                        continue;
                     }
                 };
                 if !check {
@@ -358,7 +363,10 @@ fn run(cli: Cli) -> CliResult {
                             j["name"] = serde_json::json!(case.name);
                             println!("{j}");
                         }
-                        Err(e) => return Err((e.context(&case.name), Some(lib))),
+                        Err(e) => {
+                            errors += 1;
+                            eprint!("{}", render(&e.context(&case.name), Some(&lib)));
+                        }
                     }
                     continue;
                 }
@@ -385,7 +393,10 @@ fn run(cli: Cli) -> CliResult {
                 println!("{passed} passed, {failed} failed");
                 return Ok(if failed > 0 { 1 } else { 0 });
             }
-            Ok(0)
+            if errors > 0 {
+                eprintln!("{errors} of {} case(s) failed to run", files.len());
+            }
+            Ok(if errors > 0 { 2 } else { 0 })
         }
         Command::Clif { k } => kernel_text(&k, false),
         Command::Asm { k } => kernel_text(&k, true),
@@ -518,8 +529,8 @@ struct EvalArgs {
     weights: Option<String>,
     #[arg(long, default_value = "f64")]
     dtype: String,
-    /// evaluator: interp
-    #[arg(long, default_value = "interp")]
+    /// evaluator: jit (native code) or interp (the reference interpreter)
+    #[arg(long, default_value = "jit")]
     backend: String,
     /// differentiate with respect to this input (repeatable); prints the gradient
     #[arg(long = "grad", short = 'g', value_name = "INPUT")]

@@ -56,7 +56,7 @@ impl Session {
             user: None,
             vars: BTreeMap::new(),
             dtype: DType::F64,
-            backend: Backend::Interp,
+            backend: Backend::Jit,
             inputs_seen: 0,
             errors: 0,
         })

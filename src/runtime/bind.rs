@@ -42,6 +42,7 @@ pub struct Call {
     pub dtype: DType,
     /// inputs to differentiate; their gradients come back in `Output::grads`
     pub grad: Vec<String>,
+    /// the JIT by default; the interpreter (the reference) on request
     pub backend: Backend,
 }
 
@@ -54,7 +55,7 @@ impl Default for Call {
             weights: None,
             dtype: DType::F64,
             grad: vec![],
-            backend: Backend::Interp,
+            backend: Backend::Jit,
         }
     }
 }
@@ -86,6 +87,11 @@ impl Call {
     /// Also differentiate with respect to this input.
     pub fn grad(mut self, input: &str) -> Call {
         self.grad.push(input.to_string());
+        self
+    }
+    /// The evaluator (the JIT unless told otherwise).
+    pub fn backend(mut self, b: Backend) -> Call {
+        self.backend = b;
         self
     }
 }
@@ -529,6 +535,136 @@ pub(crate) fn bind_params(
     Ok(())
 }
 
+/// The program with the call's parameter values baked in (the JIT's kernels are cached per
+/// program, so per value): the given ones and constant defaults; defaults that read the data
+/// stay parameters (they change with every call's data).
+fn specialise(p: &Program, call: &Call, values: &[Value]) -> Program {
+    let consts: Vec<(ir::ParamId, crate::opt::Const)> = p
+        .params
+        .iter()
+        .zip(values)
+        .enumerate()
+        .filter(|(_, (q, _))| {
+            call.params.iter().any(|(n, _)| *n == q.name)
+                || !p.pool.reaches(&[q.default], |_, x| {
+                    matches!(
+                        x,
+                        ir::Expr::Input(..)
+                            | ir::Expr::Extent(_)
+                            | ir::Expr::Index(_)
+                            | ir::Expr::Reduce(..)
+                            | ir::Expr::Param(_)
+                    )
+                })
+        })
+        .map(|(k, (_, v))| {
+            let c = match v {
+                Value::Real(x) => crate::opt::Const::Real(*x),
+                Value::Int(x) => crate::opt::Const::Int(*x),
+                Value::Bool(b) => crate::opt::Const::Bool(*b),
+            };
+            (ir::ParamId(k as u32), c)
+        })
+        .collect();
+    crate::opt::simplify_baked(p, &consts)
+}
+
+/// A call's inputs in a compiled loss's element types: real inputs in the call's precision
+/// (converted once), int inputs as `i64`, checked as [`evaluate`] checks them.
+pub(crate) enum Typed {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+impl Typed {
+    fn slice(&self) -> super::Slice<'_> {
+        match self {
+            Typed::F32(v) => super::Slice::F32(v),
+            Typed::F64(v) => super::Slice::F64(v),
+            Typed::I64(v) => super::Slice::I64(v),
+        }
+    }
+}
+
+/// An int input's data given as reals: whole numbers an `i64` holds exactly, or an error.
+fn whole(name: &str, v: &[f64]) -> Result<Vec<i64>> {
+    let mut out = Vec::with_capacity(v.len());
+    for x in v {
+        if x.fract() != 0.0 || !x.is_finite() {
+            return Err(not_whole(name, *x));
+        }
+        // (a whole number this large is no valid id or length: out of range, as
+        // 2^62 given as an integer is)
+        if x.abs() > 9e15 {
+            return Err(Error::new(
+                ErrorKind::Range,
+                format!("index out of range: input `{name}` holds {x}, past the whole numbers an int input takes exactly (|x| <= 9e15)"),
+            ));
+        }
+        out.push(*x as i64);
+    }
+    Ok(out)
+}
+
+/// The checks [`evaluate`] makes before it converts anything (names, gradient inputs, the
+/// arrays' shapes against their data and the limits, the shapes against the loss).
+pub(crate) fn precheck(p: &Program, call: &Call) -> Result<()> {
+    let input_names: Vec<&str> = call.inputs.iter().map(|(n, _)| n.as_str()).collect();
+    let param_names: Vec<&str> = call.params.iter().map(|(n, _)| n.as_str()).collect();
+    check_names(p, &input_names, &param_names)?;
+    validate_grad(p, &call.grad)?;
+    for (name, arr) in &call.inputs {
+        arr.validate(&format!("input `{name}`"))?;
+    }
+    let shapes: Vec<(&str, &[usize])> = call
+        .inputs
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.shape.as_slice()))
+        .collect();
+    bind_shapes(p, &shapes)?;
+    Ok(())
+}
+
+/// Runs a call on a loss compiled for its precision and gradient inputs: the same blocked
+/// kernel [`super::CompiledLoss::call_into`] runs, on the arrays converted once (after
+/// [`precheck`]).
+pub(crate) fn evaluate_compiled(
+    p: &Program,
+    c: &super::CompiledLoss,
+    call: &Call,
+) -> Result<Output> {
+    let f32 = call.dtype == DType::F32;
+    let mut typed: Vec<(&str, &[usize], Typed)> = Vec::with_capacity(call.inputs.len());
+    for (name, arr) in &call.inputs {
+        let int = p.input(name).map(|i| p.inputs[i.ix()].ty == Ty::Int) == Some(true);
+        let t = match (&arr.data, int) {
+            (Data::Int(v), true) => Typed::I64(v.clone()),
+            (Data::Real(v), true) => Typed::I64(whole(name, v)?),
+            (Data::Real(v), false) if f32 => Typed::F32(v.iter().map(|x| *x as f32).collect()),
+            (Data::Real(v), false) => Typed::F64(v.clone()),
+            (Data::Int(v), false) if f32 => Typed::F32(v.iter().map(|x| *x as f32).collect()),
+            (Data::Int(v), false) => Typed::F64(v.iter().map(|x| *x as f64).collect()),
+        };
+        typed.push((name.as_str(), arr.shape.as_slice(), t));
+    }
+    let views: Vec<(&str, super::View)> = typed
+        .iter()
+        .map(|(n, s, t)| (*n, super::View::new(s, t.slice())))
+        .collect();
+    let params: Vec<(&str, ParamValue)> =
+        call.params.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let wdata = call.weights.as_ref().map(|w| match &w.data {
+        Data::Real(v) => v.clone(),
+        Data::Int(v) => v.iter().map(|x| *x as f64).collect(),
+    });
+    let weights = match (&call.weights, &wdata) {
+        (Some(w), Some(d)) => Some(super::View::new(&w.shape, super::Slice::F64(d))),
+        _ => None,
+    };
+    c.call(&views, &params, call.reduction, weights)
+}
+
 pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
     let input_names: Vec<&str> = call.inputs.iter().map(|(n, _)| n.as_str()).collect();
     let param_names: Vec<&str> = call.params.iter().map(|(n, _)| n.as_str()).collect();
@@ -606,6 +742,13 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         params: vec![],
     };
     bind_params(p, &call.params, &[], &mut env)?;
+    let specialised;
+    let p = if call.backend == Backend::Jit {
+        specialised = specialise(p, call, &env.params);
+        &specialised
+    } else {
+        p
+    };
 
     // Reduction and weights.
     let out_shape = output_shape(p, &env.extents, &lead);

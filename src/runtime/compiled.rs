@@ -7,7 +7,9 @@
 //! inputs have the loss's precision, and scratch tables are reused between calls);
 //! [`CompiledLoss::call`] returns an [`Output`] like the interpreter's path.
 //! A compiled loss is `Send + Sync`; one reduction's kernel is compiled up front, the others
-//! on first use.
+//! on first use. Parameters with constant defaults are specialised (baked in at their
+//! defaults; another value in a call gets a variant of its own) unless [`Options::vary`]
+//! names them.
 
 use super::array::{Array, DType};
 use super::bind::{self, Output, ParamValue, Shapes};
@@ -34,6 +36,9 @@ pub struct Options {
     pub threads: usize,
     /// parameters fixed at compile time (folded into the code; a call may not change them)
     pub bake: Vec<(String, ParamValue)>,
+    /// parameters a call may change without compiling again (kernel arguments; the others
+    /// with constant defaults are specialised, see [`CompiledLoss`])
+    pub vary: Vec<String>,
 }
 
 impl Default for Options {
@@ -45,6 +50,7 @@ impl Default for Options {
             weighted: false,
             threads: 1,
             bake: vec![],
+            vary: vec![],
         }
     }
 }
@@ -72,6 +78,11 @@ impl Options {
     /// Fixes a parameter's value in the compiled code.
     pub fn bake(mut self, name: &str, v: impl Into<ParamValue>) -> Options {
         self.bake.push((name.to_string(), v.into()));
+        self
+    }
+    /// Keeps a parameter an argument of the kernel (not specialised to each value).
+    pub fn vary(mut self, name: &str) -> Options {
+        self.vary.push(name.to_string());
         self
     }
     pub fn threads(mut self, n: usize) -> Options {
@@ -140,11 +151,33 @@ impl<'a> View<'a> {
 }
 
 /// f32 or f64: the element type of a compiled loss's outputs.
-pub trait Real: Copy + Default + Send + Sync + 'static {
+///
+/// Sealed: the kernel writes reals of the precision it was compiled for into buffers of this
+/// type, so only `f32` and `f64` may implement it. A type of one's own does not compile:
+///
+/// ```compile_fail,E0277
+/// #[derive(Clone, Copy, Default)]
+/// struct Half(u8);
+/// impl lossc::runtime::Real for Half {
+///     const F32: bool = true;
+///     fn to_f64(self) -> f64 { self.0 as f64 }
+///     fn from_f64(v: f64) -> Half { Half(v as u8) }
+/// }
+/// ```
+pub trait Real: sealed::Sealed + Copy + Default + Send + Sync + 'static {
     const F32: bool;
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
 }
+
+mod sealed {
+    /// In a private module: nothing outside this crate can name it, so nothing outside can
+    /// implement [`Real`](super::Real).
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
 impl Real for f32 {
     const F32: bool = true;
     fn to_f64(self) -> f64 {
@@ -170,8 +203,9 @@ struct Variant {
     kernel: Arc<Kernel>,
 }
 
-/// A loss compiled to native code (see the module doc).
-pub struct CompiledLoss {
+/// One specialisation of a compiled loss: the loss with some parameters baked into the code,
+/// and its kernels.
+struct Spec {
     base: Program,
     options: Options,
     wrt: Vec<InputId>,
@@ -186,7 +220,7 @@ pub struct CompiledLoss {
     /// the index along which the loss is separable (rows evaluated in independent blocks)
     batch: Option<ir::IndexId>,
     /// worker threads for the blocks (none: the calling thread)
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<Arc<rayon::ThreadPool>>,
     /// by reduction, weights, and whether the `inlined` defaults are computed in the kernel
     variants: Mutex<HashMap<(Reduction, bool, bool), Arc<Variant>>>,
     /// scratch tables, reused between calls
@@ -194,9 +228,200 @@ pub struct CompiledLoss {
     compile_s: f64,
 }
 
+/// A loss compiled to native code (see the module doc).
+///
+/// Parameters are specialised: each one whose default is a constant is baked into the code
+/// at that value (folded, as `lossc bench` does), unless [`Options::vary`] names it; a call
+/// that gives another value runs a variant compiled for that value on first use (up to
+/// [`MAX_SPECS`] are kept). Parameters a training loop changes every call belong in
+/// `vary`: they stay arguments of one kernel.
+pub struct CompiledLoss {
+    /// the loss as checked
+    original: Program,
+    options: Options,
+    /// the specialised parameters and their defaults
+    special: Vec<(ir::ParamId, interp::Value)>,
+    /// the specialisation at the defaults
+    main: Spec,
+    /// the others, by the specialised parameters' values
+    others: Mutex<HashMap<Vec<u64>, Arc<Spec>>>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// Specialisations kept besides the one at the defaults (then they are compiled again).
+pub const MAX_SPECS: usize = 16;
+
 impl std::fmt::Debug for CompiledLoss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CompiledLoss({}, {:?})", self.base.name, self.options)
+        write!(
+            f,
+            "CompiledLoss({}, {:?})",
+            self.original.name, self.options
+        )
+    }
+}
+
+fn param_of(v: interp::Value) -> ParamValue {
+    match v {
+        interp::Value::Real(x) => ParamValue::Real(x),
+        interp::Value::Int(x) => ParamValue::Int(x),
+        interp::Value::Bool(b) => ParamValue::Bool(b),
+    }
+}
+
+impl CompiledLoss {
+    pub(crate) fn new(p: &Program, options: Options) -> Result<CompiledLoss> {
+        for name in &options.vary {
+            if p.param(name).is_none() {
+                return Err(Error::new(
+                    ErrorKind::Unknown,
+                    format!("unknown parameter `{name}` for `{}` (to vary)", p.name),
+                ));
+            }
+        }
+        // Constant defaults (no data, no other parameter) of the parameters not baked or
+        // varied: specialised.
+        let env = Env {
+            f32: false,
+            extents: vec![0; p.indices.len()],
+            inputs: vec![],
+            params: vec![],
+        };
+        let mut special = Vec::new();
+        for (k, q) in p.params.iter().enumerate() {
+            if options.bake.iter().any(|(n, _)| *n == q.name) || options.vary.contains(&q.name) {
+                continue;
+            }
+            let reads = p.pool.reaches(&[q.default], |_, x| {
+                matches!(
+                    x,
+                    Expr::Input(..)
+                        | Expr::Extent(_)
+                        | Expr::Index(_)
+                        | Expr::Reduce(..)
+                        | Expr::Param(_)
+                )
+            });
+            if reads {
+                continue;
+            }
+            if let Ok(v) = interp::eval_scalar(p, &env, q.default) {
+                special.push((ir::ParamId(k as u32), v));
+            }
+        }
+        let pool = if options.threads > 1 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(options.threads)
+                .build()
+                .ok()
+                .map(Arc::new)
+        } else {
+            None
+        };
+        let mut o = options.clone();
+        for (id, v) in &special {
+            o = o.bake(&p.params[id.ix()].name, param_of(*v));
+        }
+        let main = Spec::new(p, o, pool.clone())?;
+        Ok(CompiledLoss {
+            original: p.clone(),
+            options,
+            special,
+            main,
+            others: Mutex::new(HashMap::new()),
+            pool,
+        })
+    }
+
+    /// The specialisation for a call's parameters: `None` for the one at the defaults.
+    fn spec(&self, params: &[(&str, ParamValue)]) -> Result<Option<Arc<Spec>>> {
+        let p = &self.original;
+        let mut key = Vec::with_capacity(self.special.len());
+        let mut differs = false;
+        let mut bake = Vec::new();
+        for (id, default) in &self.special {
+            let name = &p.params[id.ix()].name;
+            let v = match params.iter().find(|(n, _)| n == name) {
+                Some((_, v)) => bind::param_value(p, id.ix(), *v)?,
+                None => *default,
+            };
+            let bits = native::param_bits(&[v])[0];
+            differs |= bits != native::param_bits(&[*default])[0];
+            key.push(bits);
+            bake.push((name.clone(), param_of(v)));
+        }
+        if !differs {
+            return Ok(None);
+        }
+        if let Some(s) = self.others.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(Some(s));
+        }
+        let mut o = self.options.clone();
+        o.bake.extend(bake);
+        let s = Arc::new(Spec::new(p, o, self.pool.clone())?);
+        if let Ok(mut m) = self.others.lock() {
+            if m.len() >= MAX_SPECS {
+                m.clear();
+            }
+            m.insert(key, s.clone());
+        }
+        Ok(Some(s))
+    }
+
+    /// Seconds it took to compile the first kernel (IR to callable machine code).
+    pub fn compile_seconds(&self) -> f64 {
+        self.main.compile_s
+    }
+
+    /// The loss as checked (before reductions and differentiation), its specialised and
+    /// baked parameters folded.
+    pub fn program(&self) -> &Program {
+        &self.main.base
+    }
+
+    /// The kernel of the reduction compiled up front (for printing its code).
+    pub fn kernel(&self) -> Result<Arc<Kernel>> {
+        self.main.kernel()
+    }
+
+    /// The number of cells of the value for these input shapes and reduction.
+    pub fn value_len(&self, inputs: &[(&str, View)], reduction: Reduction) -> Result<usize> {
+        self.main.value_len(inputs, reduction)
+    }
+
+    /// Evaluates the loss; returns the value and the gradients of the compiled inputs.
+    pub fn call(
+        &self,
+        inputs: &[(&str, View)],
+        params: &[(&str, ParamValue)],
+        reduction: Reduction,
+        weights: Option<View>,
+    ) -> Result<Output> {
+        match self.spec(params)? {
+            Some(s) => s.call(inputs, params, reduction, weights),
+            None => self.main.call(inputs, params, reduction, weights),
+        }
+    }
+
+    /// Evaluates the loss into caller-owned buffers: `value` (one cell when reduced, else the
+    /// output's cells) and one gradient buffer per compiled gradient input, each as long as
+    /// that input. `R` is the loss's precision. A buffer of another length or precision is
+    /// an error.
+    pub fn call_into<R: Real>(
+        &self,
+        inputs: &[(&str, View)],
+        params: &[(&str, ParamValue)],
+        reduction: Reduction,
+        weights: Option<View>,
+        value: &mut [R],
+        grads: &mut [&mut [R]],
+    ) -> Result<()> {
+        match self.spec(params)? {
+            Some(s) => s.call_into(inputs, params, reduction, weights, value, grads),
+            None => self
+                .main
+                .call_into(inputs, params, reduction, weights, value, grads),
+        }
     }
 }
 
@@ -232,8 +457,8 @@ fn variant(
     Ok(Variant { program: q, kernel })
 }
 
-impl CompiledLoss {
-    pub(crate) fn new(p: &Program, options: Options) -> Result<CompiledLoss> {
+impl Spec {
+    fn new(p: &Program, options: Options, pool: Option<Arc<rayon::ThreadPool>>) -> Result<Spec> {
         let t0 = Instant::now();
         bind::validate_grad(p, &options.grad)?;
         let mut consts = Vec::new();
@@ -294,20 +519,12 @@ impl CompiledLoss {
             batch,
             &inlined,
         )?;
-        let pool = if options.threads > 1 {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(options.threads)
-                .build()
-                .ok()
-        } else {
-            None
-        };
         let mut variants = HashMap::new();
         variants.insert(
             (options.reduction, options.weighted, !inlined.is_empty()),
             Arc::new(v),
         );
-        Ok(CompiledLoss {
+        Ok(Spec {
             base: p.clone(),
             wrt,
             defaults_read_inputs,
@@ -322,18 +539,7 @@ impl CompiledLoss {
         })
     }
 
-    /// Seconds it took to compile the first kernel (IR to callable machine code).
-    pub fn compile_seconds(&self) -> f64 {
-        self.compile_s
-    }
-
-    /// The loss as checked (before reductions and differentiation).
-    pub fn program(&self) -> &Program {
-        &self.base
-    }
-
-    /// The kernel of the reduction compiled up front (for printing its code).
-    pub fn kernel(&self) -> Result<Arc<Kernel>> {
+    fn kernel(&self) -> Result<Arc<Kernel>> {
         Ok(self
             .variant(self.options.reduction, self.options.weighted, true)?
             .kernel
@@ -377,8 +583,7 @@ impl CompiledLoss {
             })
     }
 
-    /// The number of cells of the value for these input shapes and reduction.
-    pub fn value_len(&self, inputs: &[(&str, View)], reduction: Reduction) -> Result<usize> {
+    fn value_len(&self, inputs: &[(&str, View)], reduction: Reduction) -> Result<usize> {
         check_views(inputs)?;
         let (extents, lead, _) = self.bind_env(inputs, &[])?;
         if reduction != Reduction::None {
@@ -390,8 +595,7 @@ impl CompiledLoss {
         )
     }
 
-    /// Evaluates the loss; returns the value and the gradients of the compiled inputs.
-    pub fn call(
+    fn call(
         &self,
         inputs: &[(&str, View)],
         params: &[(&str, ParamValue)],
@@ -406,33 +610,39 @@ impl CompiledLoss {
             vec![]
         };
         let n = bind::cells(&out_shape, "the output")?;
-        let mut value = vec![0f64; n];
-        let mut grads: Vec<Vec<f64>> = Vec::new();
-        for w in &self.wrt {
-            let name = &self.base.inputs[w.ix()].name;
-            let len = inputs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.data.len())
-                .unwrap_or(0);
-            grads.push(vec![0f64; len]);
-        }
-        if self.options.dtype == DType::F32 {
+        let lens: Vec<usize> = self
+            .wrt
+            .iter()
+            .map(|w| {
+                let name = &self.base.inputs[w.ix()].name;
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.data.len())
+                    .unwrap_or(0)
+            })
+            .collect();
+        // (buffers of the loss's precision only: f64 ones are written once, at the end, for f32)
+        let (value, grads): (Vec<f64>, Vec<Vec<f64>>) = if self.options.dtype == DType::F32 {
             let mut v32 = vec![0f32; n];
-            let mut g32: Vec<Vec<f32>> = grads.iter().map(|g| vec![0f32; g.len()]).collect();
+            let mut g32: Vec<Vec<f32>> = lens.iter().map(|l| vec![0f32; *l]).collect();
             {
                 let mut gs: Vec<&mut [f32]> = g32.iter_mut().map(|g| g.as_mut_slice()).collect();
                 self.call_into(inputs, params, reduction, weights, &mut v32, &mut gs)?;
             }
-            value = v32.iter().map(|x| *x as f64).collect();
-            grads = g32
-                .iter()
-                .map(|g| g.iter().map(|x| *x as f64).collect())
-                .collect();
+            (
+                v32.iter().map(|x| *x as f64).collect(),
+                g32.iter()
+                    .map(|g| g.iter().map(|x| *x as f64).collect())
+                    .collect(),
+            )
         } else {
+            let mut value = vec![0f64; n];
+            let mut grads: Vec<Vec<f64>> = lens.iter().map(|l| vec![0f64; *l]).collect();
             let mut gs: Vec<&mut [f64]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
             self.call_into(inputs, params, reduction, weights, &mut value, &mut gs)?;
-        }
+            (value, grads)
+        };
         let grads = self
             .wrt
             .iter()
@@ -453,10 +663,7 @@ impl CompiledLoss {
         })
     }
 
-    /// Evaluates the loss into caller-owned buffers: `value` (one cell when reduced, else the
-    /// output's cells) and one gradient buffer per compiled gradient input, each as long as
-    /// that input. `R` is the loss's precision.
-    pub fn call_into<R: Real>(
+    fn call_into<R: Real>(
         &self,
         inputs: &[(&str, View)],
         params: &[(&str, ParamValue)],
@@ -602,6 +809,22 @@ impl CompiledLoss {
                     b.grads.push(Some(s));
                 }
             } else {
+                // (summed over the blocks into the caller's buffer, which must fit exactly)
+                let len = inputs
+                    .iter()
+                    .find(|(n, _)| *n == p.inputs[w.ix()].name)
+                    .map(|(_, v)| v.data.len())
+                    .unwrap_or(0);
+                if g.len() != len {
+                    return Err(Error::new(
+                        ErrorKind::Shape,
+                        format!(
+                            "the gradient buffer for `{}` holds {}, it needs {len}",
+                            p.inputs[w.ix()].name,
+                            g.len(),
+                        ),
+                    ));
+                }
                 for b in blocks.iter_mut() {
                     b.grads.push(None);
                 }
@@ -819,7 +1042,9 @@ impl CompiledLoss {
         for (name, v) in params {
             if let Some((_, b)) = self.options.bake.iter().find(|(n, _)| n == name) {
                 let k = p.param(name).map(|i| i.ix()).unwrap_or(0);
-                if bind::param_value(p, k, *v)? != bind::param_value(p, k, *b)? {
+                // (by bits: a NaN baked is the NaN given, as the specialisations are keyed)
+                let (v, b) = (bind::param_value(p, k, *v)?, bind::param_value(p, k, *b)?);
+                if native::param_bits(&[v]) != native::param_bits(&[b]) {
                     return Err(Error::new(
                         ErrorKind::Type,
                         format!(
@@ -857,9 +1082,7 @@ impl CompiledLoss {
         }
 
         // Input buffers: borrowed when the element type matches, converted otherwise.
-        let mut owned: Vec<Vec<u64>> = Vec::new();
-        let mut ptrs: Vec<*mut u8> = Vec::with_capacity(q.inputs.len() + q.tensors.len() + 1);
-        let mut holders: Vec<usize> = Vec::new(); // input k -> index in `owned` (usize::MAX: borrowed)
+        let mut ins: Vec<In> = Vec::with_capacity(p.inputs.len() + 1);
         for (k, inp) in p.inputs.iter().enumerate() {
             let Some(v) = view(k) else {
                 return Err(Error::new(
@@ -867,18 +1090,17 @@ impl CompiledLoss {
                     format!("missing input `{}`", inp.name),
                 ));
             };
-            let (ptr, hold) = match (inp.ty, v.data) {
-                (Ty::Real, Slice::F32(d)) if f32 => (d.as_ptr() as *mut u8, None),
-                (Ty::Real, Slice::F64(d)) if !f32 => (d.as_ptr() as *mut u8, None),
-                (Ty::Int, Slice::I64(d)) => (d.as_ptr() as *mut u8, None),
+            ins.push(match (inp.ty, v.data) {
+                (Ty::Real, Slice::F32(d)) if f32 => In::F32(d),
+                (Ty::Real, Slice::F64(d)) if !f32 => In::F64(d),
+                (Ty::Int, Slice::I64(d)) => In::I64(d),
                 (Ty::Real, d) => {
                     let x = d.to_f64();
-                    let buf = if f32 {
-                        pack_f32(&x.iter().map(|v| *v as f32).collect::<Vec<_>>())
+                    if f32 {
+                        In::OwnF32(x.iter().map(|v| *v as f32).collect())
                     } else {
-                        x.iter().map(|v| v.to_bits()).collect()
-                    };
-                    (std::ptr::null_mut(), Some(buf))
+                        In::OwnF64(x)
+                    }
                 }
                 (_, d) => {
                     let x = d.to_f64();
@@ -887,41 +1109,25 @@ impl CompiledLoss {
                         if v.fract() != 0.0 || !v.is_finite() {
                             return Err(bind::not_whole(&inp.name, v));
                         }
-                        out.push(v as i64 as u64);
+                        out.push(v as i64);
                     }
-                    (std::ptr::null_mut(), Some(out))
+                    In::OwnI64(out)
                 }
-            };
-            match hold {
-                Some(b) => {
-                    holders.push(owned.len());
-                    owned.push(b);
-                }
-                None => holders.push(usize::MAX),
-            }
-            ptrs.push(ptr);
+            });
         }
         // Weights: the last input of the weighted program, broadcast to the output's shape.
         if let Some(w) = weights {
             let out_shape = bind::output_shape(p, &env.extents, &lead);
             let arr = Array::real(w.shape.to_vec(), w.data.to_f64());
             let wv = bind::broadcast(&arr, &out_shape)?;
-            let buf = if f32 {
-                pack_f32(&wv.iter().map(|v| *v as f32).collect::<Vec<_>>())
+            ins.push(if f32 {
+                In::OwnF32(wv.iter().map(|v| *v as f32).collect())
             } else {
-                wv.iter().map(|v| v.to_bits()).collect()
-            };
-            holders.push(owned.len());
-            owned.push(buf);
-            ptrs.push(std::ptr::null_mut());
-        }
-        for (k, h) in holders.iter().enumerate() {
-            if *h != usize::MAX {
-                ptrs[k] = owned[*h].as_mut_ptr() as *mut u8;
-            }
+                In::OwnF64(wv)
+            });
         }
 
-        // Gradients go straight into the caller's buffers.
+        // Gradients go straight into the caller's buffers; other tables into scratch.
         if grads.len() != q.grads.len() {
             return Err(Error::new(
                 ErrorKind::Shape,
@@ -954,7 +1160,6 @@ impl CompiledLoss {
                         ),
                     ));
                 }
-                ptrs.push(grads[g].as_mut_ptr() as *mut u8);
                 continue;
             }
             let bytes = cells * slots[q.inputs.len() + t].size(f32);
@@ -965,7 +1170,6 @@ impl CompiledLoss {
             if scratch[used].len() < words {
                 scratch[used].resize(words, 0);
             }
-            ptrs.push(scratch[used].as_mut_ptr() as *mut u8);
             used += 1;
         }
         let cells = interp::table_size(q, &env.extents, &q.output.indices)?;
@@ -978,20 +1182,89 @@ impl CompiledLoss {
                 ),
             ));
         }
-        ptrs.push(value.as_mut_ptr() as *mut u8);
 
-        let prm = native::param_bits(&env.params);
-        // SAFETY: one pointer per slot of `q` (inputs incl. weights, tensors, output), each
-        // valid for the cells its index space has under `env.extents` (checked above against
-        // the shapes, gradient and value buffers; scratch sized here), with the element type
-        // `jit::slots` gives in the kernel's precision.
-        let r = unsafe { var.kernel.run(&ptrs, &env.extents, &prm) };
+        let r = {
+            let mut bufs: Vec<native::Slot> = ins.iter().map(In::slot).collect();
+            let mut gs: Vec<Option<&mut [R]>> = grads.iter_mut().map(|g| Some(&mut **g)).collect();
+            let mut free = scratch.iter_mut();
+            for t in 0..q.tensors.len() {
+                let g = q.grads.iter().position(|(_, tt)| tt.ix() == t);
+                match g.and_then(|g| gs[g].take()) {
+                    Some(g) => bufs.push(native::Slot::real(g)),
+                    None => match free.next() {
+                        Some(s) => bufs.push(native::Slot::scratch(s)),
+                        None => return Err(Error::new(ErrorKind::Check, "internal: scratch")),
+                    },
+                }
+            }
+            bufs.push(native::Slot::real(value));
+            native::run_kernel(&var.kernel, q, &bufs, &env.extents, &env.params)?
+        };
         if let Ok(mut s) = self.scratch.try_lock() {
             if s.is_empty() {
                 *s = scratch;
             }
         }
-        r.map_err(|f| native::fault_error(q, &env.extents, f))
+        r.map_err(|f| {
+            // (the error path only: f64 copies of the inputs, for the interpreter's message)
+            let copies: Vec<InputCopy> = ins.iter().map(In::copy).collect();
+            let env = Env {
+                f32,
+                extents: env.extents.clone(),
+                inputs: copies.iter().map(InputCopy::data).collect(),
+                params: env.params.clone(),
+            };
+            native::fault_in(q, &env, f)
+        })
+    }
+}
+
+/// A kernel's input: the caller's slice, or a converted copy.
+enum In<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I64(&'a [i64]),
+    OwnF32(Vec<f32>),
+    OwnF64(Vec<f64>),
+    OwnI64(Vec<i64>),
+}
+
+/// An input as the interpreter reads it.
+enum InputCopy {
+    Real(Vec<f64>),
+    Int(Vec<i64>),
+}
+
+impl InputCopy {
+    fn data(&self) -> InputData<'_> {
+        match self {
+            InputCopy::Real(v) => InputData::Real(v),
+            InputCopy::Int(v) => InputData::Int(v),
+        }
+    }
+}
+
+impl In<'_> {
+    fn slot(&self) -> native::Slot<'_> {
+        match self {
+            In::F32(v) => native::Slot::read(v),
+            In::F64(v) => native::Slot::read(v),
+            In::I64(v) => native::Slot::read(v),
+            In::OwnF32(v) => native::Slot::read(v),
+            In::OwnF64(v) => native::Slot::read(v),
+            In::OwnI64(v) => native::Slot::read(v),
+        }
+    }
+    fn copy(&self) -> InputCopy {
+        let f = |v: &[f32]| v.iter().map(|x| *x as f64).collect();
+        match self {
+            In::F32(v) => InputCopy::Real(f(v)),
+            In::OwnF32(v) => InputCopy::Real(f(v)),
+            In::F64(v) => InputCopy::Real(v.to_vec()),
+            In::OwnF64(v) => InputCopy::Real(v.clone()),
+            In::I64(v) => InputCopy::Int(v.to_vec()),
+            In::OwnI64(v) => InputCopy::Int(v.clone()),
+        }
     }
 }
 
@@ -1066,15 +1339,6 @@ fn check_views(inputs: &[(&str, View)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn pack_f32(v: &[f32]) -> Vec<u64> {
-    let mut out = vec![0u64; v.len().div_ceil(2)];
-    for (k, x) in v.iter().enumerate() {
-        let bits = x.to_bits() as u64;
-        out[k / 2] |= bits << (32 * (k % 2));
-    }
-    out
 }
 
 /// Compile-time and run-time of one call, for `lossc bench`.

@@ -18,7 +18,9 @@ pub use compiled::{time_it, CompiledLoss, Options, Real, Slice, View};
 use crate::diag::{Error, ErrorKind, Result, Sources};
 use crate::ir::{Module, Program};
 use crate::syntax::ast;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 include!(concat!(env!("OUT_DIR"), "/stdlib.rs"));
 
@@ -52,7 +54,17 @@ impl Backend {
 pub struct Library {
     sources: Sources,
     module: Module,
+    /// the compiled losses [`Library::call`] runs on the JIT, by loss, precision and
+    /// gradient inputs (parameters, reductions and weights are variants inside each); clones
+    /// of a library share them
+    compiled: Arc<Mutex<HashMap<CompiledKey, Arc<CompiledLoss>>>>,
 }
+
+/// A loss's name, its precision (f32?) and the inputs it differentiates.
+type CompiledKey = (String, bool, Vec<String>);
+
+/// Compiled losses a library keeps for [`Library::call`] (then they are compiled again).
+const MAX_CALL_COMPILED: usize = 64;
 
 /// The most files one compilation unit may import, directly or not.
 const MAX_IMPORTS: usize = 256;
@@ -131,7 +143,11 @@ impl Library {
         }
         let refs: Vec<&ast::File> = files.iter().collect();
         let module = crate::check::check(&refs, &sources).map_err(|e| e.rendered_with(&sources))?;
-        Ok(Library { sources, module })
+        Ok(Library {
+            sources,
+            module,
+            compiled: Arc::default(),
+        })
     }
 
     /// Losses from a file. Imports resolve relative to the file, then against the standard library.
@@ -173,10 +189,45 @@ impl Library {
         CompiledLoss::new(self.loss(name)?, options)
     }
 
-    /// Evaluates a loss on a call's arrays.
+    /// Evaluates a loss on a call's arrays. On the JIT the loss is compiled once per
+    /// precision and gradient inputs and kept (see [`CompiledLoss`]: parameter values,
+    /// reductions and weights get variants of their own), so a repeated call runs the same
+    /// kernel as [`CompiledLoss::call_into`]; its arrays are converted to the precision on
+    /// each call.
     pub fn call(&self, name: &str, call: &Call) -> Result<Output> {
         let p = self.loss(name)?;
-        bind::evaluate(p, call)
+        if call.backend == Backend::Interp {
+            return bind::evaluate(p, call);
+        }
+        // (the checks that need no compiling first, so errors come in the interpreter's order)
+        bind::precheck(p, call)?;
+        let key: CompiledKey = (
+            name.to_string(),
+            call.dtype == DType::F32,
+            call.grad.clone(),
+        );
+        let cached = self.compiled.lock().ok().and_then(|m| m.get(&key).cloned());
+        let c = match cached {
+            Some(c) => c,
+            None => {
+                let options = Options {
+                    dtype: call.dtype,
+                    grad: call.grad.clone(),
+                    reduction: call.reduction,
+                    weighted: call.weights.is_some(),
+                    ..Options::default()
+                };
+                let c = Arc::new(CompiledLoss::new(p, options)?);
+                if let Ok(mut m) = self.compiled.lock() {
+                    if m.len() >= MAX_CALL_COMPILED {
+                        m.clear();
+                    }
+                    m.insert(key, c.clone());
+                }
+                c
+            }
+        };
+        bind::evaluate_compiled(p, &c, call)
     }
 }
 

@@ -207,12 +207,13 @@ pub fn npy(data: &[u8]) -> Result<(), String> {
     compare_backends(
         own_lib(),
         "g",
-        &Call::new().input("x", x).grad("x"),
+        &Call::new().backend(Backend::Interp).input("x", x).grad("x"),
         Some(1e-9),
     )?;
     if let Data::Int(labels) = &a.data {
         let n = labels.len();
         let call = Call::new()
+            .backend(Backend::Interp)
             .input("labels", Array::int(vec![n], labels.clone()))
             .input("logits", Array::real(vec![n, 3], vec![0.5; n * 3]))
             .grad("logits");
