@@ -281,12 +281,7 @@ fn run(cli: Cli) -> CliResult {
             Ok(if bad > 0 { 2 } else { 0 })
         }
         Command::Parse { file } => {
-            let text = plain(std::fs::read_to_string(&file).map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("cannot read `{}`: {e}", file.display()),
-                )
-            }))?;
+            let text = plain(crate::syntax::read_source(&file))?;
             let mut sources = crate::diag::Sources::new();
             let id = sources.add(file.display().to_string(), text.clone());
             match crate::syntax::parse(id, &text) {

@@ -1089,10 +1089,15 @@ impl Opt {
                     return Some(self.real(q, v));
                 }
                 if let (Some(x), Some(y)) = (int_of(q, a), int_of(q, b)) {
+                    // (as the backends compute them: wrapping, `crate::ir::arith`; a zero
+                    // divisor or a negative exponent is left to fail at run time)
                     let v = match op {
-                        Bin::Add => x.checked_add(y)?,
-                        Bin::Sub => x.checked_sub(y)?,
-                        Bin::Mul => x.checked_mul(y)?,
+                        Bin::Add => x.wrapping_add(y),
+                        Bin::Sub => x.wrapping_sub(y),
+                        Bin::Mul => x.wrapping_mul(y),
+                        Bin::Div if y != 0 => crate::ir::arith::floor_div(x, y),
+                        Bin::Rem if y != 0 => crate::ir::arith::floor_mod(x, y),
+                        Bin::Pow if y >= 0 => crate::ir::arith::ipow(x, y),
                         _ => return None,
                     };
                     return Some(q.pool.int(v));

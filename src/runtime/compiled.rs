@@ -36,6 +36,10 @@ pub struct Options {
     pub bake: Vec<(String, ParamValue)>,
 }
 
+/// Most worker threads a compiled loss starts (`Options::threads`): more cannot help on any
+/// machine it will meet, and thousands take a minute to spawn.
+pub const MAX_THREADS: usize = 1024;
+
 impl Default for Options {
     fn default() -> Options {
         Options {
@@ -235,6 +239,15 @@ fn variant(
 impl CompiledLoss {
     pub(crate) fn new(p: &Program, options: Options) -> Result<CompiledLoss> {
         let t0 = Instant::now();
+        if options.threads > MAX_THREADS {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "{} worker threads asked for; the limit is {MAX_THREADS}",
+                    options.threads
+                ),
+            ));
+        }
         bind::validate_grad(p, &options.grad)?;
         let mut consts = Vec::new();
         for (name, v) in &options.bake {
@@ -295,10 +308,16 @@ impl CompiledLoss {
             &inlined,
         )?;
         let pool = if options.threads > 1 {
-            rayon::ThreadPoolBuilder::new()
+            let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(options.threads)
                 .build()
-                .ok()
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("cannot start {} worker threads: {e}", options.threads),
+                    )
+                })?;
+            Some(pool)
         } else {
             None
         };
@@ -406,6 +425,28 @@ impl CompiledLoss {
             vec![]
         };
         let n = bind::cells(&out_shape, "the output")?;
+        // (the value and gradients this call returns, before they are allocated; the
+        // kernel's own tables are checked in `call_into`)
+        let grad_cells: u64 = self
+            .wrt
+            .iter()
+            .filter_map(|w| {
+                let name = &self.base.inputs[w.ix()].name;
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.data.len() as u64)
+            })
+            .sum();
+        if (n as u64).saturating_add(grad_cells).saturating_mul(8) > interp::MAX_MEMORY {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "the value and gradients of this call would take more than {} bytes",
+                    interp::MAX_MEMORY
+                ),
+            ));
+        }
         let mut value = vec![0f64; n];
         let mut grads: Vec<Vec<f64>> = Vec::new();
         for w in &self.wrt {
@@ -934,6 +975,7 @@ impl CompiledLoss {
             ));
         }
         let slots = jit::slots(q);
+        interp::check_memory(q, &env.extents, &|ty| native::cell_bytes(ty, f32), 0)?;
         let mut scratch = self
             .scratch
             .try_lock()

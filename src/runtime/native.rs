@@ -51,13 +51,13 @@ enum Buf {
 }
 
 impl Buf {
-    fn zeros(elem: Elem, f32: bool, n: usize) -> Buf {
-        match elem {
-            Elem::Real if f32 => Buf::F32(vec![0.0; n]),
-            Elem::Real => Buf::F64(vec![0.0; n]),
-            Elem::Int => Buf::I64(vec![0; n]),
-            Elem::Bool => Buf::U8(vec![0; n]),
-        }
+    fn zeros(elem: Elem, f32: bool, n: usize) -> Result<Buf> {
+        Ok(match elem {
+            Elem::Real if f32 => Buf::F32(interp::try_filled(n, 0.0)?),
+            Elem::Real => Buf::F64(interp::try_filled(n, 0.0)?),
+            Elem::Int => Buf::I64(interp::try_filled(n, 0)?),
+            Elem::Bool => Buf::U8(interp::try_filled(n, 0)?),
+        })
     }
     fn ptr(&mut self) -> *mut u8 {
         match self {
@@ -74,6 +74,15 @@ impl Buf {
             Buf::I64(v) => v.iter().map(|x| *x as f64).collect(),
             Buf::U8(v) => v.iter().map(|x| *x as f64).collect(),
         }
+    }
+}
+
+/// Bytes of a kernel's table cell of type `ty`.
+pub fn cell_bytes(ty: crate::ir::Ty, f32: bool) -> u64 {
+    match Elem::of(ty) {
+        Elem::Real if f32 => 4,
+        Elem::Real | Elem::Int => 8,
+        Elem::Bool => 1,
     }
 }
 
@@ -94,6 +103,7 @@ pub fn run_with_grads(p: &Program, env: &Env) -> Result<(Vec<f64>, Vec<Vec<f64>>
     let k = kernel(p, env.f32)?;
     let f32 = env.f32;
     let slots = jit::slots(p);
+    interp::check_memory(p, &env.extents, &|ty| cell_bytes(ty, f32), 0)?;
     let mut bufs: Vec<Buf> = Vec::with_capacity(slots.len());
     for (i, inp) in p.inputs.iter().enumerate() {
         let n = interp::table_size(p, &env.extents, &inp.dims)?;
@@ -120,10 +130,10 @@ pub fn run_with_grads(p: &Program, env: &Env) -> Result<(Vec<f64>, Vec<Vec<f64>>
     }
     for t in &p.tensors {
         let n = interp::table_size(p, &env.extents, &t.indices)?;
-        bufs.push(Buf::zeros(Elem::of(t.ty), f32, n));
+        bufs.push(Buf::zeros(Elem::of(t.ty), f32, n)?);
     }
     let n = interp::table_size(p, &env.extents, &p.output.indices)?;
-    bufs.push(Buf::zeros(Elem::of(p.output_ty()), f32, n));
+    bufs.push(Buf::zeros(Elem::of(p.output_ty()), f32, n)?);
     debug_assert_eq!(bufs.len(), slots.len());
     let ptrs: Vec<*mut u8> = bufs.iter_mut().map(|b| b.ptr()).collect();
     let params = param_bits(&env.params);

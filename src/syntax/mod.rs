@@ -24,6 +24,43 @@ pub const MAX_SOURCE_LEN: usize = 1 << 22;
 /// Deepest expression tree accepted (operators and calls, not only brackets).
 pub const MAX_DEPTH: usize = 256;
 
+/// Reads a source file: at most [`MAX_SOURCE_LEN`] + 1 bytes are read (`/dev/zero` is a
+/// `Limit` error, not an out-of-memory abort), and text that is not UTF-8 is a `Data` error
+/// that quotes none of it.
+pub fn read_source(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let io = |e: std::io::Error| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_SOURCE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > MAX_SOURCE_LEN {
+        return Err(Error::new(
+            ErrorKind::Limit,
+            format!(
+                "`{}` is more than {MAX_SOURCE_LEN} bytes, the limit for a source",
+                path.display()
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Data,
+            format!(
+                "`{}` is not UTF-8 text (byte {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
 /// Parses one source file. `file` is the id the spans will carry.
 ///
 /// Parsing recurses once per operator of a chain (`a ^ b ^ c`, `- - x`), so it runs on a thread
