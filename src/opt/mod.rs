@@ -1424,13 +1424,22 @@ pub fn precise_logsumexp(p: &Program) -> Program {
     // the new tables of each split logsumexp, to be filled just before it
     let mut before: HashMap<TensorId, Vec<TensorId>> = HashMap::new();
     let original = q.tensors.len();
-    let subtracted = |q: &Program, t: TensorId| {
-        (0..q.pool.len()).any(|e| match q.pool.get(ExprId(e as u32)) {
-            Expr::Binary(Bin::Sub, a, b) => [*a, *b]
-                .iter()
-                .any(|x| matches!(q.pool.get(*x), Expr::Tensor(u, _) if *u == t)),
-            _ => false,
-        })
+    // Tables read directly by a subtraction, over the pool as it grows: the nodes are
+    // scanned once each (a scan per table made 10^4 definitions quadratic).
+    let mut subtracted_set: std::collections::HashSet<TensorId> = Default::default();
+    let mut scanned = 0usize;
+    let mut subtracted = |q: &Program, t: TensorId| {
+        for e in scanned..q.pool.len() {
+            if let Expr::Binary(Bin::Sub, a, b) = q.pool.get(ExprId(e as u32)) {
+                for x in [*a, *b] {
+                    if let Expr::Tensor(u, _) = q.pool.get(x) {
+                        subtracted_set.insert(*u);
+                    }
+                }
+            }
+        }
+        scanned = q.pool.len();
+        subtracted_set.contains(&t)
     };
     for k in 0..q.tensors.len() {
         let tid = TensorId(k as u32);
