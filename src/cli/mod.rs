@@ -472,9 +472,7 @@ fn read_array(v: &str, what: &str) -> Result<Array> {
     if v.starts_with('[') || v.parse::<f64>().is_ok() || matches!(v, "inf" | "-inf" | "nan") {
         return Array::parse_literal(v, what);
     }
-    let bytes = std::fs::read(v)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("{what}: cannot read `{v}`: {e}")))?;
-    Array::from_npy(&bytes, what)
+    Array::from_npy_file(std::path::Path::new(v), what)
 }
 
 /// A parameter value from text: true/false, an int, a real, inf/-inf/nan.

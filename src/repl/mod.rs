@@ -257,10 +257,7 @@ impl Session {
         }
         if let Some(inner) = v.strip_prefix("load(").and_then(|x| x.strip_suffix(')')) {
             let path = inner.trim().trim_matches('"');
-            let bytes = std::fs::read(path).map_err(|e| {
-                Error::new(ErrorKind::Io, format!("{what}: cannot read `{path}`: {e}"))
-            })?;
-            return Array::from_npy(&bytes, what);
+            return Array::from_npy_file(std::path::Path::new(path), what);
         }
         if is_ident(v) {
             return Err(Error::new(

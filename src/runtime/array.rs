@@ -113,6 +113,37 @@ impl Array {
         }
     }
 
+    /// Reads an `.npy` file (see [`Array::from_npy`]), never more of it than the limits allow.
+    pub fn from_npy_file(path: &std::path::Path, what: &str) -> Result<Array> {
+        use std::io::Read;
+        let io = |e: std::io::Error| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{what}: cannot read `{}`: {e}", path.display()),
+            )
+        };
+        // The magic first, so that a device or a big file that is not `.npy` is refused after
+        // 6 bytes; then at most `MAX_MEMORY` bytes.
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        (&mut f).take(6).read_to_end(&mut bytes).map_err(io)?;
+        if bytes != b"\x93NUMPY" {
+            return Array::from_npy(&bytes, what);
+        }
+        let limit = crate::interp::MAX_MEMORY;
+        f.take(limit).read_to_end(&mut bytes).map_err(io)?;
+        if bytes.len() as u64 >= limit {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "{what}: `{}` is more than {limit} bytes, the limit for an array file",
+                    path.display()
+                ),
+            ));
+        }
+        Array::from_npy(&bytes, what)
+    }
+
     /// Reads an `.npy` file's bytes (f32, f64, and signed or unsigned integers; C or Fortran order).
     pub fn from_npy(bytes: &[u8], what: &str) -> Result<Array> {
         let bad = |m: String| {
