@@ -536,3 +536,63 @@ fn eval_defaults_to_the_jit() {
     );
     assert_eq!(stderr(&jit), stderr(&interp));
 }
+
+/// Files that never end (`/dev/zero`) as a source, an array and a case file: a clear error
+/// with exit code 2 at once, not an out-of-memory abort (sources were read whole before the
+/// length limit was checked); a huge output prints its ends only, and `--out` writes it all.
+#[cfg(unix)]
+#[test]
+fn endless_files_and_huge_outputs_end_cleanly() {
+    let t0 = std::time::Instant::now();
+    for (args, want) in [
+        (&["check", "/dev/zero"][..], "the limit for a source"),
+        (
+            &[
+                "eval",
+                "mean_squared_error",
+                "--input",
+                "labels=/dev/zero",
+                "--input",
+                "predictions=[1]",
+            ][..],
+            "labels",
+        ),
+        (&["run", "/dev/zero"][..], "/dev/zero"),
+    ] {
+        let o = lossc(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    assert!(t0.elapsed().as_secs() < 20, "{:?}", t0.elapsed());
+    let dir = std::env::temp_dir().join(format!("lossc-huge-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("many.loss");
+    std::fs::write(
+        &f,
+        "loss many(x[i]) -> [j] { let t[j: 3000000] = x[0] * real(j); t[j] }\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let o = lossc(&[
+        "eval",
+        f.to_str().unwrap(),
+        "--input",
+        "x=[1.0]",
+        "--dtype",
+        "f64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("[0.0, 1.0, 2.0, ..., 2999997.0, 2999998.0, 2999999.0]"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).len() < 1000);
+    let bytes = std::fs::read(out.join("value.npy")).unwrap();
+    let a = lossc::runtime::Array::from_npy(&bytes, "value").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(a.shape, vec![3_000_000]);
+    assert_eq!(a.to_f64()[2_999_999], 2_999_999.0);
+}

@@ -707,3 +707,410 @@ fn chains_as_long_as_the_source_limit_are_errors() {
         );
     }
 }
+
+/// Runs `entry` on both backends, f64 and f32, and through the compiled path (f64), and
+/// returns the values of each (or its error).
+fn everywhere(lib: &Library, entry: &str, call: &Call) -> Vec<(String, Result<Vec<f64>, String>)> {
+    let mut out = Vec::new();
+    for b in [Backend::Interp, Backend::Jit] {
+        for d in [DType::F64, DType::F32] {
+            let mut c = call.clone().dtype(d);
+            c.backend = b;
+            let r = std::panic::catch_unwind(|| lib.call(entry, &c))
+                .unwrap_or_else(|_| panic!("{entry}: {b:?} {d:?} panicked"));
+            out.push((
+                format!("{b:?} {d:?}"),
+                r.map(|o| o.value.to_f64()).map_err(|e| e.message()),
+            ));
+        }
+    }
+    out
+}
+
+/// Int arithmetic wraps (two's complement) the same way everywhere: `i64::MIN / -1` made the
+/// interpreter panic (`a % b` overflowed in its floor division) while the JIT wrapped; on data,
+/// through a parameter's default, from a parameter given, and folded by the simplifier.
+#[test]
+fn int_arithmetic_wraps_the_same_on_every_backend() {
+    let min = i64::MIN;
+    let src = "loss f(x[i]; a: int = 0) -> [i] { x[i] + real(a / -1) }\n\
+               loss g(x[i]; a: int = -9223372036854775807 - 1, b: int = a / -1 + a % -1) -> [i] { x[i] + real(b) }\n\
+               loss h(x[i], k[i]: int) -> [i] { x[i] + real(k[i] / -1) + real(k[i] % -1) + real(abs(k[i])) + real(-k[i]) }\n\
+               loss c(x[i]) -> [i] { x[i] + real((-9223372036854775807 - 1) / -1) + real(9223372036854775807 + 1) + real(3 ^ 1099511627776) }\n\
+               loss w(x[i], k[i]: int) -> [i] { x[i] + real(k[i] * k[i] + 9223372036854775807) + real(k[i] ^ 1099511627776) }";
+    let lib = Library::from_source("wrap.loss", src).unwrap();
+    let x = Array::real(vec![1], vec![0.0]);
+    let m = min as f64;
+    let cases: Vec<(&str, Call, f64)> = vec![
+        ("f", Call::new().input("x", x.clone()).param("a", min), m),
+        ("g", Call::new().input("x", x.clone()), m),
+        (
+            "h",
+            Call::new()
+                .input("x", x.clone())
+                .input("k", Array::int(vec![1], vec![min])),
+            3.0 * m,
+        ),
+        (
+            "c",
+            Call::new().input("x", x.clone()),
+            // 3^(2^40) mod 2^64, as square and multiply over the whole exponent gives it
+            2.0 * m + lossc::ir::arith::ipow(3, 1 << 40) as f64,
+        ),
+        (
+            "w",
+            Call::new()
+                .input("x", x.clone())
+                .input("k", Array::int(vec![1], vec![3])),
+            9i64.wrapping_add(i64::MAX) as f64 + lossc::ir::arith::ipow(3, 1 << 40) as f64,
+        ),
+    ];
+    for (entry, call, want) in cases {
+        for (how, r) in everywhere(&lib, entry, &call) {
+            let got = r.unwrap_or_else(|e| panic!("{entry} {how}: {e}"));
+            let tol = want.abs() * 1e-6;
+            assert!(
+                (got[0] - want).abs() <= tol,
+                "{entry} {how}: {got:?}, want {want}"
+            );
+        }
+    }
+    // through the compiled path with the parameter given per call, and baked
+    for bake in [false, true] {
+        let mut o = Options::new().dtype(DType::F64).reduction(Reduction::None);
+        if bake {
+            o = o.bake("a", min);
+        }
+        let c = lib.compile("f", o).unwrap();
+        let xs = [0.0f64];
+        let params: Vec<(&str, lossc::runtime::ParamValue)> = if bake {
+            vec![]
+        } else {
+            vec![("a", min.into())]
+        };
+        let got = c
+            .call(
+                &[("x", View::f64(&[1], &xs))],
+                &params,
+                Reduction::None,
+                None,
+            )
+            .unwrap();
+        assert_eq!(got.value.to_f64(), vec![m], "bake {bake}");
+    }
+}
+
+/// A real to an int power past i32: the exponent's parity is exact (`(-1.0) ^ 4294967296` was
+/// -1: the exponent was clamped to i32::MAX, which is odd).
+#[test]
+fn real_to_a_huge_int_power_keeps_the_parity() {
+    let src = "loss p(x[i]; n: int = 4294967296) -> [i] { x[i] ^ n }\n\
+               loss q(x[i]) -> [i] { x[i] ^ 4294967297 + x[i] ^ 9223372036854775807 + (-1.0) ^ 4294967296 }";
+    let lib = Library::from_source("pow.loss", src).unwrap();
+    let x = Array::real(vec![3], vec![-1.0, 1.0, 0.5]);
+    for (entry, call, want) in [
+        ("p", Call::new().input("x", x.clone()), vec![1.0, 1.0, 0.0]),
+        (
+            "p",
+            Call::new().input("x", x.clone()).param("n", 4294967297i64),
+            vec![-1.0, 1.0, 0.0],
+        ),
+        ("q", Call::new().input("x", x.clone()), vec![-1.0, 3.0, 1.0]),
+    ] {
+        for (how, r) in everywhere(&lib, entry, &call) {
+            assert_eq!(r.unwrap(), want, "{entry} {how}");
+        }
+    }
+}
+
+/// A computed extent that overflows 64 bits is a `Limit` error naming the index (`I * I * I`
+/// with `I = 2^22` wrapped to 0, and the loss summed over nothing).
+#[test]
+fn computed_extents_that_overflow_are_errors() {
+    let src = "loss e(x[i]; I: int = 4194304) -> [] { let t[u: I * I * I] = x[0]; sum(u: t[u]) }\n\
+               loss f(x[i]; I: int = 3) -> [] { let t[u: I ^ 40 - 1] = x[0]; sum(u: t[u]) }\n\
+               loss g(x[i]; I: int = 2) -> [] { let t[u: -(I ^ 63) + 1] = x[0]; sum(u: t[u]) }";
+    let lib = Library::from_source("ext.loss", src).unwrap();
+    for entry in ["e", "f", "g"] {
+        let call = Call::new()
+            .input("x", Array::real(vec![1], vec![1.0]))
+            .grad("x");
+        for (how, r) in everywhere(&lib, entry, &call) {
+            let e = r.expect_err(&format!("{entry} {how}"));
+            assert!(e.contains("extent of index `u`"), "{entry} {how}: {e}");
+        }
+        let c = lib
+            .compile(entry, Options::new().dtype(DType::F64))
+            .unwrap();
+        let xs = [1.0f64];
+        let e = c
+            .call(&[("x", View::f64(&[1], &xs))], &[], Reduction::Sum, None)
+            .unwrap_err();
+        assert!(
+            matches!(e.kind, ErrorKind::Limit),
+            "{entry}: {}",
+            e.message()
+        );
+    }
+}
+
+/// Worker threads past the limit are an error, at once (65535 spawned threads for a minute,
+/// then fell back to one without a word).
+#[test]
+fn too_many_threads_are_an_error() {
+    let lib = Library::from_source("t.loss", "loss t(x[i]) -> [i] { x[i] }").unwrap();
+    let t0 = std::time::Instant::now();
+    let Err(e) = lib.compile("t", Options::new().threads(65535)) else {
+        panic!("65535 threads accepted");
+    };
+    assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+    assert!(e.message().contains("1024"), "{}", e.message());
+    assert!(t0.elapsed().as_secs() < 5);
+    assert!(lib.compile("t", Options::new().threads(4)).is_ok());
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lossc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An import names a `.loss` file under the importing file's folder (or the standard
+/// library): an absolute path, `..`, a file that is not `.loss` and a link out of the folder
+/// are refused before the file is read, and the error quotes none of its contents (a syntax
+/// error printed `/proc/self/environ`).
+#[test]
+fn imports_outside_the_folder_are_refused_unread() {
+    let dir = scratch_dir("imports-outside");
+    let inner = dir.join("inner");
+    std::fs::create_dir_all(inner.join("sub")).unwrap();
+    let secret = "SECRET_TOKEN=hunter2";
+    std::fs::write(dir.join("secret.loss"), secret).unwrap();
+    std::fs::write(dir.join("secret.txt"), secret).unwrap();
+    std::fs::write(inner.join("notes.txt"), secret).unwrap();
+    std::fs::write(inner.join("sub/ok.loss"), "fn ok(a) = a;\n").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(dir.join("secret.loss"), inner.join("link.loss")).unwrap();
+    let abs = dir.join("secret.loss").display().to_string();
+    let mut refused = vec![
+        "/proc/self/environ".to_string(),
+        "../secret.loss".to_string(),
+        "../secret.txt".to_string(),
+        "sub/../../secret.loss".to_string(),
+        "notes.txt".to_string(),
+        abs,
+    ];
+    if cfg!(unix) {
+        refused.push("link.loss".to_string());
+    }
+    for imp in &refused {
+        let src = format!("import \"{imp}\";\nloss q(x[i]) -> [i] {{ x[i] }}\n");
+        std::fs::write(inner.join("main.loss"), &src).unwrap();
+        let e = Library::from_file(&inner.join("main.loss")).expect_err(imp);
+        assert!(!e.message().contains("hunter2"), "{imp}: {}", e.message());
+        assert!(
+            e.message().contains("cannot import"),
+            "{imp}: {}",
+            e.message()
+        );
+    }
+    // inside the folder, and the standard library, still import
+    let src = "import \"sub/ok.loss\";\nimport \"./sub/ok.loss\";\nimport \"box_geometry.loss\";\nloss q(x[i]) -> [i] { ok(x[i]) }\n";
+    std::fs::write(inner.join("main.loss"), src).unwrap();
+    let lib = Library::from_file(&inner.join("main.loss"));
+    let _ = std::fs::remove_dir_all(&dir);
+    lib.unwrap();
+}
+
+/// An import cycle is an error that names it, also when the first file is named by a relative
+/// path (it said "defined twice": the root and its import were two keys for one file).
+#[test]
+fn import_cycles_are_named() {
+    let dir = scratch_dir("import-cycle");
+    std::fs::write(dir.join("a.loss"), "import \"b.loss\";\nfn fa(v) = v;\n").unwrap();
+    std::fs::write(dir.join("b.loss"), "import \"a.loss\";\nfn fb(v) = v;\n").unwrap();
+    std::fs::write(dir.join("c.loss"), "import \"c.loss\";\nfn fc(v) = v;\n").unwrap();
+    let here = std::env::current_dir().unwrap();
+    let rel = |f: &str| {
+        let p = dir.join(f);
+        pathdiff(&p, &here)
+    };
+    for (f, want) in [
+        (rel("a.loss"), "import cycle: a.loss -> b.loss -> a.loss"),
+        (
+            dir.join("a.loss"),
+            "import cycle: a.loss -> b.loss -> a.loss",
+        ),
+        (rel("c.loss"), "import cycle: c.loss -> c.loss"),
+    ] {
+        let e = Library::from_file(&f).unwrap_err();
+        assert!(
+            e.message().contains(want),
+            "{}: {}",
+            f.display(),
+            e.message()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `p` relative to `base` (both absolute), with `..` steps.
+fn pathdiff(p: &Path, base: &Path) -> PathBuf {
+    let (pc, bc): (Vec<_>, Vec<_>) = (p.components().collect(), base.components().collect());
+    let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &pc[common..] {
+        out.push(c);
+    }
+    out
+}
+
+/// A source file is read up to the length limit only (`lossc check /dev/zero` ran out of
+/// memory), and one that is not UTF-8 is an error that does not quote it.
+#[test]
+fn source_files_are_read_up_to_the_limit() {
+    #[cfg(unix)]
+    {
+        let e = Library::from_file(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+    }
+    let dir = scratch_dir("read-limit");
+    std::fs::write(
+        dir.join("bin.loss"),
+        b"loss q(x[i]) -> [i] { x[i] }\n\xff\xfe",
+    )
+    .unwrap();
+    let e = Library::from_file(&dir.join("bin.loss")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Data, "{}", e.message());
+    std::fs::write(
+        dir.join("big.loss"),
+        " ".repeat(lossc::syntax::MAX_SOURCE_LEN + 1),
+    )
+    .unwrap();
+    let e = Library::from_file(&dir.join("big.loss")).unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+}
+
+/// A legal size whose tables would not fit in memory is a `Limit` error before anything is
+/// allocated (a 10^9-cell table, below `MAX_TABLE`, aborted allocating 16 GB), in the
+/// interpreter, the JIT and the compiled path.
+#[test]
+fn tables_past_the_memory_limit_are_errors() {
+    let lib = Library::from_source(
+        "big.loss",
+        "loss big(x[i]) -> [] { let t[j: 1000000000] = x[0] * real(j); let u[j] = t[j] * t[j]; sum(j: u[j]) }\n\
+         loss out(x[i]) -> [j] { let t[j: 600000000] = x[0]; t[j] }",
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    for entry in ["big", "out"] {
+        let call = Call::new()
+            .input("x", Array::real(vec![1], vec![1.0]))
+            .grad("x");
+        for (how, r) in everywhere(&lib, entry, &call) {
+            let e = r.expect_err(&format!("{entry} {how}"));
+            assert!(e.contains("the limit is"), "{entry} {how}: {e}");
+        }
+        let c = lib
+            .compile(
+                entry,
+                Options::new().dtype(DType::F64).reduction(Reduction::None),
+            )
+            .unwrap();
+        let xs = [1.0f64];
+        let e = c
+            .call(&[("x", View::f64(&[1], &xs))], &[], Reduction::None, None)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Limit, "{entry}: {}", e.message());
+    }
+    assert!(t0.elapsed().as_secs() < 10, "{:?}", t0.elapsed());
+}
+
+/// Printing a long array formats the elements it shows, not all of them (10^7 elements took
+/// seconds to print three at each end).
+#[test]
+fn long_arrays_print_their_ends_only() {
+    let n = 20_000_000;
+    let a = Array::real(vec![n], (0..n).map(|k| k as f64 + 0.1).collect());
+    let t0 = std::time::Instant::now();
+    let text = a.display();
+    let took = t0.elapsed();
+    assert_eq!(
+        text,
+        "[0.1, 1.1, 2.1, ..., 19999997.1, 19999998.1, 19999999.1]"
+    );
+    assert!(took.as_millis() < 300, "{took:?}");
+    let m = Array::int(vec![4, 2_000_000], vec![7; 8_000_000]);
+    let text = m.display();
+    assert!(text.len() < 200, "{text}");
+    assert!(text.starts_with("[[7, 7, 7, ..., 7, 7, 7],"), "{text}");
+}
+
+/// Helpers each calling the one below twice: 20 levels (1 KB of source) took 13 s and 1.3 GB
+/// to inline, 24 aborted at 3.9 GB. The work inlining does is bounded: a `Limit` error naming
+/// the helper, in well under a second; the same maths with the shared part in a `let` is fine.
+#[test]
+fn exponential_helper_inlining_is_a_limit_error() {
+    for levels in [20, 24, 40] {
+        let mut src = String::from("fn e0(x) = x * 2.0;\n");
+        for k in 1..=levels {
+            src += &format!("fn e{k}(x) = e{}(x + 1.0) - e{}(x - 1.0);\n", k - 1, k - 1);
+        }
+        src += &format!("loss f(x[i]) -> [i] {{ e{levels}(x[i]) }}\n");
+        let t0 = std::time::Instant::now();
+        let e = Library::from_source("exp.loss", &src).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Limit, "{}", e.message());
+        assert!(
+            e.message().contains(&format!("inlining `e{levels}`")),
+            "{}",
+            e.message()
+        );
+        assert!(t0.elapsed().as_secs() < 2, "{levels}: {:?}", t0.elapsed());
+    }
+    let mut src = String::from("fn e0(x) = x * 2.0;\n");
+    for k in 1..=40 {
+        src += &format!(
+            "fn e{k}(x) {{ let a = e{}(x + 1.0); a - a * 0.5 }}\n",
+            k - 1
+        );
+    }
+    src += "loss f(x[i]) -> [i] { e40(x[i]) }\n";
+    Library::from_source("linear.loss", &src).unwrap();
+}
+
+/// Compiling many small tensor definitions grows linearly: every part's function loaded the
+/// pointer of every table and every extent (and `parts` kept a pool-sized vector per stage),
+/// so 30,000 definitions took 49 s and 9.7 GB. The generated IR for 4x the definitions is
+/// about 4x the size (it was 11x), and both compile and run.
+#[test]
+fn many_small_definitions_compile_in_linear_size() {
+    let clif_len = |n: usize| {
+        let mut src = String::from("loss f(x[i]) -> [i] {\n    let t0[i] = x[i] * 0.5;\n");
+        for k in 1..n {
+            src += &format!("    let t{k}[i] = t{}[i] * 0.5 + x[i];\n", k - 1);
+        }
+        src += &format!("    t{}[i]\n}}\n", n - 1);
+        let lib = Library::from_source("many.loss", &src).unwrap();
+        let mut c = Call::new().input("x", Array::real(vec![2], vec![1.0, 2.0]));
+        c.backend = Backend::Jit;
+        let got = lib.call("f", &c).unwrap().value.to_f64();
+        // t_k = t_{k-1} / 2 + x converges to 2x
+        assert!(
+            (got[0] - 2.0).abs() < 1e-9 && (got[1] - 4.0).abs() < 1e-9,
+            "{got:?}"
+        );
+        let k = lossc::runtime::native::kernel(lib.loss("f").unwrap(), false).unwrap();
+        k.clif().len()
+    };
+    let (small, big) = (clif_len(500), clif_len(2000));
+    let ratio = big as f64 / small as f64;
+    assert!(
+        ratio < 6.0,
+        "IR of 500 definitions: {small} bytes, of 2000: {big} ({ratio:.1}x)"
+    );
+}

@@ -145,3 +145,29 @@ fn terminal_completion_highlighting_and_multiline() {
     );
     let _ = std::fs::remove_file(history);
 }
+
+/// A script line that is not UTF-8 is an error naming the line, the script goes on, and the
+/// exit code is 2 (it stopped there silently with exit 0).
+#[test]
+fn script_lines_that_are_not_utf8_are_errors() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lossc"))
+        .arg("repl")
+        .env_remove("LOSSC_STDLIB_DIR")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lossc repl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"let a = [1.5]\nlet x = \xff\xfe\nmean_squared_error(labels = [0.0], predictions = [3.0])\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("line 2 is not UTF-8"), "{text}");
+    assert!(text.contains("9.0"), "the script went on: {text}");
+    assert_eq!(out.status.code(), Some(2), "{text}");
+}

@@ -37,12 +37,48 @@ pub fn loss_library(case: &Case) -> Result<(Library, String)> {
     Ok((lib.clone(), name))
 }
 
+/// Longest case file read, in bytes.
+pub const MAX_CASE_BYTES: u64 = 1 << 30;
+
 /// Reads a case file. Malformed JSON is a `Data` error.
 pub fn load(path: &Path) -> Result<Case> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    use std::io::Read;
+    let io = |e: std::io::Error| {
         Error::new(
             ErrorKind::Io,
             format!("cannot read `{}`: {e}", path.display()),
+        )
+    };
+    // A JSON object first (checked on the first bytes: `/dev/zero` or a big binary file is
+    // refused at once), then at most `MAX_CASE_BYTES`.
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    (&mut f).take(4096).read_to_end(&mut bytes).map_err(io)?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if bytes.len() == 4096 && first != Some(&b'{') {
+        return Err(Error::new(
+            ErrorKind::Data,
+            format!("`{}` is not a case file (a JSON object)", path.display()),
+        ));
+    }
+    f.take(MAX_CASE_BYTES).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > MAX_CASE_BYTES {
+        return Err(Error::new(
+            ErrorKind::Limit,
+            format!(
+                "`{}` is more than {MAX_CASE_BYTES} bytes, the limit for a case file",
+                path.display()
+            ),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Data,
+            format!(
+                "`{}` is not UTF-8 text (byte {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ),
         )
     })?;
     parse(&text, path)

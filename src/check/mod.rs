@@ -56,20 +56,29 @@ pub fn check(files: &[&ast::File], sources: &Sources) -> Result<ir::Module> {
         }
     }
     let mut module = ir::Module::default();
+    let mut limit = false;
     for l in losses {
-        match Lower::new(&fns, sources).loss(l) {
+        let mut lower = Lower::new(&fns, sources);
+        match lower.loss(l) {
             Ok(mut p) => {
                 separate_bound_indices(&mut p);
                 module.losses.push(p)
             }
-            Err(d) => diags.push(d),
+            Err(d) => {
+                limit |= lower.limit;
+                diags.push(d)
+            }
         }
     }
     if diags.is_empty() {
         Ok(module)
     } else {
         Err(Error {
-            kind: ErrorKind::Check,
+            kind: if limit {
+                ErrorKind::Limit
+            } else {
+                ErrorKind::Check
+            },
             diagnostics: diags,
             pre_rendered: false,
         })
@@ -144,6 +153,10 @@ fn is_builtin(name: &str) -> bool {
 pub const MAX_IR_DEPTH: usize = 1000;
 /// Deepest chain of helper-function calls.
 pub const MAX_INLINE_DEPTH: usize = 64;
+/// Most expression nodes lowered inside helper calls for one loss: the work inlining does,
+/// which a few bytes of source can make exponential (each helper calling the one below twice)
+/// even where hash-consing keeps the DAG small.
+pub const MAX_INLINED_NODES: usize = 100_000;
 
 const CONSTANTS: &[&str] = &["pi", "inf", "nan"];
 
@@ -178,6 +191,10 @@ struct Lower<'a> {
     /// indices of the definition being lowered, and indices bound by enclosing reductions
     active: Vec<IndexId>,
     current: Option<Current>,
+    /// expression nodes lowered inside helper calls so far ([`MAX_INLINED_NODES`])
+    inlined: usize,
+    /// the error returned is a limit's
+    limit: bool,
 }
 
 fn suggest<'n>(name: &str, candidates: impl Iterator<Item = &'n str>) -> Option<String> {
@@ -211,6 +228,8 @@ impl<'a> Lower<'a> {
             fn_stack: vec![],
             active: vec![],
             current: None,
+            inlined: 0,
+            limit: false,
         }
     }
 
@@ -246,7 +265,7 @@ impl<'a> Lower<'a> {
         self.prog.index_label(i)
     }
 
-    fn loss(mut self, d: &ast::LossDef) -> DResult<ir::Program> {
+    fn loss(&mut self, d: &ast::LossDef) -> DResult<ir::Program> {
         self.prog.name = d.name.name.clone();
         self.prog.doc = d.doc.clone();
         self.prog.source = self.sources.slice(d.span).to_string();
@@ -389,7 +408,10 @@ impl<'a> Lower<'a> {
                 .note("materialise intermediate values with tensor definitions (`let t[i] = ...`)"));
             }
         }
-        Ok(self.prog)
+        Ok(std::mem::replace(
+            &mut self.prog,
+            Lower::new(self.fns, self.sources).prog,
+        ))
     }
 
     fn lookup_index(&self, id: &Ident) -> DResult<IndexId> {
@@ -681,6 +703,17 @@ impl<'a> Lower<'a> {
     }
 
     fn expr(&mut self, e: &ast::Expr) -> DResult<ExprId> {
+        if let Some(outer) = self.fn_stack.first() {
+            self.inlined += 1;
+            if self.inlined > MAX_INLINED_NODES {
+                self.limit = true;
+                return Err(Diagnostic::new(format!(
+                    "inlining `{outer}` makes more than {MAX_INLINED_NODES} expression nodes"
+                ))
+                .primary(e.span, "here")
+                .note("each helper call is expanded in place; a helper calling another several times, level after level, grows exponentially: compute shared parts once with `let`"));
+            }
+        }
         match &e.kind {
             ExprKind::Real(v) => Ok(self.prog.pool.real(*v)),
             ExprKind::Int(v) => Ok(self.prog.pool.int(*v)),

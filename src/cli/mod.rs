@@ -282,12 +282,7 @@ fn run(cli: Cli) -> CliResult {
             Ok(if bad > 0 { 2 } else { 0 })
         }
         Command::Parse { file } => {
-            let text = plain(std::fs::read_to_string(&file).map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("cannot read `{}`: {e}", file.display()),
-                )
-            }))?;
+            let text = plain(crate::syntax::read_source(&file))?;
             let mut sources = crate::diag::Sources::new();
             let id = sources.add(file.display().to_string(), text.clone());
             match crate::syntax::parse(id, &text) {
@@ -488,9 +483,7 @@ fn read_array(v: &str, what: &str) -> Result<Array> {
     if v.starts_with('[') || v.parse::<f64>().is_ok() || matches!(v, "inf" | "-inf" | "nan") {
         return Array::parse_literal(v, what);
     }
-    let bytes = std::fs::read(v)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("{what}: cannot read `{v}`: {e}")))?;
-    Array::from_npy(&bytes, what)
+    Array::from_npy_file(std::path::Path::new(v), what)
 }
 
 /// A parameter value from text: true/false, an int, a real, inf/-inf/nan.

@@ -10,7 +10,9 @@
 //! tensor's pad value, when it declares one), never an out-of-bounds access.
 
 use crate::diag::{Diagnostic, Error, ErrorKind, Result};
-use crate::ir::{Bin, Contribution, Expr, ExprId, Func, IndexId, Pass, Program, Red, Ty, Un};
+use crate::ir::{
+    arith, Bin, Contribution, Expr, ExprId, Func, IndexId, Pass, Program, Red, Ty, Un,
+};
 use std::collections::HashMap;
 
 /// A scalar value.
@@ -64,10 +66,89 @@ pub struct Env<'a> {
 /// Largest table (tensor definition or output) the interpreter allocates, in elements.
 pub const MAX_TABLE: u64 = 1 << 30;
 
+/// Most bytes the tables one call allocates may take together (tensor definitions with the
+/// gradients' adjoints, and the output), in either backend: 10^9 cells are legal for one
+/// table (below `MAX_TABLE`) but take 16 GB in the interpreter, 8 GB in an f64 kernel.
+pub const MAX_MEMORY: u64 = 1 << 32;
+
+/// Checks, before anything is allocated, that the tables of `p` at these extents, at
+/// `cell_bytes(ty)` bytes a cell, and `extra` bytes besides fit in [`MAX_MEMORY`]
+/// (overflow-checked).
+pub fn check_memory(
+    p: &Program,
+    extents: &[i64],
+    cell_bytes: &dyn Fn(Ty) -> u64,
+    extra: u64,
+) -> Result<()> {
+    let mut total = Some(extra);
+    let tables = p
+        .tensors
+        .iter()
+        .map(|t| (&t.indices, t.ty))
+        .chain(std::iter::once((&p.output.indices, p.output_ty())));
+    for (ix, ty) in tables {
+        let n = table_size(p, extents, ix)? as u64;
+        total = total.and_then(|t| t.checked_add(n.checked_mul(cell_bytes(ty))?));
+    }
+    match total {
+        Some(t) if t <= MAX_MEMORY => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::Limit,
+            format!(
+                "the tables of `{}` would take {} bytes at these sizes; the limit is {MAX_MEMORY}",
+                p.name,
+                total.map_or("more than 2^64".to_string(), |t| t.to_string())
+            ),
+        )),
+    }
+}
+
+/// `n` copies of `v`, or a `Limit` error when the allocator refuses them (instead of an
+/// abort).
+pub fn try_filled<T: Clone>(n: usize, v: T) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| {
+        Error::new(
+            ErrorKind::Limit,
+            format!(
+                "cannot allocate a table of {n} cells ({} bytes)",
+                n.saturating_mul(std::mem::size_of::<T>())
+            ),
+        )
+    })?;
+    out.resize(n, v);
+    Ok(out)
+}
+
 /// Evaluates a closed expression (a parameter default or an extent).
 pub fn eval_scalar(p: &Program, env: &Env, e: ExprId) -> Result<Value> {
     let mut m = Machine::new(p, env);
     m.eval(e)
+}
+
+/// Evaluates a computed extent: as [`eval_scalar`], except that an int operation that
+/// overflows is a `Limit` error instead of wrapping (`I * I * I` with `I = 2^22` would wrap
+/// to an extent of 0).
+pub fn eval_extent(p: &Program, env: &Env, e: ExprId) -> Result<Value> {
+    let mut m = Machine::new(p, env);
+    m.checked = true;
+    m.eval(e)
+}
+
+/// `x ^ n` (`n >= 0`), or None where it overflows.
+fn checked_ipow(x: i64, n: i64) -> Option<i64> {
+    let (mut n, mut base, mut r) = (n.max(0) as u64, x, 1i64);
+    while n > 0 {
+        if n & 1 == 1 {
+            r = r.checked_mul(base)?;
+        }
+        n >>= 1;
+        if n > 0 {
+            // (a square that overflows with bits of the exponent left: so does the result)
+            base = base.checked_mul(base)?;
+        }
+    }
+    Some(r)
 }
 
 /// Runs a program: evaluates its tensor definitions in order, then its output over the
@@ -79,6 +160,8 @@ pub fn run(p: &Program, env: &Env) -> Result<Vec<f64>> {
 /// Runs a program and its backward passes; returns the output's values and, for each entry
 /// of `p.grads`, the gradient's values (row-major over the input's dimensions).
 pub fn run_with_grads(p: &Program, env: &Env) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let cell = std::mem::size_of::<Value>() as u64;
+    check_memory(p, &env.extents, &|_| cell, 0)?;
     let mut m = Machine::new(p, env);
     for (k, t) in p.tensors.iter().enumerate() {
         m.fill(Some(k), &t.indices, t.body, t.reverse)?;
@@ -143,6 +226,8 @@ struct Machine<'a> {
     cache: HashMap<(ExprId, Vec<i64>), Value>,
     /// the indices being iterated, outermost first (for messages)
     live: Vec<IndexId>,
+    /// int overflow is an error (computed extents), not wrapping
+    checked: bool,
 }
 
 /// The error for a read at `v` along dimension `dim` (index `dim_index`, extent `ext`) of
@@ -187,24 +272,6 @@ pub fn range_error(
 /// `i`, `i + 2`, `t - 1`, `(u + 1) - 2`: a constant offset of an index.
 pub fn is_offset(p: &Program, e: ExprId) -> bool {
     crate::ir::shifted_index(p, e).is_some()
-}
-
-fn floor_div(a: i64, b: i64) -> i64 {
-    let q = a.wrapping_div(b);
-    if (a % b != 0) && ((a < 0) != (b < 0)) {
-        q - 1
-    } else {
-        q
-    }
-}
-
-fn floor_mod(a: i64, b: i64) -> i64 {
-    let r = a.wrapping_rem(b);
-    if r != 0 && ((r < 0) != (b < 0)) {
-        r + b
-    } else {
-        r
-    }
 }
 
 fn nan_max(a: f64, b: f64) -> f64 {
@@ -261,6 +328,19 @@ impl<'a> Machine<'a> {
             shared: shared_nodes(p),
             cache: HashMap::new(),
             live: vec![],
+            checked: false,
+        }
+    }
+
+    /// An int result: `wrapped` (two's complement), or in checked mode a `Limit` error where
+    /// the exact result (`exact`) does not fit.
+    fn int_result(&self, exact: Option<i64>, wrapped: i64) -> Result<Value> {
+        match exact {
+            None if self.checked => Err(Error::new(
+                ErrorKind::Limit,
+                "an int extent overflows 64 bits (it would be more than 2^63 - 1)",
+            )),
+            _ => Ok(Value::Int(wrapped)),
         }
     }
 
@@ -349,7 +429,7 @@ impl<'a> Machine<'a> {
     ) -> Result<Vec<Value>> {
         let n = table_size(self.p, &self.env.extents, indices)?;
         let ext: Vec<i64> = indices.iter().map(|i| self.env.extents[i.ix()]).collect();
-        let mut out = vec![Value::Real(0.0); n];
+        let mut out = try_filled(n, Value::Real(0.0))?;
         if let Some(k) = slot {
             self.tensors[k] = Some(out);
             out = Vec::new();
@@ -512,7 +592,9 @@ impl<'a> Machine<'a> {
                 let x = self.eval(*a)?;
                 match (op, x) {
                     (Un::Neg, Value::Real(v)) => Value::Real(-v),
-                    (Un::Neg, Value::Int(v)) => Value::Int(v.wrapping_neg()),
+                    (Un::Neg, Value::Int(v)) => {
+                        self.int_result(v.checked_neg(), v.wrapping_neg())?
+                    }
                     (Un::Not, v) => Value::Bool(!v.bool()),
                     (Un::ToReal, v) => self.r(v.as_f64()),
                     (Un::ToInt, v) => Value::Int(v.as_f64() as i64),
@@ -525,6 +607,9 @@ impl<'a> Machine<'a> {
                 let mut v = Vec::with_capacity(args.len());
                 for a in args {
                     v.push(self.eval(*a)?);
+                }
+                if self.checked && f == Func::Abs && v.first() == Some(&Value::Int(i64::MIN)) {
+                    return self.int_result(None, i64::MIN);
                 }
                 self.call(f, &v, p.pool.ty(e))
             }
@@ -601,12 +686,11 @@ impl<'a> Machine<'a> {
             _ => {}
         }
         let y = self.eval(b)?;
-        let int_op = |f: fn(i64, i64) -> i64| Value::Int(f(x.int(), y.int()));
         Ok(match (x, y) {
             (Value::Int(u), Value::Int(v)) => match op {
-                Bin::Add => int_op(i64::wrapping_add),
-                Bin::Sub => int_op(i64::wrapping_sub),
-                Bin::Mul => int_op(i64::wrapping_mul),
+                Bin::Add => self.int_result(u.checked_add(v), u.wrapping_add(v))?,
+                Bin::Sub => self.int_result(u.checked_sub(v), u.wrapping_sub(v))?,
+                Bin::Mul => self.int_result(u.checked_mul(v), u.wrapping_mul(v))?,
                 Bin::Div | Bin::Rem => {
                     if v == 0 {
                         let mut d = Diagnostic::new(format!(
@@ -619,9 +703,10 @@ impl<'a> Machine<'a> {
                         return Err(Error::from_diag(ErrorKind::Range, d));
                     }
                     if op == Bin::Div {
-                        Value::Int(floor_div(u, v))
+                        let q = arith::floor_div(u, v);
+                        self.int_result(u.checked_div(v).map(|_| q), q)?
                     } else {
-                        Value::Int(floor_mod(u, v))
+                        Value::Int(arith::floor_mod(u, v))
                     }
                 }
                 Bin::Pow => {
@@ -631,7 +716,7 @@ impl<'a> Machine<'a> {
                             format!("negative int exponent {v} is out of range"),
                         ));
                     }
-                    Value::Int(u.wrapping_pow(v.min(u32::MAX as i64) as u32))
+                    self.int_result(checked_ipow(u, v), arith::ipow(u, v))?
                 }
                 Bin::Eq => Value::Bool(u == v),
                 Bin::Ne => Value::Bool(u != v),
@@ -645,9 +730,7 @@ impl<'a> Machine<'a> {
                 Bin::Eq => u == v,
                 _ => u != v,
             }),
-            (Value::Real(u), Value::Int(v)) if op == Bin::Pow => {
-                self.r(u.powi(v.clamp(i32::MIN as i64, i32::MAX as i64) as i32))
-            }
+            (Value::Real(u), Value::Int(v)) if op == Bin::Pow => self.r(arith::powi(u, v)),
             _ => {
                 let (u, v) = (x.as_f64(), y.as_f64());
                 match op {

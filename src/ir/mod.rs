@@ -15,6 +15,7 @@
 //!   reverse order), and has a pad;
 //! - `Select`, `And` and `Or` are lazy: only the taken side is evaluated (and differentiated).
 
+pub mod arith;
 mod print;
 mod pull;
 mod reduce;

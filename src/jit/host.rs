@@ -63,11 +63,11 @@ extern "C" fn acos32(x: f32) -> f32 {
 
 /// A real to an int power, as the interpreter computes it.
 extern "C" fn powi(x: f64, n: i64) -> f64 {
-    x.powi(n.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+    crate::ir::arith::powi(x, n)
 }
 /// An int to a non-negative int power, wrapping (the kernel checks the sign first).
 extern "C" fn ipow(x: i64, n: i64) -> i64 {
-    x.wrapping_pow(n.clamp(0, u32::MAX as i64) as u32)
+    crate::ir::arith::ipow(x, n)
 }
 
 /// The symbol of the f32 host function for an elementary function (glibc's f32 versions,

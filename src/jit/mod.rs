@@ -263,6 +263,8 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
     let frontend = module.target_config();
     let mut fctx = FunctionBuilderContext::new();
     let split = parts(p, &s.stages);
+    // (one analysis for all the parts: it is pool-sized)
+    let an = Analysis::new(p);
     // The parts' IR, one function each (declaring them needs the module)...
     let mut ctxs: Vec<(FuncId, cranelift_codegen::Context)> = Vec::new();
     for (k, range) in split.iter().enumerate() {
@@ -280,7 +282,7 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
         ctx.func.name = cranelift_codegen::ir::UserFuncName::testcase(&name);
         {
             let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let mut g = Gen::new(p, b, &mut module, f32)?;
+            let mut g = Gen::new(p, &an, b, &mut module, f32)?;
             g.body(&s.stages[range.clone()])?;
             g.b.seal_all_blocks();
             g.b.finalize(frontend);
@@ -349,29 +351,78 @@ pub fn compile(p: &Program, s: &Schedule, f32: bool) -> Result<Kernel> {
 /// costs more than linearly in a function's size, so one big kernel (CTC's: two recurrences
 /// in vector and scalar form) compiles faster as several.
 fn parts(p: &Program, stages: &[Stage]) -> Vec<std::ops::Range<usize>> {
-    let an = Analysis::new(p);
-    let reach: Vec<Vec<bool>> = stages.iter().map(|st| an.reach(&stage_roots(st))).collect();
-    let size = |k: usize| reach[k].iter().filter(|x| **x).count();
-    let shares = |a: std::ops::Range<usize>, b: std::ops::Range<usize>| {
-        (0..p.pool.len()).any(|e| {
-            matches!(p.pool.get(ExprId(e as u32)), Expr::Reduce(..))
-                && a.clone().any(|k| reach[k][e])
-                && b.clone().any(|k| reach[k][e])
-        })
-    };
+    // Sparse: what each stage reaches as a list, and for each reduction the last stage that
+    // reaches it, so that time and memory grow with what the stages reach, not with
+    // stages x pool (30,000 small definitions took 9.7 GB here).
+    let roots: Vec<Vec<ExprId>> = stages.iter().map(stage_roots).collect();
+    let reach = reach_lists(p, &roots);
+    let mut last: HashMap<ExprId, usize> = HashMap::new();
+    for (k, r) in reach.iter().enumerate() {
+        for e in r {
+            if matches!(p.pool.get(*e), Expr::Reduce(..)) {
+                last.insert(*e, k);
+            }
+        }
+    }
     let mut out = Vec::new();
-    let (mut start, mut total) = (0, 0);
-    for k in 0..stages.len() {
-        let n = size(k);
-        if k > start && total + n > PART_NODES && !shares(start..k, k..stages.len()) {
+    // (`reused_until`: the last stage reaching a reduction the part so far reaches; the part
+    // may end before stage k only if no stage from k on needs one of them)
+    let (mut start, mut total, mut reused_until) = (0, 0, 0);
+    for (k, r) in reach.iter().enumerate() {
+        let n = r.len();
+        if k > start && total + n > PART_NODES && reused_until < k {
             out.push(start..k);
             start = k;
             total = 0;
         }
         total += n;
+        for e in r {
+            if let Some(l) = last.get(e) {
+                reused_until = reused_until.max(*l);
+            }
+        }
     }
     out.push(start..stages.len());
     out
+}
+
+/// The nodes `roots` reach, in pool order (children before parents): time and memory
+/// proportional to what they reach, not to the pool.
+pub(crate) fn reach_sparse(p: &Program, roots: &[ExprId]) -> Vec<ExprId> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = roots.to_vec();
+    let mut out = Vec::new();
+    while let Some(e) = stack.pop() {
+        if seen.insert(e) {
+            out.push(e);
+            p.pool.get(e).for_each_child(|c| stack.push(c));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The nodes each list of roots reaches (each list's nodes once, in no particular order):
+/// time and memory proportional to the total reached, plus one pool-sized stamp array.
+fn reach_lists(p: &Program, lists: &[Vec<ExprId>]) -> Vec<Vec<ExprId>> {
+    let mut stamp = vec![u32::MAX; p.pool.len()];
+    let mut stack = Vec::new();
+    lists
+        .iter()
+        .enumerate()
+        .map(|(k, roots)| {
+            let mut out = Vec::new();
+            stack.extend_from_slice(roots);
+            while let Some(e) = stack.pop() {
+                if std::mem::replace(&mut stamp[e.ix()], k as u32) == k as u32 {
+                    continue;
+                }
+                out.push(e);
+                p.pool.get(e).for_each_child(|c| stack.push(c));
+            }
+            out
+        })
+        .collect()
 }
 
 /// See [`parts`].
@@ -483,13 +534,19 @@ struct Hold {
 
 struct Gen<'a, 'b> {
     p: &'a Program,
-    an: Analysis<'a>,
+    an: &'a Analysis<'a>,
     b: FunctionBuilder<'b>,
     module: &'b mut JITModule,
     f32: bool,
     rt: Type,
-    bufs: Vec<Value>,
-    ext: Vec<Value>,
+    /// each slot's base pointer and each index's extent, loaded in the entry block at first
+    /// use (see [`Gen::buf`])
+    bufs: Vec<Option<Value>>,
+    ext: Vec<Option<Value>>,
+    bufs_p: Value,
+    ext_p: Value,
+    /// the last of the entry block's own loads and lazy loads: the next goes after it
+    header_end: cranelift_codegen::ir::Inst,
     params: Vec<Value>,
     idx: Vec<Option<Value>>,
     /// values by (kind, node): kind 0 is the node's value; for a node and its negation, 1 is
@@ -545,6 +602,7 @@ struct Gen<'a, 'b> {
 impl<'a, 'b> Gen<'a, 'b> {
     fn new(
         p: &'a Program,
+        an: &'a Analysis<'a>,
         mut b: FunctionBuilder<'b>,
         module: &'b mut JITModule,
         f32: bool,
@@ -560,13 +618,15 @@ impl<'a, 'b> Gen<'a, 'b> {
         let ext_p = b.ins().load(types::I64, readonly, args, 8);
         let par_p = b.ins().load(types::I64, readonly, args, 16);
         let err_p = b.ins().load(types::I64, readonly, args, 24);
+        let header_end = b
+            .func
+            .dfg
+            .value_def(err_p)
+            .inst()
+            .ok_or_else(|| internal("the error pointer is not an instruction's"))?;
         let nbuf = p.inputs.len() + p.tensors.len() + 1;
-        let bufs = (0..nbuf)
-            .map(|k| b.ins().load(types::I64, readonly, bufs_p, (8 * k) as i32))
-            .collect();
-        let ext = (0..p.indices.len())
-            .map(|k| b.ins().load(types::I64, readonly, ext_p, (8 * k) as i32))
-            .collect();
+        let bufs = vec![None; nbuf];
+        let ext = vec![None; p.indices.len()];
         let rt = if f32 { types::F32 } else { types::F64 };
         let params = p
             .params
@@ -599,7 +659,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
         Ok(Gen {
             p,
-            an: Analysis::new(p),
+            an,
             b,
             module,
             f32,
@@ -607,6 +667,9 @@ impl<'a, 'b> Gen<'a, 'b> {
             rt,
             bufs,
             ext,
+            bufs_p,
+            ext_p,
+            header_end,
             params,
             idx: vec![None; p.indices.len()],
             scopes: vec![HashMap::new()],
@@ -632,6 +695,43 @@ impl<'a, 'b> Gen<'a, 'b> {
         })
     }
 
+    /// The base pointer of slot `k`. Loaded in the entry block (so it dominates every use)
+    /// the first time a part's function needs it: loading every table's pointer and every
+    /// extent in every part made compiling grow with parts x tables (30,000 small tables:
+    /// 9.7 GB).
+    fn buf(&mut self, k: usize) -> Value {
+        if let Some(v) = self.bufs[k] {
+            return v;
+        }
+        let v = self.entry_load(self.bufs_p, 8 * k);
+        self.bufs[k] = Some(v);
+        v
+    }
+
+    /// The extent of index `k` (see [`Gen::buf`]).
+    fn ext_at(&mut self, k: usize) -> Value {
+        if let Some(v) = self.ext[k] {
+            return v;
+        }
+        let v = self.entry_load(self.ext_p, 8 * k);
+        self.ext[k] = Some(v);
+        v
+    }
+
+    /// An i64 loaded from `base + off` in the entry block, after its header loads and the
+    /// lazy loads before it (in the order of first use).
+    fn entry_load(&mut self, base: Value, off: usize) -> Value {
+        use cranelift_codegen::cursor::{Cursor, FuncCursor};
+        let readonly = MemFlagsData::trusted().with_readonly().with_can_move();
+        let mut pos = FuncCursor::new(self.b.func).at_inst(self.header_end);
+        pos.next_inst();
+        let v = pos.ins().load(types::I64, readonly, base, off as i32);
+        if let Some(i) = self.b.func.dfg.value_def(v).inst() {
+            self.header_end = i;
+        }
+        v
+    }
+
     fn body(&mut self, stages: &[Stage]) -> Result<()> {
         // Closed reductions two stages evaluate (RMSE's `mean(i: z * z)`: in the output, and
         // in the gradient's guarded value) computed once, first: inside a stage they may sit
@@ -648,23 +748,36 @@ impl<'a, 'b> Gen<'a, 'b> {
             .flatten()
             .flat_map(|g| g.carried.iter().flatten().copied())
             .collect();
-        let in_carried = self.an.reach(&carried);
-        let reach: Vec<Vec<bool>> = stages
+        // (sparse: a part is a few stages of a pool that may be large)
+        let reach: Vec<Vec<ExprId>> = stages
             .iter()
-            .map(|st| self.an.reach(&stage_roots(st)))
+            .map(|st| reach_sparse(self.p, &stage_roots(st)))
             .collect();
-        let shared: Vec<(ExprId, When)> = (0..self.p.pool.len())
-            .map(|k| ExprId(k as u32))
+        let in_carried: std::collections::HashSet<ExprId> =
+            reach_sparse(self.p, &carried).into_iter().collect();
+        let mut stages_reaching: HashMap<ExprId, usize> = HashMap::new();
+        for e in reach.iter().flatten() {
+            if matches!(self.p.pool.get(*e), Expr::Reduce(..)) {
+                *stages_reaching.entry(*e).or_default() += 1;
+            }
+        }
+        // (in pool order: a reduction after those in its body)
+        let mut candidates: Vec<ExprId> = stages_reaching
+            .iter()
+            .filter(|(_, n)| **n >= 2)
+            .map(|(e, _)| *e)
+            .collect();
+        candidates.sort();
+        let shared: Vec<(ExprId, When)> = candidates
+            .into_iter()
             .filter(|e| {
-                matches!(self.p.pool.get(*e), Expr::Reduce(..))
-                    && !in_carried[e.ix()]
+                !in_carried.contains(e)
                     && self.p.pool.free(*e).is_empty()
                     && self.an.safe(*e)
                     && !self
                         .p
                         .pool
                         .reaches(&[*e], |_, x| matches!(x, Expr::Tensor(..)))
-                    && reach.iter().filter(|r| r[e.ix()]).count() >= 2
             })
             .map(|e| (e, When::Always))
             .collect();
@@ -782,7 +895,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         reverse: bool,
         f: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
-        let n = self.ext[ix.ix()];
+        let n = self.ext_at(ix.ix());
         let var = self.b.declare_var(types::I64);
         let start = match from {
             Some(s) => s,
@@ -846,7 +959,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         lanes: usize,
         f: &mut dyn FnMut(&mut Self, usize) -> Result<()>,
     ) -> Result<()> {
-        let n = self.ext[ix.ix()];
+        let n = self.ext_at(ix.ix());
         let main_n = self.b.ins().band_imm_s(n, -(lanes as i64));
         let var = self.b.declare_var(types::I64);
         let zero = self.b.ins().iconst(types::I64, 0);
@@ -1044,7 +1157,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             let v = match c.red {
                 Red::Sum => self.narrow(acc),
                 Red::Mean => {
-                    let n = self.ext[self.reduce_index(c.node)?.ix()];
+                    let n = self.ext_at(self.reduce_index(c.node)?.ix());
                     let nf = self.b.ins().fcvt_from_sint(types::F64, n);
                     let m = self.b.ins().fdiv(acc, nf);
                     self.narrow(m)
@@ -1115,7 +1228,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             let mut off = self.b.ins().iconst(types::I64, 0);
             for (a, d) in r.index.iter().zip(dims) {
                 let v = self.emit(*a)?;
-                let m = self.b.ins().imul(off, self.ext[d.ix()]);
+                let ext_v = self.ext_at(d.ix());
+                let m = self.b.ins().imul(off, ext_v);
                 off = self.b.ins().iadd(m, v);
             }
             let a = self.addr(slot, Elem::Real, off);
@@ -1178,7 +1292,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let slot = self.p.inputs.len() + t.ix();
                 let mut cells = self.b.ins().iconst(types::I64, 1);
                 for d in &self.p.tensors[t.ix()].indices {
-                    cells = self.b.ins().imul(cells, self.ext[d.ix()]);
+                    let ext_v = self.ext_at(d.ix());
+                    cells = self.b.ins().imul(cells, ext_v);
                 }
                 let zero = self.b.ins().iconst(types::I64, 0);
                 let base = self.addr(slot, Elem::Real, zero);
@@ -1580,7 +1695,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut off = self.b.ins().iconst(types::I64, 0);
         for (a, d) in r.index.iter().zip(&dims) {
             let v = self.emit(*a)?;
-            let n = self.ext[d.ix()];
+            let n = self.ext_at(d.ix());
             if !crate::schedule::in_range(self.p, *a, *d) {
                 let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
                 let next = self.b.create_block();
@@ -1602,7 +1717,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             return Ok(self.addr(slot, elem, off));
         };
         let row = self.row_major(outer)?;
-        let row = self.b.ins().imul(row, self.ext[last.ix()]);
+        let ext_v = self.ext_at(last.ix());
+        let row = self.b.ins().imul(row, ext_v);
         let v = self.idx[last.ix()].ok_or_else(|| internal("index not bound"))?;
         Ok(self.addr_in_row(slot, elem, row, v))
     }
@@ -1611,7 +1727,8 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut off = self.b.ins().iconst(types::I64, 0);
         for d in dims {
             let v = self.idx[d.ix()].ok_or_else(|| internal("index not bound"))?;
-            let m = self.b.ins().imul(off, self.ext[d.ix()]);
+            let ext_v = self.ext_at(d.ix());
+            let m = self.b.ins().imul(off, ext_v);
             off = self.b.ins().iadd(m, v);
         }
         Ok(off)
@@ -1626,7 +1743,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn addr(&mut self, slot: usize, elem: Elem, off: Value) -> Value {
-        let base = self.bufs[slot];
+        let base = self.buf(slot);
         self.addr_from(base, elem, off)
     }
 
@@ -1641,7 +1758,8 @@ impl<'a, 'b> Gen<'a, 'b> {
         } else {
             self.b.ins().imul_imm_s(row, size)
         };
-        let base = self.b.ins().iadd(self.bufs[slot], bytes);
+        let base = self.buf(slot);
+        let base = self.b.ins().iadd(base, bytes);
         self.addr_from(base, elem, off)
     }
 
@@ -1784,7 +1902,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut checked = false;
         for (k, (a, d)) in args.iter().zip(dims).enumerate() {
             let v = self.emit(*a)?;
-            let n = self.ext[d.ix()];
+            let n = self.ext_at(d.ix());
             let trivially = crate::schedule::in_range(p, *a, *d);
             if !trivially {
                 let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
@@ -1851,7 +1969,8 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn row_count(&mut self, dims: &[IndexId]) -> Value {
         let mut n = self.b.ins().iconst(types::I64, 1);
         for d in dims {
-            n = self.b.ins().imul(n, self.ext[d.ix()]);
+            let ext_v = self.ext_at(d.ix());
+            n = self.b.ins().imul(n, ext_v);
         }
         n
     }
@@ -1943,7 +2062,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             Expr::Bool(v) => self.b.ins().iconst(types::I8, v as i64),
             Expr::Index(i) => self.idx[i.ix()]
                 .ok_or_else(|| internal(format!("index `{}` not bound", p.index_label(i))))?,
-            Expr::Extent(i) => self.ext[i.ix()],
+            Expr::Extent(i) => self.ext_at(i.ix()),
             Expr::Param(q) => self.params[q.ix()],
             Expr::Input(..) | Expr::Tensor(..) => self.load(e)?,
             Expr::StopGrad(a) => self.emit(a)?,
@@ -2684,7 +2803,7 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// A real reduction whose body is lane-wise: a vector loop, then the remaining cells.
     fn vreduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId) -> Result<Value> {
-        let n = self.ext[i.ix()];
+        let n = self.ext_at(i.ix());
         // One carried accumulator: f64 sums, real max/min; logsumexp is max then sum of exps.
         let pass = |g: &mut Self, red: Red, shift: Option<Value>| -> Result<Value> {
             let (ty, init) = match red {
@@ -2754,7 +2873,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn reduce(&mut self, e: ExprId, red: Red, i: IndexId, body: ExprId, ty: Ty) -> Result<Value> {
         // Reductions in the body that do not depend on `i` are computed once, before the loop.
         self.hoist(&[(body, When::Always)], None, &[i])?;
-        let n = self.ext[i.ix()];
+        let n = self.ext_at(i.ix());
         if ty == Ty::Int {
             let (init, empty_err) = match red {
                 Red::Max => (i64::MIN, true),

@@ -155,44 +155,36 @@ impl<'a, 'b> Gen<'a, 'b> {
             .map(|c| c.body)
             .collect();
         if !extremes.is_empty() {
-            let inexact = self
-                .an
-                .reach(&extremes)
-                .iter()
-                .enumerate()
-                .any(|(k, seen)| {
-                    *seen
-                        && match p.pool.get(ExprId(k as u32)) {
-                            Expr::Call(f, _) => !matches!(
-                                f,
-                                Func::Abs
-                                    | Func::Sign
-                                    | Func::Sqrt
-                                    | Func::Floor
-                                    | Func::Ceil
-                                    | Func::Min
-                                    | Func::Max
-                                    | Func::Clamp
-                                    | Func::IsNan
-                                    | Func::IsInf
-                            ),
-                            Expr::Binary(Bin::Pow, ..) => true,
-                            _ => false,
-                        }
-                });
+            let inexact =
+                super::reach_sparse(p, &extremes)
+                    .into_iter()
+                    .any(|e| match p.pool.get(e) {
+                        Expr::Call(f, _) => !matches!(
+                            f,
+                            Func::Abs
+                                | Func::Sign
+                                | Func::Sqrt
+                                | Func::Floor
+                                | Func::Ceil
+                                | Func::Min
+                                | Func::Max
+                                | Func::Clamp
+                                | Func::IsNan
+                                | Func::IsInf
+                        ),
+                        Expr::Binary(Bin::Pow, ..) => true,
+                        _ => false,
+                    });
             if inexact {
                 return None;
             }
         }
-        let reach = self.an.reach(&roots);
+        // (sparse, in pool order: a stage reaches a small part of what may be a large pool)
+        let reach = super::reach_sparse(p, &roots);
         // The int reads that only index gathers (`logits[b, t, ext[b, u]]`): loaded lane by
         // lane by the gather, never as lanes of their own.
         let mut gather_only: HashMap<ExprId, bool> = HashMap::new();
-        for (k, seen) in reach.iter().enumerate() {
-            let e = ExprId(k as u32);
-            if !*seen {
-                continue;
-            }
+        for &e in &reach {
             let g = gather_index(p, e, ix);
             p.pool.get(e).for_each_child(|c| {
                 if g == Some(c) {
@@ -202,9 +194,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 }
             });
         }
-        for (k, seen) in reach.iter().enumerate() {
-            let e = ExprId(k as u32);
-            if !*seen || gather_only.get(&e) == Some(&true) {
+        for &e in &reach {
+            if gather_only.get(&e) == Some(&true) {
                 continue;
             }
             // the table being filled, read in its own row: a dependence between lanes
@@ -700,7 +691,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut row_in: Option<Value> = None;
         for (k, (a, d)) in args[..last].iter().zip(dims).enumerate() {
             let v = self.emit(*a)?;
-            let n = self.ext[d.ix()];
+            let n = self.ext_at(d.ix());
             if !crate::schedule::in_range(p, *a, *d) {
                 let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
                 if pad.is_some() && crate::interp::is_offset(p, *a) {
@@ -723,7 +714,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             Expr::Call(Func::Clamp, a) => self.emit(a[0])?,
             _ => self.emit(args[last])?,
         };
-        let n = self.ext[ix.ix()];
+        let n = self.ext_at(ix.ix());
         let span_in = if shift == 0 {
             None // (the vector loop's cells are the row's)
         } else {
@@ -1001,7 +992,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 Some((ix, k)) if matches!(self.p.pool.get(*a), Expr::Index(i) if *i == ix) => k,
                 _ => self.checked_arg(*a, *d)?,
             };
-            let m = self.b.ins().imul(off, self.ext[d.ix()]);
+            let ext_v = self.ext_at(d.ix());
+            let m = self.b.ins().imul(off, ext_v);
             off = self.b.ins().iadd(m, x);
         }
         Ok(off)
@@ -1044,7 +1036,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn checked_arg(&mut self, a: ExprId, d: IndexId) -> Result<Value> {
         let v = self.emit(a)?;
         if !crate::schedule::in_range(self.p, a, d) {
-            let n = self.ext[d.ix()];
+            let n = self.ext_at(d.ix());
             let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
             self.check(bad, super::ERR_RANGE, a, 0, v);
         }
@@ -1066,7 +1058,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut checks = Vec::new();
         for (k, (a, d)) in index.iter().zip(dims).enumerate() {
             let v = self.emit(*a)?;
-            let n = self.ext[d.ix()];
+            let n = self.ext_at(d.ix());
             if !crate::schedule::in_range(self.p, *a, *d) {
                 let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
                 checks.push((bad, *a, k, v));
@@ -1110,7 +1102,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             return Ok(self.addr(slot, Elem::Real, off));
         };
         let row = self.offset_with(outer, outer_args, None)?;
-        let row = self.b.ins().imul(row, self.ext[d.ix()]);
+        let ext_v = self.ext_at(d.ix());
+        let row = self.b.ins().imul(row, ext_v);
         let cell = self.checked_arg(*a, *d)?;
         Ok(self.addr_in_row(slot, Elem::Real, row, cell))
     }
@@ -1196,7 +1189,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             _ => return Err(internal("gather without ids")),
         };
         let row = self.offset_with(outer_dims, outer, None)?;
-        let n = self.ext[last.ix()];
+        let n = self.ext_at(last.ix());
         let row = self.b.ins().imul(row, n);
         let base = self.idx[ix.ix()].ok_or_else(|| internal("vector index not bound"))?;
         let flags = MemFlagsData::trusted().with_readonly();
@@ -1528,7 +1521,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         ix: IndexId,
     ) -> Result<Value> {
         let lanes = self.lanes();
-        let n = self.ext[ix.ix()];
+        let n = self.ext_at(ix.ix());
         // n - (n & (lanes-1)), not n & -lanes: Cranelift rematerializes an and-with-constant
         // in every block that uses it, so the loop would recompute its bound each step.
         let copies = self.copies(w, accs, ix);
@@ -1758,7 +1751,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         slow: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
         let lanes = self.lanes();
-        let n = self.ext[ix.ix()];
+        let n = self.ext_at(ix.ix());
         // (int lanes are i32 for f32: no vector steps in rows over 2^30 cells)
         let vec_n = if self.f32 && self.int_lanes_used(w, &[], ix) {
             let big = self
@@ -1811,10 +1804,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let mut ok = self.b.ins().iconst(types::I8, 1);
                 for (a, d) in checks {
                     let v = self.emit(a)?;
-                    let inside = self
-                        .b
-                        .ins()
-                        .icmp(IntCC::UnsignedLessThan, v, self.ext[d.ix()]);
+                    let n = self.ext_at(d.ix());
+                    let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, v, n);
                     ok = self.b.ins().band(ok, inside);
                 }
                 let end = self.b.ins().iadd_imm_s(vec_n, -hi - copies * lanes);

@@ -1128,10 +1128,15 @@ impl Opt {
                     return Some(self.real(q, v));
                 }
                 if let (Some(x), Some(y)) = (int_of(q, a), int_of(q, b)) {
+                    // (as the backends compute them: wrapping, `crate::ir::arith`; a zero
+                    // divisor or a negative exponent is left to fail at run time)
                     let v = match op {
-                        Bin::Add => x.checked_add(y)?,
-                        Bin::Sub => x.checked_sub(y)?,
-                        Bin::Mul => x.checked_mul(y)?,
+                        Bin::Add => x.wrapping_add(y),
+                        Bin::Sub => x.wrapping_sub(y),
+                        Bin::Mul => x.wrapping_mul(y),
+                        Bin::Div if y != 0 => crate::ir::arith::floor_div(x, y),
+                        Bin::Rem if y != 0 => crate::ir::arith::floor_mod(x, y),
+                        Bin::Pow if y >= 0 => crate::ir::arith::ipow(x, y),
                         _ => return None,
                     };
                     return Some(q.pool.int(v));
@@ -1459,13 +1464,22 @@ pub fn precise_logsumexp(p: &Program) -> Program {
     // the new tables of each split logsumexp, to be filled just before it
     let mut before: HashMap<TensorId, Vec<TensorId>> = HashMap::new();
     let original = q.tensors.len();
-    let subtracted = |q: &Program, t: TensorId| {
-        (0..q.pool.len()).any(|e| match q.pool.get(ExprId(e as u32)) {
-            Expr::Binary(Bin::Sub, a, b) => [*a, *b]
-                .iter()
-                .any(|x| matches!(q.pool.get(*x), Expr::Tensor(u, _) if *u == t)),
-            _ => false,
-        })
+    // Tables read directly by a subtraction, over the pool as it grows: the nodes are
+    // scanned once each (a scan per table made 10^4 definitions quadratic).
+    let mut subtracted_set: std::collections::HashSet<TensorId> = Default::default();
+    let mut scanned = 0usize;
+    let mut subtracted = |q: &Program, t: TensorId| {
+        for e in scanned..q.pool.len() {
+            if let Expr::Binary(Bin::Sub, a, b) = q.pool.get(ExprId(e as u32)) {
+                for x in [*a, *b] {
+                    if let Expr::Tensor(u, _) = q.pool.get(x) {
+                        subtracted_set.insert(*u);
+                    }
+                }
+            }
+        }
+        scanned = q.pool.len();
+        subtracted_set.contains(&t)
     };
     for k in 0..q.tensors.len() {
         let tid = TensorId(k as u32);

@@ -12,7 +12,7 @@ use crate::diag::{Error, ErrorKind, Result};
 use crate::ir::{self, Func, Program, Reduction};
 use crate::runtime::{Array, Backend, Call, DType, Library, ParamValue};
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 
 /// The session's state.
 pub struct Session {
@@ -257,10 +257,7 @@ impl Session {
         }
         if let Some(inner) = v.strip_prefix("load(").and_then(|x| x.strip_suffix(')')) {
             let path = inner.trim().trim_matches('"');
-            let bytes = std::fs::read(path).map_err(|e| {
-                Error::new(ErrorKind::Io, format!("{what}: cannot read `{path}`: {e}"))
-            })?;
-            return Array::from_npy(&bytes, what);
+            return Array::from_npy_file(std::path::Path::new(path), what);
         }
         if is_ident(v) {
             return Err(Error::new(
@@ -410,8 +407,7 @@ impl Session {
             }
             "load" => {
                 need("a .loss file")?;
-                let text = std::fs::read_to_string(arg)
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read `{arg}`: {e}")))?;
+                let text = crate::syntax::read_source(std::path::Path::new(arg))?;
                 let dir = std::path::Path::new(arg).parent().map(|p| p.to_path_buf());
                 self.define_in(&text, dir)?
             }
@@ -597,11 +593,52 @@ pub fn main() -> i32 {
 /// Reads a script line by line; prints results only.
 fn script(session: &mut Session) -> i32 {
     let stdin = std::io::stdin();
+    let mut input = stdin.lock();
     let mut out = std::io::stdout().lock();
     let mut buf = String::new();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        buf.push_str(&line);
+    let limit = crate::syntax::MAX_SOURCE_LEN;
+    let mut bytes = Vec::new();
+    for number in 1.. {
+        // One line, at most the source limit long (`/dev/zero` piped in is an error, not an
+        // out-of-memory abort); a line that is not UTF-8 is an error naming it, and the
+        // script goes on.
+        bytes.clear();
+        match (&mut input)
+            .take(limit as u64 + 1)
+            .read_until(b'\n', &mut bytes)
+        {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = writeln!(out, "error: cannot read line {number}: {e}");
+                return 2;
+            }
+        }
+        if bytes.len() > limit {
+            let _ = writeln!(out, "error: line {number} is longer than {limit} bytes");
+            return 2;
+        }
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        let Ok(line) = std::str::from_utf8(&bytes) else {
+            session.errors += 1;
+            if writeln!(out, "error: line {number} is not UTF-8 text (skipped)").is_err() {
+                return 2;
+            }
+            continue;
+        };
+        if buf.len() + line.len() > limit {
+            let _ = writeln!(
+                out,
+                "error: an input longer than {limit} bytes (at line {number})"
+            );
+            return 2;
+        }
+        buf.push_str(line);
         buf.push('\n');
         if !complete_input(&buf) {
             continue;

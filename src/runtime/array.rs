@@ -113,6 +113,37 @@ impl Array {
         }
     }
 
+    /// Reads an `.npy` file (see [`Array::from_npy`]), never more of it than the limits allow.
+    pub fn from_npy_file(path: &std::path::Path, what: &str) -> Result<Array> {
+        use std::io::Read;
+        let io = |e: std::io::Error| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{what}: cannot read `{}`: {e}", path.display()),
+            )
+        };
+        // The magic first, so that a device or a big file that is not `.npy` is refused after
+        // 6 bytes; then at most `MAX_MEMORY` bytes.
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        (&mut f).take(6).read_to_end(&mut bytes).map_err(io)?;
+        if bytes != b"\x93NUMPY" {
+            return Array::from_npy(&bytes, what);
+        }
+        let limit = crate::interp::MAX_MEMORY;
+        f.take(limit).read_to_end(&mut bytes).map_err(io)?;
+        if bytes.len() as u64 >= limit {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "{what}: `{}` is more than {limit} bytes, the limit for an array file",
+                    path.display()
+                ),
+            ));
+        }
+        Array::from_npy(&bytes, what)
+    }
+
     /// Reads an `.npy` file's bytes (f32, f64, and signed or unsigned integers; C or Fortran order).
     pub fn from_npy(bytes: &[u8], what: &str) -> Result<Array> {
         let bad = |m: String| {
@@ -286,30 +317,43 @@ impl Array {
     /// As [`Array::display`], with reals printed as the shortest text of their `dtype` value
     /// (an f32 result prints as `0.1`, not `0.10000000149011612`).
     pub fn display_as(&self, dtype: DType) -> String {
-        let vals: Vec<String> = match &self.data {
-            Data::Real(v) if dtype == DType::F32 => v.iter().map(|x| fmt_real32(*x)).collect(),
-            Data::Real(v) => v.iter().map(|x| fmt_real(*x)).collect(),
-            Data::Int(v) => v.iter().map(|x| x.to_string()).collect(),
+        // Elements are formatted as they are printed, so a 10^7-element array formats the
+        // few dozen it shows, not all of them.
+        let fmt = |i: usize| match &self.data {
+            Data::Real(v) if dtype == DType::F32 => fmt_real32(v[i]),
+            Data::Real(v) => fmt_real(v[i]),
+            Data::Int(v) => v[i].to_string(),
         };
+        let len = self.len();
         if self.shape.is_empty() {
-            return vals.first().cloned().unwrap_or_default();
+            return if len > 0 { fmt(0) } else { String::new() };
         }
         // (as NumPy prints any empty array; a `[10^18, 0]` shape must not make 10^18 rows)
-        if vals.is_empty() {
+        let cells = self.shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+        if len == 0 || cells != Some(len) {
             return "[]".into();
         }
         let mut out = String::new();
-        nest(&mut out, &self.shape, &vals, 0);
+        nest(&mut out, &self.shape, 0, len > 1000, &fmt, 0);
         out
     }
 }
 
-fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
+/// Prints the rows of `shape` whose first element is `base`, eliding all but the first and
+/// last few of each dimension when `elide`.
+fn nest(
+    out: &mut String,
+    shape: &[usize],
+    base: usize,
+    elide: bool,
+    fmt: &dyn Fn(usize) -> String,
+    depth: usize,
+) {
     const EDGE: usize = 3;
     let n = shape[0];
     let inner: usize = shape[1..].iter().product();
     out.push('[');
-    let show: Vec<usize> = if n > 2 * EDGE + 1 && vals.len() > 1000 {
+    let show: Vec<usize> = if n > 2 * EDGE + 1 && elide {
         (0..EDGE).chain(n - EDGE..n).collect()
     } else {
         (0..n).collect()
@@ -331,14 +375,9 @@ fn nest(out: &mut String, shape: &[usize], vals: &[String], depth: usize) {
             }
         }
         if shape.len() == 1 {
-            out.push_str(&vals[*i]);
+            out.push_str(&fmt(base + *i));
         } else {
-            nest(
-                out,
-                &shape[1..],
-                &vals[i * inner..(i + 1) * inner],
-                depth + 1,
-            );
+            nest(out, &shape[1..], base + i * inner, elide, fmt, depth + 1);
         }
     }
     out.push(']');

@@ -515,7 +515,14 @@ pub(crate) fn bind_params(
     for (k, ix) in p.indices.iter().enumerate() {
         match &ix.extent {
             Extent::Computed(e) => {
-                let v = interp::eval_scalar(p, env, *e)?.as_f64() as i64;
+                let v = interp::eval_extent(p, env, *e)
+                    .map_err(|err| {
+                        Error::new(
+                            err.kind,
+                            format!("the extent of index `{}`: {}", ix.name, err.message()),
+                        )
+                    })?
+                    .as_f64() as i64;
                 if v < 0 {
                     return Err(Error::new(
                         ErrorKind::Range,

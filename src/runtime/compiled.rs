@@ -41,6 +41,10 @@ pub struct Options {
     pub vary: Vec<String>,
 }
 
+/// Most worker threads a compiled loss starts (`Options::threads`): more cannot help on any
+/// machine it will meet, and thousands take a minute to spawn.
+pub const MAX_THREADS: usize = 1024;
+
 impl Default for Options {
     fn default() -> Options {
         Options {
@@ -309,12 +313,26 @@ impl CompiledLoss {
                 special.push((ir::ParamId(k as u32), v));
             }
         }
+        if options.threads > MAX_THREADS {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "{} worker threads asked for; the limit is {MAX_THREADS}",
+                    options.threads
+                ),
+            ));
+        }
         let pool = if options.threads > 1 {
-            rayon::ThreadPoolBuilder::new()
+            let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(options.threads)
                 .build()
-                .ok()
-                .map(Arc::new)
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("cannot start {} worker threads: {e}", options.threads),
+                    )
+                })?;
+            Some(Arc::new(pool))
         } else {
             None
         };
@@ -622,6 +640,18 @@ impl Spec {
                     .unwrap_or(0)
             })
             .collect();
+        // (the value and gradients this call returns, before they are allocated; the
+        // kernel's own tables are checked in `call_into`)
+        let cells = lens.iter().fold(n as u64, |a, l| a.saturating_add(*l as u64));
+        if cells.saturating_mul(8) > interp::MAX_MEMORY {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "the value and gradients of this call would take more than {} bytes",
+                    interp::MAX_MEMORY
+                ),
+            ));
+        }
         // (buffers of the loss's precision only: f64 ones are written once, at the end, for f32)
         let (value, grads): (Vec<f64>, Vec<Vec<f64>>) = if self.options.dtype == DType::F32 {
             let mut v32 = vec![0f32; n];
@@ -1140,6 +1170,7 @@ impl Spec {
             ));
         }
         let slots = jit::slots(q);
+        interp::check_memory(q, &env.extents, &|ty| native::cell_bytes(ty, f32), 0)?;
         let mut scratch = self
             .scratch
             .try_lock()

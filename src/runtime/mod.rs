@@ -99,35 +99,71 @@ impl Library {
     pub fn from_sources(roots: &[(String, String, Option<PathBuf>)]) -> Result<Library> {
         let mut sources = Sources::new();
         let mut files: Vec<ast::File> = Vec::new();
-        let mut seen: Vec<String> = roots.iter().map(|r| r.0.clone()).collect();
-        let mut queue: std::collections::VecDeque<(String, String, Origin)> = roots
+        // A file's key: its canonical path where it has one (so that `a.loss` named on the
+        // command line and `import "a.loss"` from beside it are one file), else its name.
+        let root_key = |name: &str, dir: &Option<PathBuf>| match dir {
+            Some(_) => Path::new(name)
+                .canonicalize()
+                .map(|c| c.display().to_string())
+                .unwrap_or_else(|_| name.to_string()),
+            None => name.to_string(),
+        };
+        let mut seen: Vec<String> = roots.iter().map(|r| root_key(&r.0, &r.2)).collect();
+        // Every file parsed so far: its key, how to name it in a cycle, and who imported it.
+        let mut nodes: Vec<(String, String, Option<usize>)> = Vec::new();
+        let mut queue: std::collections::VecDeque<Pending> = roots
             .iter()
-            .map(|(n, t, d)| {
-                let o = match d {
+            .zip(&seen)
+            .map(|((n, t, d), key)| Pending {
+                key: key.clone(),
+                label: Path::new(n)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| n.clone()),
+                name: n.clone(),
+                text: t.clone(),
+                origin: match d {
                     Some(d) => Origin::Dir(d.clone()),
                     None => Origin::Stdlib,
-                };
-                (n.clone(), t.clone(), o)
+                },
+                parent: None,
             })
             .collect();
         // Parse every file once, breadth first; parse errors render against the sources so far.
-        while let Some((name, text, origin)) = queue.pop_front() {
-            let id = sources.add(name, text);
+        while let Some(f) = queue.pop_front() {
+            let me = nodes.len();
+            nodes.push((f.key, f.label, f.parent));
+            let id = sources.add(f.name, f.text);
             let file = crate::syntax::parse(id, sources.text(id))
                 .map_err(|e| e.rendered_with(&sources))?;
             for item in &file.items {
                 let ast::Item::Import(imp) = item else {
                     continue;
                 };
-                let (key, next) = resolve_import(&imp.path, &origin).map_err(|e| {
+                let at = |e: Error, sources: &Sources| {
                     Error::from_diag(
                         e.kind,
                         crate::diag::Diagnostic::new(e.message())
                             .primary(imp.span, "imported here"),
                     )
-                    .rendered_with(&sources)
-                })?;
+                    .rendered_with(sources)
+                };
+                let (key, next) =
+                    resolve_import(&imp.path, &f.origin).map_err(|e| at(e, &sources))?;
                 if seen.contains(&key) {
+                    // Seen before: a file imported twice (fine), or one of the files importing
+                    // this one (a cycle, whose definitions would meet themselves).
+                    let mut chain = vec![imp.path.clone()];
+                    let mut k = Some(me);
+                    while let Some(n) = k {
+                        chain.push(nodes[n].1.clone());
+                        if nodes[n].0 == key {
+                            chain.reverse();
+                            let msg = format!("import cycle: {}", chain.join(" -> "));
+                            return Err(at(Error::new(ErrorKind::Check, msg), &sources));
+                        }
+                        k = nodes[n].2;
+                    }
                     continue;
                 }
                 if seen.len() >= MAX_IMPORTS {
@@ -137,7 +173,14 @@ impl Library {
                     ));
                 }
                 seen.push(key.clone());
-                queue.push_back((key, next.0, next.1));
+                queue.push_back(Pending {
+                    name: key.clone(),
+                    key,
+                    label: imp.path.clone(),
+                    text: next.0,
+                    origin: next.1,
+                    parent: Some(me),
+                });
             }
             files.push(file);
         }
@@ -152,12 +195,7 @@ impl Library {
 
     /// Losses from a file. Imports resolve relative to the file, then against the standard library.
     pub fn from_file(path: &Path) -> Result<Library> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("cannot read `{}`: {e}", path.display()),
-            )
-        })?;
+        let text = crate::syntax::read_source(path)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Library::from_sources(&[(path.display().to_string(), text, Some(dir))])
     }
@@ -245,12 +283,7 @@ fn stdlib_files() -> Result<Vec<(String, String)>> {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".loss") {
-            let text = std::fs::read_to_string(e.path()).map_err(|err| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("cannot read `{}`: {err}", e.path().display()),
-                )
-            })?;
+            let text = crate::syntax::read_source(&e.path())?;
             out.push((name, text));
         }
     }
@@ -258,27 +291,61 @@ fn stdlib_files() -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// Finds an imported file: next to the importing file, then in the standard library.
+/// A file waiting to be parsed (see [`Library::from_sources`]).
+struct Pending {
+    name: String,
+    key: String,
+    label: String,
+    text: String,
+    origin: Origin,
+    parent: Option<usize>,
+}
+
+/// Finds an imported file: a `.loss` file under the importing file's folder (a relative path
+/// without `..`, and no symbolic link out of the folder), then in the standard library.
+/// Anything else is refused before it is read, so no other file's contents reach a message.
 fn resolve_import(path: &str, origin: &Origin) -> Result<(String, (String, Origin))> {
+    use std::path::Component;
+    let refused = |why: &str| {
+        Error::new(
+            ErrorKind::Io,
+            format!(
+                "cannot import `{path}`: {why}; an import names a `.loss` file under the importing file's folder or in the standard library"
+            ),
+        )
+    };
+    if !path.ends_with(".loss") {
+        return Err(refused("not a `.loss` file"));
+    }
+    let rel = Path::new(path);
+    if !rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(refused("not a relative path inside the folder"));
+    }
     if let Origin::Dir(dir) = origin {
-        let candidate = dir.join(path);
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir.as_path()
+        };
+        let candidate = dir.join(rel);
         if candidate.is_file() {
-            let text = std::fs::read_to_string(&candidate).map_err(|e| {
+            let io = |e: std::io::Error| {
                 Error::new(
                     ErrorKind::Io,
                     format!("cannot read `{}`: {e}", candidate.display()),
                 )
-            })?;
-            let next_dir = candidate
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            let key = candidate
-                .canonicalize()
-                .unwrap_or(candidate)
-                .display()
-                .to_string();
-            return Ok((key, (text, Origin::Dir(next_dir))));
+            };
+            let canon = candidate.canonicalize().map_err(io)?;
+            let canon_dir = dir.canonicalize().map_err(io)?;
+            if !canon.starts_with(&canon_dir) {
+                return Err(refused("it links outside the folder"));
+            }
+            let text = crate::syntax::read_source(&canon)?;
+            let next_dir = canon.parent().map(Path::to_path_buf).unwrap_or_default();
+            return Ok((canon.display().to_string(), (text, Origin::Dir(next_dir))));
         }
     }
     let base = path.rsplit('/').next().unwrap_or(path);

@@ -267,6 +267,15 @@ pub(crate) fn run_kernel(
     Ok(unsafe { k.run(&ptrs, extents, &bits) })
 }
 
+/// Bytes of a kernel's table cell of type `ty`.
+pub fn cell_bytes(ty: crate::ir::Ty, f32: bool) -> u64 {
+    match Elem::of(ty) {
+        Elem::Real if f32 => 4,
+        Elem::Real | Elem::Int => 8,
+        Elem::Bool => 1,
+    }
+}
+
 /// Parameter values as the kernel reads them.
 pub fn param_bits(params: &[Value]) -> Vec<u64> {
     params
@@ -312,13 +321,14 @@ pub fn run_with_grads(p: &Program, env: &Env) -> Result<(Vec<f64>, Vec<Vec<f64>>
         .collect();
     // (checked before the tables are allocated by these extents)
     check_args(p, f32, &env.extents, &env.params)?;
+    interp::check_memory(p, &env.extents, &|ty| cell_bytes(ty, f32), 0)?;
     let mut tables: Vec<Owned> = Vec::with_capacity(p.tensors.len() + 1);
     for t in &p.tensors {
         let n = interp::table_size(p, &env.extents, &t.indices)?;
-        tables.push(Owned::zeros(Elem::of(t.ty), f32, n));
+        tables.push(Owned::zeros(Elem::of(t.ty), f32, n)?);
     }
     let n = interp::table_size(p, &env.extents, &p.output.indices)?;
-    tables.push(Owned::zeros(Elem::of(p.output_ty()), f32, n));
+    tables.push(Owned::zeros(Elem::of(p.output_ty()), f32, n)?);
     let r = {
         let mut slots: Vec<Slot> = ins.iter().map(Owned::read).collect();
         slots.extend(tables.iter_mut().map(Owned::write));
@@ -364,13 +374,13 @@ enum Owned {
 }
 
 impl Owned {
-    fn zeros(elem: Elem, f32: bool, n: usize) -> Owned {
-        match elem {
-            Elem::Real if f32 => Owned::F32(vec![0.0; n]),
-            Elem::Real => Owned::F64(vec![0.0; n]),
-            Elem::Int => Owned::I64(vec![0; n]),
-            Elem::Bool => Owned::U8(vec![0; n]),
-        }
+    fn zeros(elem: Elem, f32: bool, n: usize) -> Result<Owned> {
+        Ok(match elem {
+            Elem::Real if f32 => Owned::F32(interp::try_filled(n, 0.0)?),
+            Elem::Real => Owned::F64(interp::try_filled(n, 0.0)?),
+            Elem::Int => Owned::I64(interp::try_filled(n, 0)?),
+            Elem::Bool => Owned::U8(interp::try_filled(n, 0)?),
+        })
     }
     fn read(&self) -> Slot<'_> {
         match self {

@@ -24,6 +24,50 @@ pub const MAX_SOURCE_LEN: usize = 1 << 22;
 /// Deepest expression tree accepted (operators and calls, not only brackets).
 pub const MAX_DEPTH: usize = 256;
 
+/// Reads at most `limit` + 1 bytes of a file: more is a `Limit` error naming `what` the file
+/// is (a source, an array), so a device or a huge file is never read whole.
+pub fn read_bounded(path: &std::path::Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |e: std::io::Error| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    f.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::new(
+            ErrorKind::Limit,
+            format!(
+                "`{}` is more than {limit} bytes, the limit for {what}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads a source file: at most [`MAX_SOURCE_LEN`] + 1 bytes are read (`/dev/zero` is a
+/// `Limit` error, not an out-of-memory abort), and text that is not UTF-8 is a `Data` error
+/// that quotes none of it.
+pub fn read_source(path: &std::path::Path) -> Result<String> {
+    let bytes = read_bounded(path, MAX_SOURCE_LEN as u64, "a source")?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Data,
+            format!(
+                "`{}` is not UTF-8 text (byte {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
 /// Parses one source file. `file` is the id the spans will carry.
 ///
 /// Parsing recurses once per operator of a chain (`a ^ b ^ c`, `- - x`), so it runs on a thread
