@@ -2380,6 +2380,8 @@ fn softmax_losses_keep_relative_accuracy_in_f32() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// `native::run_with_grads`, safe and public, checks what it is given before the kernel runs:
 /// extents (one per index, literal and computed ones as the program makes them), parameters
 /// (count and type) and inputs (count, element type, length). Each mismatch is an `Error`;

@@ -135,22 +135,6 @@ pub fn eval_extent(p: &Program, env: &Env, e: ExprId) -> Result<Value> {
     m.eval(e)
 }
 
-/// `x ^ n` (`n >= 0`), or None where it overflows.
-fn checked_ipow(x: i64, n: i64) -> Option<i64> {
-    let (mut n, mut base, mut r) = (n.max(0) as u64, x, 1i64);
-    while n > 0 {
-        if n & 1 == 1 {
-            r = r.checked_mul(base)?;
-        }
-        n >>= 1;
-        if n > 0 {
-            // (a square that overflows with bits of the exponent left: so does the result)
-            base = base.checked_mul(base)?;
-        }
-    }
-    Some(r)
-}
-
 /// Runs a program: evaluates its tensor definitions in order, then its output over the
 /// output's indices, row-major. Returns the output's values as f64 (rounded to f32 in f32 mode).
 pub fn run(p: &Program, env: &Env) -> Result<Vec<f64>> {
@@ -716,7 +700,7 @@ impl<'a> Machine<'a> {
                             format!("negative int exponent {v} is out of range"),
                         ));
                     }
-                    self.int_result(checked_ipow(u, v), arith::ipow(u, v))?
+                    self.int_result(arith::checked_ipow(u, v), arith::ipow(u, v))?
                 }
                 Bin::Eq => Value::Bool(u == v),
                 Bin::Ne => Value::Bool(u != v),

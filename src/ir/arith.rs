@@ -41,6 +41,22 @@ pub fn ipow(x: i64, n: i64) -> i64 {
     r
 }
 
+/// `x ^ n` (`n >= 0`), or None where it overflows.
+pub fn checked_ipow(x: i64, n: i64) -> Option<i64> {
+    let (mut n, mut base, mut r) = (n.max(0) as u64, x, 1i64);
+    while n > 0 {
+        if n & 1 == 1 {
+            r = r.checked_mul(base)?;
+        }
+        n >>= 1;
+        if n > 0 {
+            // (a square that overflows with bits of the exponent left: so does the result)
+            base = base.checked_mul(base)?;
+        }
+    }
+    Some(r)
+}
+
 /// A real to an int power: `powi` (repeated multiplication) where the exponent fits an i32;
 /// beyond, `|x| ^ n` with the sign taken from the exponent's exact parity (converting `n` to a
 /// real could round an odd exponent to an even one, and truncating it to i32 changes it).

@@ -1012,7 +1012,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 continue;
             }
             let v = self.emit(*a)?;
-            let n = self.ext[d.ix()];
+            let n = self.ext_at(d.ix());
             let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
             outside = Some(match outside {
                 Some(o) => self.b.ins().bor(o, bad),
@@ -1145,7 +1145,8 @@ impl<'a, 'b> Gen<'a, 'b> {
                 return Err(internal("a unit-stride read without dimensions"));
             };
             let row = self.offset_with(outer, outer_args, None)?;
-            let row = self.b.ins().imul(row, self.ext[d.ix()]);
+            let ext = self.ext_at(d.ix());
+            let row = self.b.ins().imul(row, ext);
             let cell = self.checked_arg(*a, *d)?;
             let flags = MemFlagsData::new().with_notrap().with_readonly();
             return self.vload_cells(slot, elem, row, cell, flags);

@@ -1061,7 +1061,9 @@ impl Opt {
                 if let Some(v) = real_of(q, a) {
                     return Some(self.real(q, -v));
                 }
-                int_of(q, a).map(|v| q.pool.int(v.wrapping_neg()))
+                int_of(q, a)
+                    .and_then(i64::checked_neg)
+                    .map(|v| q.pool.int(v))
             }
             Expr::Unary(Un::ToReal, a) => int_of(q, a).map(|v| q.pool.real(v as f64)),
             Expr::Unary(Un::Not, a) => match q.pool.get(a) {
@@ -1128,15 +1130,21 @@ impl Opt {
                     return Some(self.real(q, v));
                 }
                 if let (Some(x), Some(y)) = (int_of(q, a), int_of(q, b)) {
-                    // (as the backends compute them: wrapping, `crate::ir::arith`; a zero
-                    // divisor or a negative exponent is left to fail at run time)
+                    // (only where exact: an overflow is left to run time, where data wraps
+                    // (`crate::ir::arith`) and an extent is a Limit error, so folding cannot
+                    // turn `I * I * I` into a silent 0; a zero divisor or a negative exponent
+                    // is left to fail at run time too)
                     let v = match op {
-                        Bin::Add => x.wrapping_add(y),
-                        Bin::Sub => x.wrapping_sub(y),
-                        Bin::Mul => x.wrapping_mul(y),
-                        Bin::Div if y != 0 => crate::ir::arith::floor_div(x, y),
-                        Bin::Rem if y != 0 => crate::ir::arith::floor_mod(x, y),
-                        Bin::Pow if y >= 0 => crate::ir::arith::ipow(x, y),
+                        Bin::Add => x.checked_add(y)?,
+                        Bin::Sub => x.checked_sub(y)?,
+                        Bin::Mul => x.checked_mul(y)?,
+                        Bin::Div if y != 0 && x.checked_div(y).is_some() => {
+                            crate::ir::arith::floor_div(x, y)
+                        }
+                        Bin::Rem if y != 0 && x.checked_rem(y).is_some() => {
+                            crate::ir::arith::floor_mod(x, y)
+                        }
+                        Bin::Pow if y >= 0 => crate::ir::arith::checked_ipow(x, y)?,
                         _ => return None,
                     };
                     return Some(q.pool.int(v));
@@ -1329,8 +1337,12 @@ impl Opt {
                 if rb == Some(2.0) {
                     return self.bin(q, Bin::Mul, a, a);
                 }
-                // q ^ g -> exp(g * log q) where log q is stable.
-                if q.pool.ty(b) == Ty::Real && rb.is_none() {
+                // q ^ g -> exp(g * log q) where log q is stable: for a variable g, and for a
+                // constant one that is no whole number >= 0 (baked parameters: focal's
+                // gamma = 0.5 at sigmoid(-200) = 0 took 0.5 q^-0.5 * 0 = NaN as a plain
+                // power; whole powers keep pow, whose derivative is finite at q = 0).
+                let fractional = rb.is_none_or(|r| r.fract() != 0.0 || r < 0.0);
+                if q.pool.ty(b) == Ty::Real && fractional {
                     if let Some((log_q, valid)) = self.stable_log(q, a) {
                         let gl = self.bin(q, Bin::Mul, b, log_q);
                         let ex = self.call(q, Func::Exp, vec![gl]);

@@ -285,34 +285,9 @@ impl CompiledLoss {
         }
         // Constant defaults (no data, no other parameter) of the parameters not baked or
         // varied: specialised.
-        let env = Env {
-            f32: false,
-            extents: vec![0; p.indices.len()],
-            inputs: vec![],
-            params: vec![],
-        };
-        let mut special = Vec::new();
-        for (k, q) in p.params.iter().enumerate() {
-            if options.bake.iter().any(|(n, _)| *n == q.name) || options.vary.contains(&q.name) {
-                continue;
-            }
-            let reads = p.pool.reaches(&[q.default], |_, x| {
-                matches!(
-                    x,
-                    Expr::Input(..)
-                        | Expr::Extent(_)
-                        | Expr::Index(_)
-                        | Expr::Reduce(..)
-                        | Expr::Param(_)
-                )
-            });
-            if reads {
-                continue;
-            }
-            if let Ok(v) = interp::eval_scalar(p, &env, q.default) {
-                special.push((ir::ParamId(k as u32), v));
-            }
-        }
+        let special = constant_defaults(p, |name| {
+            options.bake.iter().any(|(n, _)| n == name) || options.vary.iter().any(|n| n == name)
+        });
         if options.threads > MAX_THREADS {
             return Err(Error::new(
                 ErrorKind::Limit,
@@ -444,6 +419,74 @@ impl CompiledLoss {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The parameters whose defaults are constants (they read no data, extent, index or other
+/// parameter), with their values, leaving out those `skip` names: what a compiled loss
+/// specialises when a call does not give them.
+pub(crate) fn constant_defaults(
+    p: &Program,
+    skip: impl Fn(&str) -> bool,
+) -> Vec<(ir::ParamId, interp::Value)> {
+    let env = Env {
+        f32: false,
+        extents: vec![0; p.indices.len()],
+        inputs: vec![],
+        params: vec![],
+    };
+    let mut special = Vec::new();
+    for (k, q) in p.params.iter().enumerate() {
+        if skip(&q.name) {
+            continue;
+        }
+        let reads = p.pool.reaches(&[q.default], |_, x| {
+            matches!(
+                x,
+                Expr::Input(..)
+                    | Expr::Extent(_)
+                    | Expr::Index(_)
+                    | Expr::Reduce(..)
+                    | Expr::Param(_)
+            )
+        });
+        if reads {
+            continue;
+        }
+        if let Ok(v) = interp::eval_scalar(p, &env, q.default) {
+            special.push((ir::ParamId(k as u32), v));
+        }
+    }
+    special
+}
+
+/// `p` specialised as a call on the JIT runs it: the parameters the call gives and those with
+/// constant defaults baked in and folded (see [`CompiledLoss`]), so the interpreter, as the
+/// oracle, evaluates the very program the kernel computes (folding a `gamma == 0` branch
+/// changes which adjoints are guarded, and so where a NaN in a zero-weighted row may go).
+/// A value of the wrong type is left to the call's own checks.
+pub(crate) fn specialised(p: &Program, call: &super::Call) -> Program {
+    let mut consts: Vec<(ir::ParamId, crate::opt::Const)> = Vec::new();
+    let mut add = |id: ir::ParamId, v: interp::Value| {
+        consts.push((
+            id,
+            match v {
+                interp::Value::Real(x) => crate::opt::Const::Real(x),
+                interp::Value::Int(x) => crate::opt::Const::Int(x),
+                interp::Value::Bool(b) => crate::opt::Const::Bool(b),
+            },
+        ))
+    };
+    for (name, v) in &call.params {
+        if let Some(id) = p.param(name) {
+            if let Ok(x) = bind::param_value(p, id.ix(), *v) {
+                add(id, x);
+            }
+        }
+    }
+    for (id, v) in constant_defaults(p, |name| call.params.iter().any(|(n, _)| n == name)) {
+        add(id, v);
+    }
+    crate::opt::simplify_baked(p, &consts)
+}
+
 fn variant(
     base: &Program,
     wrt: &[InputId],
@@ -642,12 +685,15 @@ impl Spec {
             .collect();
         // (the value and gradients this call returns, before they are allocated; the
         // kernel's own tables are checked in `call_into`)
-        let cells = lens.iter().fold(n as u64, |a, l| a.saturating_add(*l as u64));
+        let cells = lens
+            .iter()
+            .fold(n as u64, |a, l| a.saturating_add(*l as u64));
         if cells.saturating_mul(8) > interp::MAX_MEMORY {
             return Err(Error::new(
                 ErrorKind::Limit,
                 format!(
-                    "the value and gradients of this call would take more than {} bytes",
+                    "the value and gradients of this call would take {} bytes; the limit is {}",
+                    cells.saturating_mul(8),
                     interp::MAX_MEMORY
                 ),
             ));

@@ -235,7 +235,7 @@ impl Library {
     pub fn call(&self, name: &str, call: &Call) -> Result<Output> {
         let p = self.loss(name)?;
         if call.backend == Backend::Interp {
-            return bind::evaluate(p, call);
+            return bind::evaluate(&compiled::specialised(p, call), call);
         }
         // (the checks that need no compiling first, so errors come in the interpreter's order)
         bind::precheck(p, call)?;
