@@ -319,6 +319,48 @@ fn vector_scatter_rows_outside_the_table_take_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `&&` and `||` evaluate left to right and stop at the first part that decides (LANGUAGE.md),
+/// so a part before the deciding one is evaluated and its range error raised, on both
+/// backends: the JIT's vector chains skipped it when a later part was known true on the
+/// whole loop (`... || !(0.0 > 0.3)`) or was a uniform part tested first (found by
+/// `generated_programs_from_seeds_agree`, seeds 2090 and 4907 before the fix).
+#[test]
+fn a_chain_raises_the_errors_of_parts_before_the_deciding_one() {
+    let bodies = [
+        "if m[i - 1, j] > 0.3 || !(0.0 > 0.3) { 1.0 } else { 2.0 }",
+        "if isnan(y[i] - m[i - 1, j]) || -0.75 != 0.25 { x[i] } else { m[i, j] }",
+        "if !(m[i - 1, j] > 0.3 && 0.0 > 0.3) { 1.0 } else { m[i, j] }",
+        "if m[i - 1, j] > 0.3 || sum(k: z[k] * z[k]) > -100.0 { 1.0 } else { m[i, j] }",
+        "if m[i - 1, j] > 0.3 && sum(k: z[k] * z[k]) < -100.0 { 1.0 } else { m[i, j] }",
+        "if m[i, j] > 9.0 || m[i - 1, j] > 0.3 || y[i] > -9.0 { 1.0 } else { m[i, j] }",
+    ];
+    let mut failures = Vec::new();
+    for body in bodies {
+        let src = format!(
+            "loss g(x[i], y[i], m[i, j], z[k]) -> [i, j] {{ let t[i, j] = {body}; t[i, j] * m[i, j] }}"
+        );
+        let lib = Library::from_source("g.loss", &src).unwrap();
+        for (n, nj) in [(1, 2), (2, 8), (3, 17)] {
+            for dtype in [DType::F64, DType::F32] {
+                let call = Call::new()
+                    .input("x", Array::real(vec![n], vec![0.5; n]))
+                    .input("y", Array::real(vec![n], vec![0.25; n]))
+                    .input("m", Array::real(vec![n, nj], vec![0.125; n * nj]))
+                    .input("z", Array::real(vec![3], vec![0.5; 3]))
+                    .dtype(dtype);
+                let name = format!("{body} {n}x{nj} {dtype:?}");
+                let mut ci = call.clone();
+                ci.backend = Backend::Interp;
+                if lib.call("g", &ci).is_ok() {
+                    failures.push(format!("{name}: the interpreter raises nothing"));
+                }
+                compare(&name, &lib, "g", &call, 1e-6, &mut failures);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The seeds `generated_programs_from_seeds_agree` runs: `LOSSC_GEN_SEEDS=A..B` (or one seed)
 /// for more, or to replay a failure.
 fn gen_seeds() -> std::ops::Range<u64> {
