@@ -361,6 +361,37 @@ fn a_chain_raises_the_errors_of_parts_before_the_deciding_one() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A read of a recurrence's pad from a later stage (`r[i - 1]` at `i = 0`, in a loop over `j`
+/// that the vector code runs) passes no gradient into the pad: its adjoint's one cell per row,
+/// `r_grad[i - 1]`, is outside the table and takes nothing, as in the scalar code. The JIT
+/// raised a range error there (an unmapped `fault Fault{..}`) whenever the adjoint was
+/// nonzero (found by `generated_programs_from_seeds_agree`, seed 2655 before the fix).
+#[test]
+fn a_pad_read_across_a_vector_loop_takes_no_gradient() {
+    let src = "loss g(y[i], m[i, j]) -> [i, j] {
+        let r[i] pad 0.0 = r[i - 1] - y[i];
+        r[i - 1] + r[i] * m[i, j]
+    }";
+    let lib = Library::from_source("g.loss", src).unwrap();
+    let mut failures = Vec::new();
+    for (n, nj) in [(1, 3), (4, 3), (3, 8), (2, 17)] {
+        for dtype in [DType::F64, DType::F32] {
+            for red in [Reduction::Mean, Reduction::Sum] {
+                let call = Call::new()
+                    .input("y", Array::real(vec![n], vec![-1.5; n]))
+                    .input("m", Array::real(vec![n, nj], vec![0.75; n * nj]))
+                    .reduction(red)
+                    .dtype(dtype)
+                    .grad("y")
+                    .grad("m");
+                let name = format!("{n}x{nj} {dtype:?} {red:?}");
+                compare(&name, &lib, "g", &call, 1e-6, &mut failures);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The seeds `generated_programs_from_seeds_agree` runs: `LOSSC_GEN_SEEDS=A..B` (or one seed)
 /// for more, or to replay a failure.
 fn gen_seeds() -> std::ops::Range<u64> {
