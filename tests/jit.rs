@@ -320,6 +320,105 @@ fn vector_scatter_rows_outside_the_table_take_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `&&` and `||` evaluate left to right and stop at the first part that decides (LANGUAGE.md),
+/// so a part before the deciding one is evaluated and its range error raised, on both
+/// backends: the JIT's vector chains skipped it when a later part was known true on the
+/// whole loop (`... || !(0.0 > 0.3)`) or was a uniform part tested first (found by
+/// `generated_programs_from_seeds_agree`, seeds 2090 and 4907 before the fix).
+#[test]
+fn a_chain_raises_the_errors_of_parts_before_the_deciding_one() {
+    let bodies = [
+        "if m[i - 1, j] > 0.3 || !(0.0 > 0.3) { 1.0 } else { 2.0 }",
+        "if isnan(y[i] - m[i - 1, j]) || -0.75 != 0.25 { x[i] } else { m[i, j] }",
+        "if !(m[i - 1, j] > 0.3 && 0.0 > 0.3) { 1.0 } else { m[i, j] }",
+        "if m[i - 1, j] > 0.3 || sum(k: z[k] * z[k]) > -100.0 { 1.0 } else { m[i, j] }",
+        "if m[i - 1, j] > 0.3 && sum(k: z[k] * z[k]) < -100.0 { 1.0 } else { m[i, j] }",
+        "if m[i, j] > 9.0 || m[i - 1, j] > 0.3 || y[i] > -9.0 { 1.0 } else { m[i, j] }",
+    ];
+    let mut failures = Vec::new();
+    for body in bodies {
+        let src = format!(
+            "loss g(x[i], y[i], m[i, j], z[k]) -> [i, j] {{ let t[i, j] = {body}; t[i, j] * m[i, j] }}"
+        );
+        let lib = Library::from_source("g.loss", &src).unwrap();
+        for (n, nj) in [(1, 2), (2, 8), (3, 17)] {
+            for dtype in [DType::F64, DType::F32] {
+                let call = Call::new()
+                    .input("x", Array::real(vec![n], vec![0.5; n]))
+                    .input("y", Array::real(vec![n], vec![0.25; n]))
+                    .input("m", Array::real(vec![n, nj], vec![0.125; n * nj]))
+                    .input("z", Array::real(vec![3], vec![0.5; 3]))
+                    .dtype(dtype);
+                let name = format!("{body} {n}x{nj} {dtype:?}");
+                let mut ci = call.clone();
+                ci.backend = Backend::Interp;
+                if lib.call("g", &ci).is_ok() {
+                    failures.push(format!("{name}: the interpreter raises nothing"));
+                }
+                compare(&name, &lib, "g", &call, 1e-6, &mut failures);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A read of a recurrence's pad from a later stage (`r[i - 1]` at `i = 0`, in a loop over `j`
+/// that the vector code runs) passes no gradient into the pad: its adjoint's one cell per row,
+/// `r_grad[i - 1]`, is outside the table and takes nothing, as in the scalar code. The JIT
+/// raised a range error there (an unmapped `fault Fault{..}`) whenever the adjoint was
+/// nonzero (found by `generated_programs_from_seeds_agree`, seed 2655 before the fix).
+#[test]
+fn a_pad_read_across_a_vector_loop_takes_no_gradient() {
+    let src = "loss g(y[i], m[i, j]) -> [i, j] {
+        let r[i] pad 0.0 = r[i - 1] - y[i];
+        r[i - 1] + r[i] * m[i, j]
+    }";
+    let lib = Library::from_source("g.loss", src).unwrap();
+    let mut failures = Vec::new();
+    for (n, nj) in [(1, 3), (4, 3), (3, 8), (2, 17)] {
+        for dtype in [DType::F64, DType::F32] {
+            for red in [Reduction::Mean, Reduction::Sum] {
+                let call = Call::new()
+                    .input("y", Array::real(vec![n], vec![-1.5; n]))
+                    .input("m", Array::real(vec![n, nj], vec![0.75; n * nj]))
+                    .reduction(red)
+                    .dtype(dtype)
+                    .grad("y")
+                    .grad("m");
+                let name = format!("{n}x{nj} {dtype:?} {red:?}");
+                compare(&name, &lib, "g", &call, 1e-6, &mut failures);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// In f32 a gradient that sums terms of size 1/3 to exactly 0 may come out as 2^-24 on one
+/// backend and 0 on the other (the order of the additions differs): rounding noise, which
+/// `compare_backends` allows relative to the largest output of the call (here `d/dm`'s 1.0),
+/// where it allowed only the cell's own array's (all 0) before (found by
+/// `generated_programs_from_seeds_agree`, seed 3199).
+#[test]
+fn f32_cancellation_to_zero_is_within_the_comparison_floor() {
+    let src = "loss g(x[i], y[i], m[i, j]) -> [j] {
+        let t1[i] = mean(j: m[i, j]);
+        let k2[j] = (J - 1 + 2) % J;
+        let t3 = logsumexp(i: (x[i] - (y[i] - m[j % I, J - 1])));
+        t3 + (if mean(i: t1[j % I]) <= real(k2[j]) { max(i: (t1[j % I] - t1[i])) } else { (y[I - 1] - x[j % I]) })
+    }";
+    let lib = Library::from_source("g.loss", src).unwrap();
+    let call = Call::new()
+        .input("x", Array::real(vec![1], vec![1.3125]))
+        .input("y", Array::real(vec![1], vec![1.125]))
+        .input("m", Array::real(vec![1, 3], vec![2.6875, 0.625, -0.0]))
+        .reduction(Reduction::Mean)
+        .dtype(DType::F32)
+        .grad("x")
+        .grad("y")
+        .grad("m");
+    harness::compare_backends(&lib, "g", &call, Some(1e-4)).unwrap();
+}
+
 /// The seeds `generated_programs_from_seeds_agree` runs: `LOSSC_GEN_SEEDS=A..B` (or one seed)
 /// for more, or to replay a failure.
 fn gen_seeds() -> std::ops::Range<u64> {

@@ -504,11 +504,12 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// `a && b` (`and`) or `a || b` as lane masks. When the chain of `&&` (or `||`) has parts
-    /// that are the same for every lane and some of them are not cheap, the uniform parts are
-    /// tested first, cheapest first, with scalar branches: a gradient's
-    /// `f == T && u == 2 L && ...` is false on all rows but one, and then nothing else is
-    /// computed. The lanes are the same in any order: a part's reads may fail only where the
-    /// vector step is speculative, and then the scalar redo keeps the language's order.
+    /// that are the same for every lane and some of them are not cheap, the uniform parts that
+    /// only parts which cannot fail precede are tested first, cheapest first, with scalar
+    /// branches: a gradient's `f == T && u == 2 L && ...` is false on all rows but one, and then
+    /// nothing else is computed. Every part the language evaluates is evaluated (on all lanes):
+    /// one that may fail makes the vector step speculative, and where it fails the scalar redo
+    /// keeps the language's order.
     fn vlogic(&mut self, and: bool, a: ExprId, b: ExprId, ix: IndexId) -> Result<Value> {
         let p = self.p;
         let op = if and { Bin::And } else { Bin::Or };
@@ -523,8 +524,14 @@ impl<'a, 'b> Gen<'a, 'b> {
                 g.b.ins().bor(x, y)
             }
         };
-        // parts decided where the loop runs (a copy of it for some conditions' values)
-        if parts.iter().any(|x| self.known(*x) == Some(!and)) {
+        // a part decided where the loop runs (a copy of it for some conditions' values) stops
+        // the chain there; the parts before it are still evaluated, for their errors
+        if let Some(k) = parts.iter().position(|x| self.known(*x) == Some(!and)) {
+            for x in &parts[..k] {
+                if !self.an.errorfree(*x) {
+                    self.emit_v(*x, ix)?;
+                }
+            }
             let m = self.b.ins().iconst(w, if and { 0 } else { -1 });
             return Ok(self.splat_m(m));
         }
@@ -534,15 +541,27 @@ impl<'a, 'b> Gen<'a, 'b> {
             let m = self.b.ins().iconst(w, if and { -1 } else { 0 });
             return Ok(self.splat_m(m));
         }
-        let (mut uniform, lanes): (Vec<ExprId>, Vec<ExprId>) =
-            parts.iter().partition(|e| !p.pool.free(**e).contains(&ix));
+        // A uniform part tested first skips every other part when it decides, so only one that
+        // nothing written before it can fail is moved (else skipping would drop an error the
+        // language raises: `lab[i - 1] > 0 || f == 0`); the rest stay lane-wise, in order.
+        let mut uniform = Vec::new();
+        let mut lanes = Vec::new();
+        let mut clean = true;
+        for e in &parts {
+            if clean && !p.pool.free(*e).contains(&ix) {
+                uniform.push(*e);
+            } else {
+                lanes.push(*e);
+            }
+            clean &= self.an.errorfree(*e);
+        }
         // worth branching when there is scalar work to skip (and a step may branch)
         let uniform_cheap = !self.lazy
             || uniform.iter().all(|e| {
                 let mut budget = 8;
                 self.cheap(*e, &mut budget)
             });
-        if uniform_cheap || lanes.is_empty() {
+        if uniform_cheap || lanes.is_empty() || uniform.is_empty() {
             if parts.len() == n {
                 let x = self.emit_v(a, ix)?;
                 let y = self.emit_v(b, ix)?;
@@ -1044,9 +1063,10 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// `s` added into the one cell `index` of a run that has the same cell for every lane. A
-    /// cell outside the table takes nothing when `s` is 0 (the guards of a padded table's
-    /// adjoint, `c_grad[lab[i]]` for a `lab[i]` past `c`, held in no lane: the scalar code
-    /// writes nothing there either) and is a range error otherwise.
+    /// cell outside the table takes nothing, as in the scalar code ([`Gen::target_offset`]):
+    /// the index is a forward read's, which there either read the pad (no gradient flows into
+    /// a pad: `r_grad[i - 1]` for `r[i - 1]` at `i = 0`, even with a nonzero adjoint) or failed
+    /// its own range check before the backward pass ran.
     fn accumulate_one(
         &mut self,
         slot: usize,
@@ -1056,12 +1076,12 @@ impl<'a, 'b> Gen<'a, 'b> {
     ) -> Result<()> {
         let mut off = self.b.ins().iconst(types::I64, 0);
         let mut checks = Vec::new();
-        for (k, (a, d)) in index.iter().zip(dims).enumerate() {
+        for (a, d) in index.iter().zip(dims) {
             let v = self.emit(*a)?;
             let n = self.ext_at(d.ix());
             if !crate::schedule::in_range(self.p, *a, *d) {
                 let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, n);
-                checks.push((bad, *a, k, v));
+                checks.push(bad);
             }
             let m = self.b.ins().imul(off, n);
             off = self.b.ins().iadd(m, v);
@@ -1070,13 +1090,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             self.accumulate(slot, off, s);
             return Ok(());
         }
-        let zero = self.real_const(0.0);
-        // (NaN counts as something to add)
-        let some = self.b.ins().fcmp(FloatCC::NotEqual, s, zero);
         let mut outside: Option<Value> = None;
-        for (bad, a, k, v) in checks {
-            let fails = self.b.ins().band(bad, some);
-            self.check(fails, super::ERR_RANGE, a, k, v);
+        for bad in checks {
             outside = Some(match outside {
                 Some(o) => self.b.ins().bor(o, bad),
                 None => bad,

@@ -333,6 +333,8 @@ impl<'a> Analysis<'a> {
 
     /// The value of a condition wherever the indices for which `bound` holds are bound (inside
     /// loops over them), when that alone decides it: inside a loop over `n`, `N == 0` is false (the mean's guard against an empty batch).
+    /// A chain is decided by a later part only when the parts before it cannot fail (they run
+    /// first and their errors are the language's: `lab[i - 1] > 0 || true` is not known).
     pub fn known(&self, e: ExprId, bound: &dyn Fn(IndexId) -> bool) -> Option<bool> {
         self.known_given(e, bound, &|_| None)
     }
@@ -377,7 +379,9 @@ impl<'a> Analysis<'a> {
                 self.known_given(*a, bound, assumed),
                 self.known_given(*b, bound, assumed),
             ) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
+                // a decided right side decides only if the left, which runs first, cannot fail
+                (Some(false), _) => Some(false),
+                (_, Some(false)) if self.errorfree(*a) => Some(false),
                 (Some(true), Some(true)) => Some(true),
                 _ => None,
             },
@@ -385,7 +389,8 @@ impl<'a> Analysis<'a> {
                 self.known_given(*a, bound, assumed),
                 self.known_given(*b, bound, assumed),
             ) {
-                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(true), _) => Some(true),
+                (_, Some(true)) if self.errorfree(*a) => Some(true),
                 (Some(false), Some(false)) => Some(false),
                 _ => None,
             },
