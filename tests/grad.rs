@@ -6,6 +6,8 @@ use lossc::cases;
 use lossc::runtime::{Array, Backend, Call, DType, Data, Library, Reduction};
 use std::path::PathBuf;
 
+#[path = "gen/mod.rs"]
+mod gen;
 #[path = "grad/roundtrip.rs"]
 mod roundtrip;
 
@@ -616,6 +618,27 @@ const CUSTOM: &[(&str, &[(&str, &str)])] = &[
         "loss f(ids[n]: int, x[k]) -> [n] { let j[n] = ids[n] + 0; x[j[n]] * x[ids[n]] }",
         &[("ids", "[1, 1, 0]"), ("x", "[2, 3]")],
     ),
+    // table names the gradient's passes also make (found by the generated programs, seeds
+    // 397, 1902, 4253): a table the source names `t_grad` beside `t`'s adjoint, and a
+    // recurrence branch with two `logsumexp`s, each with its `r_share0`
+    (
+        "loss f(x[i]) -> [i] { let t[i] = x[i] ^ 2; let t_grad[i] = t[i] + x[i]; t_grad[i] * x[i] }",
+        &[("x", "[1, -2, 0.5]")],
+    ),
+    (
+        "loss f(m[i, j]) -> [] {
+            let r[i, j] pad 0.0 = logsumexp(r[i - 1, j], r[i - 1, j + 1]) + logsumexp(m[i, j], 0.5);
+            sum(j: r[I - 1, j])
+        }",
+        &[("m", "[[0.5, -1, 2], [1, 0, -0.5]]")],
+    ),
+    // a gather whose index reads out of range where its guard fails (i = 0): the pulled
+    // gradient tests the guard before the index (found by the generated programs, seeds
+    // 9962, 10035, 11096)
+    (
+        "loss f(x[k], m[i]) -> [] { sum(i: if m[i] > 0.0 { x[if m[i - 1] > 0.0 { 0 } else { 1 }] ^ 2 } else { 0.0 }) }",
+        &[("x", "[1.5, -2]"), ("m", "[-1, 2, 0.5, -3]")],
+    ),
     // the same maths as an alias and as a table, softmax
     (
         "loss f(x[n, c]) -> [n, c] { let lse = logsumexp(c: x[n, c]); exp(x[n, c] - lse) }",
@@ -653,6 +676,66 @@ fn printed_gradients_round_trip_on_custom_losses() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// How many generated programs CI round-trips (`LOSSC_GEN_SEEDS=A..B` for more, or one seed to
+/// replay a failure; see `tests/gen/mod.rs` for what the programs hold).
+const GEN_SEEDS: u64 = 1500;
+
+/// The printed gradients of generated programs (tests/gen, the programs the JIT is compared
+/// on) parse, check and evaluate to the derived gradients: dead branches, gathers,
+/// recurrences, aliases and tables of every shape, with NaN, inf and zeros in the data.
+#[test]
+fn printed_gradients_round_trip_on_generated_programs() {
+    let seeds = gen::seeds(0..GEN_SEEDS);
+    let total = seeds.end - seeds.start;
+    let (mut failures, mut rejected, mut compared) = (Vec::new(), 0, 0);
+    for seed in seeds {
+        let case = gen::case(seed);
+        if Library::from_source("gen.loss", &case.source).is_err() {
+            // (tests/jit.rs bounds how many programs fail to check)
+            rejected += 1;
+            continue;
+        }
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            roundtrip::round_trip(&case.source, &case.call)
+        }));
+        let what = match run {
+            Ok(Ok(n)) => {
+                compared += n;
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => "panicked".to_string(),
+        };
+        let inputs: Vec<String> = case
+            .call
+            .inputs
+            .iter()
+            .map(|(n, a)| format!("{n}={:?}", a.to_f64()))
+            .collect();
+        failures.push(format!(
+            "seed {seed} ({:?}, {}, params {:?}, weights {:?}):\n{}{}\n{what}",
+            case.call.dtype,
+            case.call.reduction.name(),
+            case.call.params,
+            case.call.weights.as_ref().map(|w| w.to_f64()),
+            case.source,
+            inputs.join(" ")
+        ));
+    }
+    eprintln!("{total} generated programs: {rejected} do not check, {compared} gradients compared");
+    // most calls succeed, so most programs compare their three gradients
+    assert!(
+        compared as u64 >= total,
+        "only {compared} gradients compared"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} generated programs' printed gradients fail (LOSSC_GEN_SEEDS=N replays one):\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]

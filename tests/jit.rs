@@ -422,16 +422,7 @@ fn f32_cancellation_to_zero_is_within_the_comparison_floor() {
 /// The seeds `generated_programs_from_seeds_agree` runs: `LOSSC_GEN_SEEDS=A..B` (or one seed)
 /// for more, or to replay a failure.
 fn gen_seeds() -> std::ops::Range<u64> {
-    match std::env::var("LOSSC_GEN_SEEDS") {
-        Ok(s) => match s.split_once("..") {
-            Some((a, b)) => a.parse().unwrap()..b.parse().unwrap(),
-            None => {
-                let a: u64 = s.parse().unwrap();
-                a..a + 1
-            }
-        },
-        Err(_) => 0..GEN_SEEDS,
-    }
+    gen::seeds(0..GEN_SEEDS)
 }
 
 /// How many generated programs CI runs (see `tests/gen/mod.rs` for what they hold).

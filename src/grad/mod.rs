@@ -230,8 +230,8 @@ impl Diff {
     }
 
     /// In a recurrence's own pass, the shares `exp(x_j - L)` of a `logsumexp` `L` of the
-    /// previous cells (CTC's alpha) are read from tables `T_share{j}` over the recurrence's
-    /// cells, `T_share{j}[cell] = exp(x_j - L)`, instead of being computed from a read-back of
+    /// previous cells (CTC's alpha) are read from tables `T_share{k}` over the recurrence's
+    /// cells, `T_share{k}[cell] = exp(x_j - L)`, instead of being computed from a read-back of
     /// `L`: the forward fill has `L`'s exponentials and sum at hand, so the compiled fill stores
     /// `e_j / s` next to the recurrence's cell (the schedule fills them in its loop), and the
     /// backward pass is loads and products. The value is the same expression, so the
@@ -266,14 +266,16 @@ impl Diff {
                 if args.len() > 8 || !plain(&self.q, l) {
                     continue;
                 }
-                for (j, a) in args.iter().enumerate() {
+                for a in &args {
                     let d = self.sub(*a, l);
                     let w = self.call(Func::Exp, vec![d]);
                     if memo.contains_key(&w) || !self.q.pool.reaches(&roots, |e, _| e == w) {
                         continue;
                     }
                     self.q.tensors.push(crate::ir::Tensor {
-                        name: format!("{}_share{}", t.name, j),
+                        // numbered over the recurrence's shares, not the argument's
+                        // place: a branch can hold two `logsumexp`s
+                        name: format!("{}_share{}", t.name, memo.len()),
                         ty: Ty::Real,
                         indices: t.indices.clone(),
                         body: w,

@@ -139,14 +139,18 @@ pub(crate) fn pull_contribution(
     let mut full = map.clone();
     full.extend(renamed.iter().map(|(k, v)| (*k, *v)));
     let mut memo = HashMap::new();
+    // The cell's bounds (which cannot fail), its guards, then the target's data-dependent
+    // indices, in the order the scatter evaluates them: an index is read only where the
+    // guards hold (`y[if m[i - 1, j] == .. { .. }]` under `m[i, j] == p`, a read that is out
+    // of range at i = 0, where the guard fails).
     let mut all = conds;
+    for g in &c.guards {
+        all.push(subst_indices(q, *g, &full, &mut memo));
+    }
     for (a, d) in eqs {
         let a2 = subst_indices(q, a, &full, &mut memo);
         let dv = q.pool.add(Expr::Index(d), Ty::Int);
         all.push(q.pool.add(Expr::Binary(Bin::Eq, a2, dv), Ty::Bool));
-    }
-    for g in &c.guards {
-        all.push(subst_indices(q, *g, &full, &mut memo));
     }
     let value = subst_indices(q, c.value, &full, &mut memo);
     let mut body = value;

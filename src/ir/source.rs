@@ -104,6 +104,20 @@ impl<'a> Src<'a> {
         for t in &q.tensors {
             used.insert(t.name.clone());
         }
+        // Names the passes give their tables (`t_grad`, `r_share0`) can be a name the source
+        // already gives a table, or another table's (two `logsumexp`s in one recurrence
+        // branch): the first keeps it, the later ones are renamed apart (`used` holds every
+        // name, so no fresh one takes a later table's).
+        let mut taken: HashSet<String> = q.inputs.iter().map(|i| i.name.clone()).collect();
+        taken.extend(q.params.iter().map(|p| p.name.clone()));
+        for k in 0..q.tensors.len() {
+            let n = q.tensors[k].name.clone();
+            if taken.contains(&n) || !ident_ok(&n) || KEYWORDS.contains(&n.as_str()) {
+                let base = if ident_ok(&n) { n.as_str() } else { "t" };
+                q.tensors[k].name = fresh_name(&mut used, base);
+            }
+            taken.insert(q.tensors[k].name.clone());
+        }
         let mut s = Src {
             q,
             index_names: vec![],

@@ -84,6 +84,24 @@ pub fn case(seed: u64) -> Case {
     generate(&mut Seeded(seed))
 }
 
+/// The seeds a test over generated programs runs: `LOSSC_GEN_SEEDS=A..B` (or one seed `A`)
+/// for more, or to replay a failure; `default` without it.
+pub fn seeds(default: std::ops::Range<u64>) -> std::ops::Range<u64> {
+    match std::env::var("LOSSC_GEN_SEEDS") {
+        Ok(s) => match s.split_once("..") {
+            Some((a, b)) => {
+                a.trim().parse().expect("LOSSC_GEN_SEEDS=A..B")
+                    ..b.trim().parse().expect("LOSSC_GEN_SEEDS=A..B")
+            }
+            None => {
+                let a: u64 = s.trim().parse().expect("LOSSC_GEN_SEEDS=A or A..B");
+                a..a + 1
+            }
+        },
+        Err(_) => default,
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Real,

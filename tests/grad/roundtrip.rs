@@ -70,11 +70,7 @@ fn one(lib: &Library, name: &str, call: &Call, wrt: &str) -> Result<bool, String
     let weights = match &call.weights {
         None => None,
         Some(w) => {
-            let mut plain = c.clone();
-            plain.grad.clear();
-            plain.weights = None;
-            plain.reduction = Reduction::None;
-            let shape = lib.call(name, &plain).map_err(|e| e.message())?.value.shape;
+            let shape = output_shape(lib, name, &c)?;
             Some(broadcast(w, &shape).ok_or("weights do not broadcast")?)
         }
     };
@@ -129,6 +125,34 @@ fn one(lib: &Library, name: &str, call: &Call, wrt: &str) -> Result<bool, String
         }
     }
     Ok(true)
+}
+
+/// The shape of loss `name`'s unreduced output for `call`: the unweighted call's, or, when
+/// that call fails (a zero weight makes the weighted call skip the body, so the unweighted
+/// one may fail where the weighted one does not), each output index's extent read off an
+/// input it indexes.
+fn output_shape(lib: &Library, name: &str, call: &Call) -> Result<Vec<usize>, String> {
+    let mut plain = call.clone();
+    plain.grad.clear();
+    plain.weights = None;
+    plain.reduction = Reduction::None;
+    let err = match lib.call(name, &plain) {
+        Ok(out) => return Ok(out.value.shape),
+        Err(e) => e.message(),
+    };
+    let p = lib.loss(name).map_err(|e| e.message())?;
+    p.output
+        .indices
+        .iter()
+        .map(|ix| {
+            p.inputs.iter().find_map(|inp| {
+                let d = inp.dims.iter().position(|x| x == ix)?;
+                let (_, a) = call.inputs.iter().find(|(n, _)| *n == inp.name)?;
+                (a.shape.len() == inp.dims.len()).then(|| a.shape[d])
+            })
+        })
+        .collect::<Option<Vec<usize>>>()
+        .ok_or(err)
 }
 
 /// `w` broadcast (NumPy rules) to `shape`.
