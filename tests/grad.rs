@@ -747,7 +747,7 @@ fn printed_gradients_snapshots() {
         ("giou_loss", "pred_boxes"),
         ("ctc_loss", "logits"),
     ] {
-        let src = lossc::cli::grad_source(&lib, name, wrt, "mean", false).unwrap();
+        let src = lossc::cli::grad_source(&lib, name, wrt, "mean", false, None).unwrap();
         insta::assert_snapshot!(format!("grad_{name}_{wrt}"), src);
     }
 }
@@ -870,7 +870,7 @@ fn simplifier_rewrites_each_on_its_own() {
 #[test]
 fn a_quotient_costs_one_division_in_the_gradient() {
     let l = lib("loss q(x[i]) -> [] { sum(i: x[i] / (x[i] + 2.0)) }");
-    let printed = lossc::cli::grad_source(&l, "q", "x", "none", false).unwrap();
+    let printed = lossc::cli::grad_source(&l, "q", "x", "none", false, None).unwrap();
     // the quotient itself and the one `v / (x[i] + 2)` both adjoints use
     assert_eq!(printed.matches(" / ").count(), 2, "{printed}");
 }

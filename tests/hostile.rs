@@ -287,7 +287,7 @@ fn on_small_stack_run(n: usize, src: String) {
                 .input("x", Array::real(vec![2], vec![0.5, -0.25]))
                 .grad("x");
             harness::compare_backends(&lib, "g", &call, Some(1e-9)).unwrap();
-            lossc::cli::grad_source(&lib, "g", "x", "sum", false).unwrap();
+            lossc::cli::grad_source(&lib, "g", "x", "sum", false, None).unwrap();
         });
     }
 }

@@ -318,7 +318,7 @@ fn run(cli: Cli) -> CliResult {
             weighted,
         } => {
             let (lib, entry) = plain(resolve(&name))?;
-            match grad_source(&lib, &entry, &wrt, &reduction, weighted) {
+            match grad_source(&lib, &entry, &wrt, &reduction, weighted, None) {
                 Ok(text) => {
                     print!("{text}");
                     Ok(0)
@@ -444,8 +444,18 @@ pub fn grad_source(
     wrt: &str,
     reduction: &str,
     weighted: bool,
+    specialise: Option<&[(String, crate::runtime::ParamValue)]>,
 ) -> Result<String> {
-    let p = lib.loss(entry)?;
+    // (specialised: the gradient of the program a call with these parameters runs, their
+    // values and the constant defaults folded in; else the general one, parameters kept)
+    let specialised;
+    let p = match specialise {
+        Some(params) => {
+            specialised = crate::runtime::specialised(lib.loss(entry)?, params);
+            &specialised
+        }
+        None => lib.loss(entry)?,
+    };
     let r = Reduction::from_name(reduction).ok_or_else(|| {
         Error::new(
             ErrorKind::Reduction,

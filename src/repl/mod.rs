@@ -420,7 +420,7 @@ impl Session {
                     ));
                 };
                 let (lib, _) = self.loss(loss)?;
-                crate::cli::grad_source(lib, loss, input, "none", false)?
+                crate::cli::grad_source(lib, loss, input, "none", false, None)?
             }
             "ir" => {
                 need("a loss name")?;

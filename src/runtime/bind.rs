@@ -542,40 +542,6 @@ pub(crate) fn bind_params(
     Ok(())
 }
 
-/// The program with the call's parameter values baked in (the JIT's kernels are cached per
-/// program, so per value): the given ones and constant defaults; defaults that read the data
-/// stay parameters (they change with every call's data).
-fn specialise(p: &Program, call: &Call, values: &[Value]) -> Program {
-    let consts: Vec<(ir::ParamId, crate::opt::Const)> = p
-        .params
-        .iter()
-        .zip(values)
-        .enumerate()
-        .filter(|(_, (q, _))| {
-            call.params.iter().any(|(n, _)| *n == q.name)
-                || !p.pool.reaches(&[q.default], |_, x| {
-                    matches!(
-                        x,
-                        ir::Expr::Input(..)
-                            | ir::Expr::Extent(_)
-                            | ir::Expr::Index(_)
-                            | ir::Expr::Reduce(..)
-                            | ir::Expr::Param(_)
-                    )
-                })
-        })
-        .map(|(k, (_, v))| {
-            let c = match v {
-                Value::Real(x) => crate::opt::Const::Real(*x),
-                Value::Int(x) => crate::opt::Const::Int(*x),
-                Value::Bool(b) => crate::opt::Const::Bool(*b),
-            };
-            (ir::ParamId(k as u32), c)
-        })
-        .collect();
-    crate::opt::simplify_baked(p, &consts)
-}
-
 /// A call's inputs in a compiled loss's element types: real inputs in the call's precision
 /// (converted once), int inputs as `i64`, checked as [`evaluate`] checks them.
 pub(crate) enum Typed {
@@ -749,13 +715,9 @@ pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
         params: vec![],
     };
     bind_params(p, &call.params, &[], &mut env)?;
-    let specialised;
-    let p = if call.backend == Backend::Jit {
-        specialised = specialise(p, call, &env.params);
-        &specialised
-    } else {
-        p
-    };
+    // (both backends evaluate the program a compiled loss runs: see `compiled::specialised`)
+    let specialised = super::compiled::specialised(p, &call.params);
+    let p = &specialised;
 
     // Reduction and weights.
     let out_shape = output_shape(p, &env.extents, &lead);

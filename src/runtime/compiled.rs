@@ -457,12 +457,12 @@ pub(crate) fn constant_defaults(
     special
 }
 
-/// `p` specialised as a call on the JIT runs it: the parameters the call gives and those with
+/// `p` specialised as a call runs it: the parameters the call gives (`params`) and those with
 /// constant defaults baked in and folded (see [`CompiledLoss`]), so the interpreter, as the
 /// oracle, evaluates the very program the kernel computes (folding a `gamma == 0` branch
 /// changes which adjoints are guarded, and so where a NaN in a zero-weighted row may go).
 /// A value of the wrong type is left to the call's own checks.
-pub(crate) fn specialised(p: &Program, call: &super::Call) -> Program {
+pub fn specialised(p: &Program, params: &[(String, ParamValue)]) -> Program {
     let mut consts: Vec<(ir::ParamId, crate::opt::Const)> = Vec::new();
     let mut add = |id: ir::ParamId, v: interp::Value| {
         consts.push((
@@ -474,14 +474,14 @@ pub(crate) fn specialised(p: &Program, call: &super::Call) -> Program {
             },
         ))
     };
-    for (name, v) in &call.params {
+    for (name, v) in params {
         if let Some(id) = p.param(name) {
             if let Ok(x) = bind::param_value(p, id.ix(), *v) {
                 add(id, x);
             }
         }
     }
-    for (id, v) in constant_defaults(p, |name| call.params.iter().any(|(n, _)| n == name)) {
+    for (id, v) in constant_defaults(p, |name| params.iter().any(|(n, _)| n == name)) {
         add(id, v);
     }
     crate::opt::simplify_baked(p, &consts)

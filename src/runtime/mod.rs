@@ -13,7 +13,7 @@ pub use crate::ir::Reduction;
 pub use array::{fmt_real, fmt_real32, Array, DType, Data, MAX_ELEMENTS};
 pub(crate) use bind::check_names;
 pub use bind::{validate_grad, Call, Output, ParamValue};
-pub use compiled::{time_it, CompiledLoss, Options, Real, Slice, View};
+pub use compiled::{specialised, time_it, CompiledLoss, Options, Real, Slice, View};
 
 use crate::diag::{Error, ErrorKind, Result, Sources};
 use crate::ir::{Module, Program};
@@ -235,7 +235,7 @@ impl Library {
     pub fn call(&self, name: &str, call: &Call) -> Result<Output> {
         let p = self.loss(name)?;
         if call.backend == Backend::Interp {
-            return bind::evaluate(&compiled::specialised(p, call), call);
+            return bind::evaluate(p, call);
         }
         // (the checks that need no compiling first, so errors come in the interpreter's order)
         bind::precheck(p, call)?;

@@ -74,8 +74,15 @@ fn one(lib: &Library, name: &str, call: &Call, wrt: &str) -> Result<bool, String
             Some(broadcast(w, &shape).ok_or("weights do not broadcast")?)
         }
     };
-    let src = lossc::cli::grad_source(lib, name, wrt, call.reduction.name(), weights.is_some())
-        .map_err(|e| format!("not printed: {}", e.message()))?;
+    let src = lossc::cli::grad_source(
+        lib,
+        name,
+        wrt,
+        call.reduction.name(),
+        weights.is_some(),
+        Some(&call.params),
+    )
+    .map_err(|e| format!("not printed: {}", e.message()))?;
     let printed = Library::from_source("grad.loss", &src)
         .map_err(|e| format!("printed source does not check: {}\n{src}", e.message()))?;
     let entry = printed.losses()[0].name.clone();

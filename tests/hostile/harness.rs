@@ -60,7 +60,7 @@ pub fn front_end(text: &str) {
         }
         if let Some(r) = reals.first() {
             // The printed gradient is source again: it parses and checks, or fails cleanly.
-            if let Ok(text) = lossc::cli::grad_source(&lib, &p.name, r, red.name(), false) {
+            if let Ok(text) = lossc::cli::grad_source(&lib, &p.name, r, red.name(), false, None) {
                 let _ = Library::from_source("grad.loss", &text);
             }
         }
