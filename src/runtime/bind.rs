@@ -582,7 +582,7 @@ fn whole(name: &str, v: &[f64]) -> Result<Vec<i64>> {
 
 /// The checks [`evaluate`] makes before it converts anything (names, gradient inputs, the
 /// arrays' shapes against their data and the limits, the shapes against the loss).
-pub(crate) fn precheck(p: &Program, call: &Call) -> Result<()> {
+pub(crate) fn precheck(p: &Program, call: &Call) -> Result<Shapes> {
     let input_names: Vec<&str> = call.inputs.iter().map(|(n, _)| n.as_str()).collect();
     let param_names: Vec<&str> = call.params.iter().map(|(n, _)| n.as_str()).collect();
     check_names(p, &input_names, &param_names)?;
@@ -595,8 +595,7 @@ pub(crate) fn precheck(p: &Program, call: &Call) -> Result<()> {
         .iter()
         .map(|(n, a)| (n.as_str(), a.shape.as_slice()))
         .collect();
-    bind_shapes(p, &shapes)?;
-    Ok(())
+    bind_shapes(p, &shapes)
 }
 
 /// Runs a call on a loss compiled for its precision and gradient inputs: the same blocked
@@ -639,20 +638,7 @@ pub(crate) fn evaluate_compiled(
 }
 
 pub fn evaluate(p: &Program, call: &Call) -> Result<Output> {
-    let input_names: Vec<&str> = call.inputs.iter().map(|(n, _)| n.as_str()).collect();
-    let param_names: Vec<&str> = call.params.iter().map(|(n, _)| n.as_str()).collect();
-    check_names(p, &input_names, &param_names)?;
-    validate_grad(p, &call.grad)?;
-
-    for (name, arr) in &call.inputs {
-        arr.validate(&format!("input `{name}`"))?;
-    }
-    let shapes: Vec<(&str, &[usize])> = call
-        .inputs
-        .iter()
-        .map(|(n, a)| (n.as_str(), a.shape.as_slice()))
-        .collect();
-    let Shapes { extents, lead } = bind_shapes(p, &shapes)?;
+    let Shapes { extents, lead } = precheck(p, call)?;
     let mut datas: Vec<(Vec<f64>, Vec<i64>)> = Vec::new();
     for inp in &p.inputs {
         let Some((_, arr)) = call.inputs.iter().find(|(n, _)| *n == inp.name) else {
